@@ -1,0 +1,63 @@
+# trackd — the two commands a newcomer needs are `make demo` and `make test`.
+# Everything runs inside .venv, created here from $(PYTHON) (Python >= 3.11 with the venv module).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# How many kill -9 / torture iterations the slow tests run: CI scale by default, full with test-full.
+TRACKD_SLOW_SCALE ?= ci
+
+.PHONY: help venv install demo test test-full lint typecheck pytest bench clean
+
+help:
+	@echo "make demo       install into .venv and run trackd on the bundled sample logs"
+	@echo "make test       install with test extras and run lint, type checks and the whole suite"
+	@echo "make test-full  the same, with the slow tests at their full iteration counts"
+	@echo "make bench      run the benchmarks in bench/ (prints tables, writes bench/results/*.json)"
+	@echo "make clean      remove .venv and demo state"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null || { \
+	  echo "error: trackd needs Python >= 3.11; '$(PYTHON)' is missing or older." >&2; \
+	  echo "       Run 'make PYTHON=/path/to/python3.11' (or newer)." >&2; exit 1; }
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
+	  echo "error: '$(PYTHON)' has no working venv/ensurepip module." >&2; \
+	  echo "       On Debian/Ubuntu: sudo apt-get install python3-venv  (or python3.X-venv for your version)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+venv: $(BIN)/python
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@rm -rf .demo-state
+	@echo "== trackd run --once -c config/demo.yaml   (messages on stdout, logs and summary on stderr)" >&2
+	$(BIN)/trackd run --once -c config/demo.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent tests bench
+	$(BIN)/ruff format --check agent tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	@# pytest exits 5 when it collects no tests; make treats any non-zero exit as a failure.
+	TRACKD_SLOW_SCALE=$(TRACKD_SLOW_SCALE) $(BIN)/python -m pytest -p no:cacheprovider
+
+test: lint typecheck pytest
+
+test-full:
+	$(MAKE) test TRACKD_SLOW_SCALE=full
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_once.py
+
+clean:
+	rm -rf $(VENV) .demo-state .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,291 @@
+"""`trackd` commands -> exit codes (0 ok, 1 runtime failure, 2 usage error, 3 config/startup).
+
+    trackd [-c CONFIG] COMMAND [--json]      (-c also after the command)
+
+The config is `-c`, else $TRACKD_CONFIG, else /etc/trackd/trackd.yaml. Logs go to stderr; stdout
+carries command output (and messages, for the `-` file sink).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import orjson
+import structlog
+
+from agent import __version__
+from agent.config import Config, config_path_from, load_config
+from agent.config.units import parse_duration
+from agent.errors import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    ConfigError,
+    TrackdError,
+)
+from agent.ops.logging import setup_logging
+
+EPILOG = """\
+exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 invalid config or startup failure.
+The config file is -c PATH, else $TRACKD_CONFIG, else /etc/trackd/trackd.yaml.
+Docs: README.md; the full contract: SPEC.md."""
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c",
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="CONFIG",
+        help="config file (default: $TRACKD_CONFIG, else /etc/trackd/trackd.yaml)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    parser = argparse.ArgumentParser(
+        prog="trackd",
+        description="Server-side analytics agent: tails access and application logs, resolves "
+        "every hit to a person, and ships events to Kissmetrics, a Segment-compatible API or a "
+        "file.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"trackd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the agent in the foreground (systemd runs this)",
+        description="Tail the configured sources and ship events until stopped (SIGTERM/SIGINT "
+        "drain and exit 0; SIGHUP reloads). With --once: read every matched file up to its "
+        "current size, deliver the outbox, print a one-line summary to stderr and exit.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="read what is there now, deliver it, exit (0, or 1 if delivery did not finish)",
+    )
+    p.add_argument(
+        "--deliver-timeout",
+        type=_duration,
+        default=300.0,
+        metavar="DURATION",
+        help="with --once: how long to keep delivering before giving up (default 5m)",
+    )
+
+    p = sub.add_parser(
+        "backfill",
+        parents=[common],
+        help="replay old (rotated, compressed) logs with their original times",
+        description="Replay old log files — plain, .gz, .bz2 or .xz — merged by event time, "
+        "with their original timestamps. Idempotent with what `run` already read.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("files", nargs="+", metavar="FILE_OR_GLOB", help="files or globs to replay")
+    p.add_argument(
+        "--source", action="append", default=[], metavar="NAME", help="source for unmatched files"
+    )
+    p.add_argument("--since", metavar="T", help="skip events before T (ISO 8601, UTC by default)")
+    p.add_argument("--until", metavar="T", help="skip events at or after T (ISO 8601)")
+    p.add_argument("--dry-run", action="store_true", help="change no state, send nothing")
+
+    p = sub.add_parser(
+        "check",
+        parents=[common],
+        help="validate the config and test-parse sample lines",
+        description="Validate the config (every error at once, each with its YAML path and "
+        "line), warn about literal secrets and globs matching nothing, and test-parse sample "
+        "lines of each source: match rate, the first unparsed lines with reasons, and the fields "
+        "of the first parsed line (cookie values masked). Exit 0 when valid, 3 when not.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--sample",
+        metavar="FILE",
+        help="test-parse this file (plain or .gz) instead of each source's own files",
+    )
+
+    sub.add_parser(
+        "status",
+        parents=[common],
+        help="positions, lag, outbox, deliveries, dead letters, identities",
+        description="Show file positions and lag, outbox depth and oldest age, dead letters and "
+        "identity counts. Reads the state read-only: works while `run` runs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+    p = sub.add_parser(
+        "identity",
+        parents=[common],
+        help="what an identifier resolves to",
+        description="The person an identifier resolves to: identifiers, epochs, bindings over "
+        "time, aliases sent, conflicts.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("id", metavar="ID", help="a device id (km_ai), named id (km_ni, email) or epoch")
+
+    p = sub.add_parser(
+        "deadletters",
+        parents=[common],
+        help="list, retry or drop messages the endpoint refused",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("action", choices=["list", "retry", "drop"], help="what to do")
+    p.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids (default: all)")
+
+    p = sub.add_parser(
+        "forget",
+        parents=[common],
+        help="erase an identifier's person (erasure requests)",
+        description="Remove an identifier's person from the identity graph and its undelivered "
+        "messages from the outbox.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("id", metavar="ID")
+    return parser
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(config_path_from(getattr(args, "config", None)))
+
+
+def _cmd_check(args: argparse.Namespace, as_json: bool) -> int:
+    from agent.commands import check
+
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        if as_json:
+            _print_json(
+                {
+                    "valid": False,
+                    "errors": [
+                        {"path": i.path, "line": i.line, "file": i.file, "message": i.message}
+                        for i in exc.issues
+                    ],
+                }
+            )
+        else:
+            print(f"config invalid ({len(exc.issues)} problem(s)):", file=sys.stderr)
+            for issue in exc.issues:
+                print(f"  {issue}", file=sys.stderr)
+        return EXIT_CONFIG
+    reports = check.check_sources(config, args.sample)
+    warnings = check.config_warnings(config, reports)
+    if as_json:
+        _print_json(
+            {
+                "valid": True,
+                "config": config.config_path,
+                "sources": [r.as_dict() for r in reports],
+                "warnings": warnings,
+            }
+        )
+    else:
+        print(check.render_text(config, reports, warnings))
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace, as_json: bool) -> int:
+    from agent.commands import status
+
+    data = status.collect(_load(args))
+    if as_json:
+        _print_json(data)
+    else:
+        print(status.render_text(data))
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    setup_logging(config.log.level, config.log.format)
+    from agent import supervisor
+
+    if args.once:
+        return asyncio.run(supervisor.run_once(config, args.deliver_timeout))
+    return asyncio.run(supervisor.run_daemon(config))
+
+
+def _not_yet(command: str) -> int:
+    print(
+        f"trackd {command}: not supported yet by this version of trackd "
+        "(see README.md, 'What works today')",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    as_json = bool(getattr(args, "json", False))
+    setup_logging("info", "auto")
+    log = structlog.get_logger("trackd")
+    try:
+        if args.command == "check":
+            return _cmd_check(args, as_json)
+        if args.command == "status":
+            return _cmd_status(args, as_json)
+        if args.command == "run":
+            return _cmd_run(args)
+        return _not_yet(args.command)
+    except ConfigError as exc:
+        print(f"config invalid ({len(exc.issues)} problem(s)):", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return EXIT_CONFIG
+    except TrackdError as exc:
+        log.error("fatal", error=str(exc), exit_code=exc.exit_code)
+        print(f"trackd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+    except BaseExceptionGroup as group:
+        # A task of the supervisor's TaskGroup failed: report our own error plainly.
+        first = _first_trackd_error(group)
+        if first is None:
+            raise
+        log.error("fatal", error=str(first), exit_code=first.exit_code)
+        print(f"trackd: {first}", file=sys.stderr)
+        return first.exit_code
+
+
+def _first_trackd_error(group: BaseExceptionGroup[BaseException]) -> TrackdError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, TrackdError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_trackd_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The commands behind `trackd COMMAND` that are more than starting the pipeline."""

@@ -1,0 +1,67 @@
+"""The page-view filter (SPEC §3.2): which access records become `page` messages."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+
+from agent.config.schema import PageviewsConfig
+from agent.events.bots import BotDetector
+from agent.records import AccessRecord
+
+
+def status_set(specs: tuple[str, ...]) -> frozenset[int]:
+    """`("2xx", "304")` -> every status code they cover."""
+    codes: set[int] = set()
+    for spec in specs:
+        if spec.endswith("xx"):
+            base = int(spec[0]) * 100
+            codes.update(range(base, base + 100))
+        else:
+            codes.add(int(spec))
+    return frozenset(codes)
+
+
+def path_of(target: str) -> str:
+    """The path of a request target: without query or fragment; absolute-form URLs reduced."""
+    if target.startswith(("http://", "https://")):
+        rest = target.split("://", 1)[1]
+        slash = rest.find("/")
+        target = rest[slash:] if slash >= 0 else "/"
+    end = len(target)
+    for sep in ("?", "#"):
+        i = target.find(sep)
+        if 0 <= i < end:
+            end = i
+    return target[:end]
+
+
+class PageviewFilter:
+    """Callable: record -> True when it is a page view."""
+
+    __slots__ = ("_bots", "_exclude", "_extensions", "_methods", "_statuses")
+
+    def __init__(self, cfg: PageviewsConfig) -> None:
+        self._methods = frozenset(cfg.methods)
+        self._statuses = status_set(cfg.statuses)
+        self._extensions = frozenset(e.lower().lstrip(".") for e in cfg.skip_extensions)
+        self._exclude = (
+            re.compile("|".join(fnmatch.translate(p) for p in cfg.exclude_paths))
+            if cfg.exclude_paths
+            else None
+        )
+        self._bots = BotDetector(builtin=cfg.skip_bots, extra=cfg.bot_patterns)
+
+    def __call__(self, rec: AccessRecord) -> bool:
+        if rec.method not in self._methods or rec.status not in self._statuses:
+            return False
+        path = path_of(rec.target)
+        last = path.rpartition("/")[2]
+        if "." in last and last.rpartition(".")[2].lower() in self._extensions:
+            return False
+        if self._exclude is not None and self._exclude.match(path):
+            return False
+        return not self._bots(rec.user_agent)
+
+    def __repr__(self) -> str:
+        return f"PageviewFilter(methods={sorted(self._methods)}, bots={self._bots!r})"

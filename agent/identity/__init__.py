@@ -1,0 +1,1 @@
+"""Identity: identifiers in, a person (anonymous epoch, derived id or named id) out (SPEC §1)."""

@@ -1,0 +1,83 @@
+"""Derived anonymous ids for hits without usable cookies (SPEC §1.3), and the site secret.
+
+derived = "anon-" + base32_lower(HMAC_SHA256(secret, "v1\\n" + site + "\\n" + ip_norm + "\\n"
+                                             + user_agent + "\\n" + utc_day))[:26]
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import time
+
+from agent.errors import StartupError
+
+_CACHE_MAX = 200_000
+
+
+def load_or_create_secret(path: str) -> bytes:
+    """Read the secret file; create it (0600, 32 random bytes as hex) when missing."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read().strip()
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        data = secrets.token_hex(32).encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return load_or_create_secret(path)  # another process created it first
+        except OSError as exc:
+            raise StartupError(f"cannot create identity secret {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return data
+    except OSError as exc:
+        raise StartupError(f"cannot read identity secret {path}: {exc.strerror}") from None
+    if not data:
+        raise StartupError(
+            f"identity secret {path} is empty (delete it to have trackd create one, or copy the "
+            "secret file of the other hosts of this site)"
+        )
+    return data
+
+
+def utc_day(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+class DerivedIds:
+    """`derived(ip_norm, user_agent, ts)` -> `anon-…`, cached per (ip, agent, day)."""
+
+    __slots__ = ("_cache", "_days", "_key", "_site")
+
+    def __init__(self, secret: bytes, site: str) -> None:
+        self._key = secret
+        self._site = site
+        self._cache: dict[tuple[str, str, int], str] = {}
+        self._days: dict[int, str] = {}
+
+    def __call__(self, ip_norm: str, user_agent: str, ts: float) -> str:
+        day_no = int(ts // 86400)
+        key = (ip_norm, user_agent, day_no)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        day = self._days.get(day_no)
+        if day is None:
+            day = self._days[day_no] = utc_day(day_no * 86400.0)
+        msg = f"v1\n{self._site}\n{ip_norm}\n{user_agent}\n{day}".encode("utf-8", "surrogateescape")
+        digest = hmac.new(self._key, msg, hashlib.sha256).digest()
+        hit = "anon-" + base64.b32encode(digest).decode("ascii").lower()[:26]
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[key] = hit
+        return hit
+
+    def __repr__(self) -> str:
+        return f"DerivedIds(site={self._site!r})"

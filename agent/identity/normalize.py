@@ -1,0 +1,103 @@
+"""Identifier intake (SPEC §1.1): normalise a raw value, or discard it as junk (counted by kind).
+
+Normalisation, in order: percent-decode once (only `%XX`; `+` stays; a malformed `%` stays), JSON-
+decode a `"…"` literal, strip whitespace, reject control characters; lower-case email-like named
+values when configured. Cookies repeat on every hit of a visitor, so results are cached (bounded).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+JUNK_WORDS = frozenset(
+    (
+        *(
+            "anonymous anon guest null nil none undefined true false nan n/a na unknown id user "
+            "userid user_id email distinct_id distinctid not_authenticated test abc123 void {} [] "
+            "<nil> 00000000-0000-0000-0000-000000000000 -1 0"
+        ).split(),
+        "[object object]",
+    )
+)
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+_ZEROS = re.compile(r"^[0-]*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_CACHE_MAX = 200_000
+
+KINDS = ("device", "named", "session")
+
+
+def percent_decode_once(value: str) -> str:
+    """RFC 3986 percent-decoding of `%XX` only, applied once; invalid UTF-8 becomes U+FFFD."""
+    if "%" not in value:
+        return value
+    raw = value.encode("utf-8", "surrogateescape")
+    decoded = re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes((int(m.group(1), 16),)), raw)
+    return decoded.decode("utf-8", "replace")
+
+
+class Normalizer:
+    """Callable per kind: `normalizer.device(raw)` -> the identifier, or None when junk."""
+
+    __slots__ = ("_blocklist", "_cache", "_lower_emails", "junk")
+
+    def __init__(self, *, lowercase_emails: bool = True, blocklist: tuple[str, ...] = ()) -> None:
+        self._lower_emails = lowercase_emails
+        self._blocklist = frozenset(b.lower() for b in blocklist)
+        self._cache: dict[tuple[str, str], str | None] = {}
+        #: Junk values discarded, by kind (`trackd_identity_junk_total{kind}`); never the values.
+        self.junk: Counter[str] = Counter()
+
+    def device(self, raw: str) -> str | None:
+        return self._get("device", raw)
+
+    def named(self, raw: str) -> str | None:
+        return self._get("named", raw)
+
+    def session(self, raw: str) -> str | None:
+        return self._get("session", raw)
+
+    def _get(self, kind: str, raw: str) -> str | None:
+        key = (kind, raw)
+        try:
+            value = self._cache[key]
+        except KeyError:
+            value = self._normalize(kind, raw)
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[key] = value
+        if value is None:
+            self.junk[kind] += 1
+        return value
+
+    def _normalize(self, kind: str, raw: str) -> str | None:
+        value = percent_decode_once(raw)
+        if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+            try:
+                decoded = json.loads(value)
+            except ValueError:
+                pass
+            else:
+                if isinstance(decoded, str):
+                    value = decoded
+        value = value.strip()
+        if not value or _CONTROL.search(value) or "\ufffd" in value:
+            return None
+        if _ZEROS.match(value):
+            return None
+        if len(value) > 255 or (kind != "named" and len(value) < 5):
+            return None
+        folded = value.lower()
+        if folded in JUNK_WORDS or folded.strip("\"'") in JUNK_WORDS or folded in self._blocklist:
+            return None
+        if kind == "named" and self._lower_emails and _EMAIL.match(value):
+            return folded
+        return value
+
+    def __repr__(self) -> str:
+        return (
+            f"Normalizer(lowercase_emails={self._lower_emails}, blocklist={len(self._blocklist)})"
+        )

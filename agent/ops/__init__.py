@@ -1,0 +1,1 @@
+"""Operations: logging, metrics and health, sd_notify."""

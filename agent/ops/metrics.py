@@ -1,0 +1,178 @@
+"""Prometheus metrics (SPEC §7) and the /metrics + /healthz server.
+
+Every metric is exported from start-up; labelled ones are initialised to 0 for each configured
+source, sink and rule and each documented label value, so dashboards and alerts see a series
+before the first event. Counters are fed from the pipeline's and sender's tallies (`sync`), never
+per line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from agent.config import Config
+
+log = structlog.get_logger("trackd.metrics")
+
+SKIP_REASONS = ("parse_error", "too_long", "encoding", "too_old", "future")
+SEND_FAILURES = ("connect", "timeout", "http_429", "http_4xx", "http_5xx")
+MESSAGE_TYPES = ("page", "track", "identify", "alias")
+IDENTITY_KINDS = ("device", "named", "derived", "session")
+DROP_REASONS = ("cookieless", "optout", "rotated_hold", "identity_cap", "state_unavailable")
+RULE_SKIP_REASONS = ("no_user", "junk_user", "no_session_or_device")
+
+
+class Metrics:
+    def __init__(self, config: Config) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        sources = [s.name for s in config.sources]
+        sink = config.sink.type
+        self.lines = Counter("trackd_lines", "Lines read", ["source"], registry=r)
+        self.skipped = Counter(
+            "trackd_lines_skipped",
+            "Lines that produced no record",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.messages = Counter("trackd_messages", "Messages produced", ["type"], registry=r)
+        self.sent = Counter(
+            "trackd_sent", "Messages acknowledged by the sink", ["sink"], registry=r
+        )
+        self.send_failures = Counter(
+            "trackd_send_failures", "Failed delivery attempts", ["sink", "reason"], registry=r
+        )
+        self.outbox_messages = Gauge("trackd_outbox_messages", "Messages in the outbox", registry=r)
+        self.outbox_oldest = Gauge(
+            "trackd_outbox_oldest_seconds", "Age of the oldest outbox message", registry=r
+        )
+        self.file_lag = Gauge(
+            "trackd_file_lag_bytes", "Bytes not yet read", ["source", "path"], registry=r
+        )
+        self.identities = Gauge("trackd_identities", "Known identities", ["kind"], registry=r)
+        self.aliases = Counter("trackd_aliases", "Alias messages emitted", registry=r)
+        self.conflicts = Counter(
+            "trackd_identity_conflicts", "Logins on a device bound to someone else", registry=r
+        )
+        self.dead_letters = Counter("trackd_dead_letters", "Messages dead-lettered", registry=r)
+        self.truncation_gap = Counter(
+            "trackd_truncation_gap_lines",
+            "Lines lost to truncation (estimate)",
+            ["source"],
+            registry=r,
+        )
+        self.junk = Counter(
+            "trackd_identity_junk", "Junk identifiers discarded", ["kind"], registry=r
+        )
+        self.rule_skipped = Counter(
+            "trackd_rule_skipped",
+            "Rules that matched but emitted nothing",
+            ["rule", "reason"],
+            registry=r,
+        )
+        self.km_collapsed = Counter(
+            "trackd_km_collapsed", "Kissmetrics _t seconds that could not be spread", registry=r
+        )
+        self.degraded = Counter(
+            "trackd_identity_degraded", "Resolutions from the local cache only", registry=r
+        )
+        self.dropped = Counter(
+            "trackd_dropped", "Records dropped on purpose", ["reason"], registry=r
+        )
+
+        for s in sources:
+            self.lines.labels(s)
+            self.truncation_gap.labels(s)
+            for reason in SKIP_REASONS:
+                self.skipped.labels(s, reason)
+        for t in MESSAGE_TYPES:
+            self.messages.labels(t)
+        self.sent.labels(sink)
+        for reason in SEND_FAILURES:
+            self.send_failures.labels(sink, reason)
+        for kind in IDENTITY_KINDS:
+            self.identities.labels(kind)
+        for kind in ("device", "named", "session"):
+            self.junk.labels(kind)
+        for rule in config.events.rules:
+            for reason in RULE_SKIP_REASONS:
+                self.rule_skipped.labels(rule.name, reason)
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason)
+        self._seen: dict[tuple[str, Any], float] = {}
+
+    def add(self, key: str, labels: tuple[str, ...], total: float, counter: Any) -> None:
+        """Advance `counter` to the cumulative `total` (tallies are cumulative, counters too)."""
+        prev = self._seen.get((key, labels), 0.0)
+        if total > prev:
+            (counter.labels(*labels) if labels else counter).inc(total - prev)
+            self._seen[(key, labels)] = total
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """A tiny HTTP/1.1 server for GET /metrics and GET /healthz (loopback by default)."""
+
+    def __init__(
+        self, listen: str, metrics: Metrics, health: Callable[[], tuple[bool, str]]
+    ) -> None:
+        host, _, port = listen.rpartition(":")
+        self._host = host.strip("[]") or "127.0.0.1"
+        self._port = int(port)
+        self._metrics = metrics
+        self._health = health
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            return self._port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        log.info("metrics_listening", address=f"{self._host}:{self.port}")
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), timeout=5)
+            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (
+                b"\r\n",
+                b"\n",
+                b"",
+            ):
+                pass
+            parts = request.decode("latin-1").split()
+            path = parts[1] if len(parts) >= 2 else ""
+            if path.split("?")[0] == "/metrics":
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self._metrics.render()
+            elif path.split("?")[0] == "/healthz":
+                ok, reason = self._health()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype, body = "text/plain; charset=utf-8", (reason + "\n").encode()
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\nDate: {time.strftime('%a, %d %b %Y %H:%M:%S GMT', time.gmtime())}"
+                "\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError, UnicodeDecodeError):
+            pass
+        finally:
+            writer.close()

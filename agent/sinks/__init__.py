@@ -1,0 +1,1 @@
+"""Sinks: where messages go once committed to the outbox (SPEC §4)."""

@@ -1,0 +1,1 @@
+"""Sources: finding files, knowing them across renames and restarts, reading complete lines."""

@@ -1,0 +1,78 @@
+"""File identity (SPEC §5.3): (device, inode) + a fingerprint of the first bytes + an offset marker.
+
+The fingerprint is the SHA-256 of the first `fp_len` bytes, `fp_len` growing with the file until
+1 KiB; two files are the same when one's fingerprint matches the other's first `fp_len` bytes. The
+marker is the SHA-256 of the bytes just before the saved offset: a file rewritten in place to at
+least the old size is caught by it. Neither is ever the path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+FP_MAX = 1024
+MARKER_MAX = 64
+
+
+def digest16(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()[:16]
+
+
+def fingerprint(head: bytes) -> tuple[int, bytes]:
+    """(fp_len, fp_hash) of a file whose first bytes are `head`."""
+    head = head[:FP_MAX]
+    return len(head), hashlib.sha256(head).digest()
+
+
+def read_at(fd: int, offset: int, size: int) -> bytes:
+    """Read exactly `size` bytes at `offset` (fewer only at EOF)."""
+    out = bytearray()
+    while len(out) < size:
+        chunk = os.pread(fd, size - len(out), offset + len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def matches_fingerprint(fd: int, fp_len: int, fp_hash: bytes) -> bool:
+    """Does the open file start with the bytes the fingerprint was taken of?"""
+    head = read_at(fd, 0, fp_len)
+    return len(head) == fp_len and hashlib.sha256(head).digest() == fp_hash
+
+
+def marker_ok(fd: int, offset: int, marker_len: int, marker: bytes | None) -> bool:
+    """Are the bytes before `offset` still the ones the marker was taken of?"""
+    if marker_len == 0 or marker is None:
+        return True
+    data = read_at(fd, offset - marker_len, marker_len)
+    return len(data) == marker_len and digest16(data) == marker
+
+
+def first_line_fp(first_line: bytes) -> str:
+    """hex(SHA-256 of the file's first line, at most 1 KiB): the `fp` of messageIds (SPEC §3.4)."""
+    return hashlib.sha256(first_line[:FP_MAX]).hexdigest()
+
+
+def first_line_of(fd: int) -> bytes | None:
+    """The file's first line (at most 1 KiB), or None while it has no newline and < 1 KiB."""
+    head = read_at(fd, 0, FP_MAX)
+    nl = head.find(b"\n")
+    if nl >= 0:
+        line = head[:nl]
+        return line[:-1] if line.endswith(b"\r") else line
+    return head if len(head) >= FP_MAX else None
+
+
+def last_line_end(fd: int, size: int) -> int:
+    """The offset just past the last newline at or before `size` (0 if none): where `end` starts."""
+    pos = size
+    while pos > 0:
+        step = min(65536, pos)
+        chunk = os.pread(fd, step, pos - step)
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            return pos - step + nl + 1
+        pos -= step
+    return 0

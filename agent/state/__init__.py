@@ -1,0 +1,1 @@
+"""State: the single SQLite database under `state_dir` (SPEC §5)."""

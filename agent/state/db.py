@@ -1,0 +1,217 @@
+"""Opening the state database: directory, exclusive lock, integrity check, migrations.
+
+The lock is an `flock` on `state_dir/lock`, held for the life of the process that runs the
+pipeline (`run`, or a standalone `backfill`); it is released by the kernel even on kill -9.
+Connections are used from one thread each (the pipeline's, the sender's): sqlite3 objects are not
+shared between threads.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from agent.errors import StartupError, StateError
+from agent.state.schema import MIGRATIONS, SCHEMA_VERSION
+
+log = structlog.get_logger("trackd.state")
+
+DB_NAME = "state.db"
+LOCK_NAME = "lock"
+
+
+@dataclass(frozen=True, slots=True)
+class StatePaths:
+    state_dir: str
+
+    @property
+    def db(self) -> str:
+        return os.path.join(self.state_dir, DB_NAME)
+
+    @property
+    def lock(self) -> str:
+        return os.path.join(self.state_dir, LOCK_NAME)
+
+
+class StateLock:
+    """The exclusive lock on `state_dir`. `acquire()` raises StartupError when another holds it."""
+
+    def __init__(self, paths: StatePaths) -> None:
+        self._paths = paths
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self._paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot open lock file {self._paths.lock}: {exc.strerror} "
+                "(check that state_dir exists and is writable by this user)"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f" (pid {holder})" if holder else ""
+            raise StartupError(
+                f"state directory {self._paths.state_dir} is in use by another trackd{who}; "
+                "stop it first, or point this one at another state_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def held_by_other(self) -> bool:
+        """True when another process holds the lock (a probe: takes and drops it if free)."""
+        try:
+            fd = os.open(self._paths.lock, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        data = os.pread(fd, 32, 0)
+        return int(data.strip() or b"0") or None
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_state_dir(state_dir: str) -> None:
+    """Create `state_dir` (0700) if missing; fail clearly when it cannot be used."""
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create state_dir {state_dir}: {exc.strerror}") from None
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise StartupError(
+            f"state_dir {state_dir} is not writable by this user (uid {os.getuid()}); "
+            "fix its owner or permissions"
+        )
+
+
+def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with trackd's pragmas; autocommit mode (transactions are explicit)."""
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=True, timeout=10)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StartupError(f"{path}: cannot switch the state database to WAL mode ({mode})")
+    # NORMAL in WAL: a commit survives a process crash; only an OS crash may lose the last ones,
+    # and never leaves the database inconsistent (the transaction, not each row, is the unit).
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA cache_size = -32768")
+    return conn
+
+
+def open_state(state_dir: str, *, on_corrupt: str = "fail") -> sqlite3.Connection:
+    """Open (creating if needed) and migrate the database; check its integrity first.
+
+    A database that fails `PRAGMA quick_check` is moved aside to `state.db.corrupt-<timestamp>`;
+    then trackd exits 3 (`on_corrupt: fail`) or starts fresh (`on_corrupt: reset`).
+    """
+    paths = StatePaths(state_dir)
+    problem = _integrity_problem(paths.db)
+    if problem is not None:
+        aside = _move_aside(paths.db)
+        log.error("state_corrupt", path=paths.db, problem=problem, moved_to=aside)
+        if on_corrupt != "reset":
+            raise StartupError(
+                f"state database {paths.db} is damaged ({problem}); it was moved to {aside}. "
+                "Start again to begin with fresh state (files are then read from start_at), or "
+                "set state.on_corrupt: reset to do this automatically"
+            )
+    try:
+        conn = connect(paths.db)
+        migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        raise StartupError(f"cannot open state database {paths.db}: {exc}") from None
+    return conn
+
+
+def _integrity_problem(db: str) -> str | None:
+    if not os.path.exists(db) or os.path.getsize(db) == 0:
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{db}", uri=True, isolation_level=None, timeout=10)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    if rows != [("ok",)]:
+        return "; ".join(str(r[0]) for r in rows[:3])
+    return None
+
+
+def _move_aside(db: str) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = f"{db}.corrupt-{stamp}"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(db + suffix):
+            os.replace(db + suffix, aside + suffix)
+    return aside
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema forward to SCHEMA_VERSION, one migration per transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StartupError(
+            f"the state database has schema version {version}, newer than this trackd knows "
+            f"({SCHEMA_VERSION}); run the newer trackd, or move the state database aside"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[number]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into statements (executescript would commit our open transaction)."""
+    out: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            out.append(current.strip())
+            current = ""
+    if current.strip():
+        out.append(current.strip())
+    return out
+
+
+def transaction_error(exc: sqlite3.Error, what: str) -> StateError:
+    """A state write failed: say what and what to check (full disk, read-only directory)."""
+    return StateError(
+        f"state database write failed while {what}: {exc} "
+        "(is the disk full, or the state directory read-only?)"
+    )

@@ -1,0 +1,362 @@
+"""Builds the pipeline from config and runs it: `run --once` and the `run` daemon.
+
+One supervisor, one TaskGroup; signal handlers only record intent. Shutdown drains in order —
+stop reading, commit, deliver what can be delivered within `shutdown_timeout` — and logs each step.
+Correctness never depends on a clean shutdown: every state change is transactional.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from agent.config import Config
+from agent.errors import EXIT_OK, EXIT_RUNTIME
+from agent.ops.metrics import Metrics, MetricsServer
+from agent.ops.notify import Notifier
+from agent.runtime import Runtime
+from agent.sources.discovery import expand
+from agent.sources.snapshot import read_splits
+from agent.sources.tailer import Tailer
+from agent.sources.tracked import TrackedFile, open_found
+
+log = structlog.get_logger("trackd.supervisor")
+
+POLL_INTERVAL = 0.25
+DISCOVER_INTERVAL = 1.0
+
+
+@dataclass(slots=True)
+class Summary:
+    started: float = field(default_factory=time.monotonic)
+    files: int = 0
+    lines: int = 0
+    skipped: int = 0
+    messages: dict[str, int] = field(default_factory=dict)
+    delivered: int = 0
+    pending: int = 0
+    sink: str = ""
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.messages.items()) if n)
+        total = sum(self.messages.values())
+        text = (
+            f"trackd: read {self.lines} lines from {self.files} file(s), {self.skipped} skipped; "
+            f"{total} messages ({kinds or 'none'}); delivered {self.delivered} to {self.sink}"
+        )
+        if self.pending:
+            text += f", {self.pending} still in the outbox"
+        return text + f"; {elapsed:.2f}s, {self.lines / elapsed:,.0f} lines/s"
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
+    """Wake an event-loop waiter from the pipeline thread."""
+    loop.call_soon_threadsafe(fn)
+
+
+async def _deliver_all(rt: Runtime, deadline: float | None) -> int:
+    """Deliver until the outbox is empty (or the deadline passes); returns messages delivered."""
+    sender = rt.sender
+    assert sender is not None
+    delivered = 0
+    while True:
+        n = await rt.on_sender(sender.step)
+        delivered += n
+        if n:
+            continue
+        if sender.last_retry is None:
+            return delivered
+        if deadline is not None and time.monotonic() >= deadline:
+            return delivered
+        await asyncio.sleep(min(sender.last_retry.after or 1.0, 5.0))
+
+
+# -- run --once ----------------------------------------------------------------------------
+
+
+def _read_once(rt: Runtime) -> int:
+    """Pipeline thread: snapshot every matched file, read each to its snapshot, merged by time."""
+    pipeline, positions = rt.pipeline, rt.positions
+    assert pipeline is not None and positions is not None
+    config = rt.config
+    opened: list[tuple[TrackedFile, int]] = []
+    for src in config.sources:
+        for found in expand(src.paths, src.exclude):
+            tf = open_found(
+                found,
+                src.name,
+                rt.saved,
+                positions,
+                first_start=rt.first_start,
+                start_at=config.start_at,
+                max_line_bytes=config.max_line_bytes,
+            )
+            if tf is not None:
+                opened.append((tf, found.size))
+    rt.mark_started()
+    try:
+        pipeline.run_merged([(tf, read_splits(tf, size)) for tf, size in opened])
+    finally:
+        for tf, _ in opened:
+            tf.close()
+    return len(opened)
+
+
+async def run_once(config: Config, deliver_timeout: float) -> int:
+    rt = Runtime(config)
+    await rt.start()
+    summary = Summary()
+    assert rt.pipeline is not None and rt.sink is not None
+    summary.sink = f"{rt.sink.name}:{rt.sink.describe()}"
+    if rt.sender is None:
+        return await _run_once_direct(rt, summary)
+    loop = asyncio.get_running_loop()
+    committed = asyncio.Event()
+    rt.pipeline.on_commit = lambda: _call_soon(loop, committed.set)
+    reading_done = asyncio.Event()
+
+    async def deliver_while_reading() -> None:
+        while not reading_done.is_set():
+            waiter = asyncio.ensure_future(committed.wait())
+            done_waiter = asyncio.ensure_future(reading_done.wait())
+            await asyncio.wait({waiter, done_waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            done_waiter.cancel()
+            committed.clear()  # before delivering: a commit meanwhile sets it again
+            summary.delivered += await _deliver_all(rt, deadline=time.monotonic())
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(deliver_while_reading())
+            try:
+                summary.files = await rt.on_pipeline(_read_once, rt)
+            finally:
+                reading_done.set()
+        summary.delivered += await _deliver_all(rt, deadline=time.monotonic() + deliver_timeout)
+        summary.pending = await rt.on_sender(rt.sender.pending)
+    finally:
+        await _finish_once(rt, summary)
+    if summary.pending:
+        log.error(
+            "delivery_incomplete",
+            pending=summary.pending,
+            timeout_s=deliver_timeout,
+            hint="the messages stay in the outbox and are sent by the next run",
+        )
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+async def _run_once_direct(rt: Runtime, summary: Summary) -> int:
+    """`run --once` into a sink that is its own outbox: every commit already delivered."""
+    assert rt.pipeline is not None
+    try:
+        summary.files = await rt.on_pipeline(_read_once, rt)
+        summary.delivered = rt.pipeline.stats.enqueued
+    finally:
+        await _finish_once(rt, summary)
+    return EXIT_OK
+
+
+async def _finish_once(rt: Runtime, summary: Summary) -> None:
+    assert rt.pipeline is not None
+    stats = rt.pipeline.stats
+    summary.lines = sum(stats.lines.values())
+    summary.skipped = sum(stats.skipped.values())
+    summary.messages = dict(stats.messages)
+    await rt.close()
+    for (source, reason), n in sorted(stats.skipped.items()):
+        log.info("lines_skipped", source=source, reason=reason, count=n)
+    print(summary.line(), file=sys.stderr, flush=True)
+
+
+# -- the daemon ----------------------------------------------------------------------------
+
+
+class Daemon:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.rt = Runtime(config)
+        self.notifier = notifier or Notifier()
+        self.metrics = Metrics(config)
+        self.stop = asyncio.Event()
+        self.reading_stopped = asyncio.Event()
+        self.wake_reader = asyncio.Event()
+        self.wake_sender = asyncio.Event()
+        self.sources_up = asyncio.Event()
+        self.tailer: Tailer | None = None
+        self._signals = 0
+        self._progress = time.monotonic()
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second_signal_exit_now", signal=signal.Signals(signum).name)
+            os._exit(EXIT_OK)  # state is transactional: quitting here is safe
+        log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        self.stop.set()
+        self.wake_reader.set()
+        self.wake_sender.set()
+
+    def _on_hup(self) -> None:
+        log.warning(
+            "reload_not_supported_yet",
+            hint="SIGHUP config reload comes with the tailing work; restart trackd to apply changes",
+        )
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        await self.rt.start()
+        assert self.rt.pipeline is not None and self.rt.positions is not None
+        self.rt.pipeline.on_commit = lambda: _call_soon(loop, self.wake_sender.set)
+        self.tailer = Tailer(
+            self.config, self.rt.positions, self.rt.saved, first_start=self.rt.first_start
+        )
+        server = None
+        if self.config.metrics.listen:
+            server = MetricsServer(self.config.metrics.listen, self.metrics, self._health)
+            await server.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._reader())
+                if self.rt.sender is not None:
+                    tg.create_task(self._sender())
+                else:
+                    tg.create_task(self._direct_drain_log())
+                tg.create_task(self._watcher())
+                if self.notifier.watchdog_interval:
+                    tg.create_task(self._watchdog(self.notifier.watchdog_interval))
+                tg.create_task(self._announce_ready())
+        finally:
+            if server is not None:
+                await server.close()
+            if self.tailer is not None:
+                await self.rt.on_pipeline(self.tailer.close_all)
+            await self.rt.close()
+        log.info("stopped")
+        return EXIT_OK
+
+    async def _announce_ready(self) -> None:
+        """READY=1 once the first discovery and read pass is done (sources and sink are up)."""
+        waiter = asyncio.ensure_future(self.sources_up.wait())
+        stopper = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stopper.cancel()
+        if self.sources_up.is_set():
+            assert self.tailer is not None
+            files = len(self.tailer.files)
+            self.notifier.ready(f"tailing {files} file(s) of {len(self.config.sources)} source(s)")
+            log.info("started", sources=len(self.config.sources), files=files, sink=self.config.sink.type)
+
+    def _health(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    def _step(self, discover: bool) -> int:
+        """Pipeline thread: discover (when due), read what was appended, commit."""
+        tailer, pipeline = self.tailer, self.rt.pipeline
+        assert tailer is not None and pipeline is not None
+        if discover:
+            tailer.discover()
+            self.rt.mark_started()
+        n = 0
+        for tf, split in tailer.poll():
+            pipeline.feed(tf, split)
+            n += len(split.lines) + split.too_long
+        pipeline.commit()
+        return n
+
+    async def _reader(self) -> None:
+        last_discover = 0.0
+        try:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                due = now - last_discover >= DISCOVER_INTERVAL
+                if due:
+                    last_discover = now
+                self.wake_reader.clear()
+                n = await self.rt.on_pipeline(self._step, due)
+                self._progress = time.monotonic()
+                self.sources_up.set()
+                if n:
+                    continue
+                try:
+                    await asyncio.wait_for(self.wake_reader.wait(), timeout=POLL_INTERVAL)
+                except TimeoutError:
+                    pass
+        finally:
+            log.info("reading_stopped")
+            self.reading_stopped.set()
+            self.wake_sender.set()
+
+    async def _direct_drain_log(self) -> None:
+        """A direct sink delivers in the pipeline's commits: stopping is just the last commit."""
+        await self.reading_stopped.wait()
+        self.notifier.stopping()
+        assert self.rt.pipeline is not None
+        log.info("drained", delivered=self.rt.pipeline.stats.enqueued, left_in_outbox=0)
+
+    async def _sender(self) -> None:
+        sender = self.rt.sender
+        assert sender is not None
+        deadline: float | None = None
+        while True:
+            if self.stop.is_set() and deadline is None:
+                self.notifier.stopping()
+                await self.reading_stopped.wait()
+                deadline = time.monotonic() + self.config.shutdown_timeout
+            # Clear before looking: a commit that lands while we look sets it again (no lost wake).
+            self.wake_sender.clear()
+            n = await self.rt.on_sender(sender.step)
+            if n:
+                continue
+            if deadline is not None:
+                if sender.last_retry is None or time.monotonic() >= deadline:
+                    pending = await self.rt.on_sender(sender.pending)
+                    log.info("drained", delivered=sender.sent, left_in_outbox=pending)
+                    return
+            wait = (sender.last_retry.after or 1.0) if sender.last_retry else None
+            try:
+                await asyncio.wait_for(self.wake_sender.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+
+    async def _watcher(self) -> None:
+        assert self.tailer is not None
+        dirs = self.tailer.watch_dirs()
+        if not dirs:
+            await self.stop.wait()
+            return
+        import watchfiles
+
+        try:
+            async for _changes in watchfiles.awatch(
+                *dirs, stop_event=self.stop, debounce=20, step=10, recursive=True
+            ):
+                self.wake_reader.set()
+        except (OSError, RuntimeError) as exc:
+            log.warning("watch_unavailable", error=str(exc), fallback="polling")
+            await self.stop.wait()
+
+    async def _watchdog(self, interval: float) -> None:
+        while not self.stop.is_set():
+            self.notifier.watchdog()
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+
+
+async def run_daemon(config: Config) -> int:
+    return await Daemon(config).run()

@@ -1,0 +1,167 @@
+"""Shared test helpers: configs, log lines with sequence numbers, running the real `trackd`."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+TEST_SECRET = "test-secret-0123456789abcdef"
+NGINX_FORMAT = (
+    '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+    '"$http_referer" "$http_user_agent" "$http_cookie"'
+)
+UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
+
+
+def access_line(
+    seq: int,
+    *,
+    ts: str = "28/Nov/2026:10:00:00 +0000",
+    ip: str = "203.0.113.9",
+    cookie: str | None = None,
+    method: str = "GET",
+    status: int = 200,
+    ua: str = UA,
+) -> str:
+    """A combined_cookie/nginx line whose path carries a unique sequence number `/p/<seq>`."""
+    ck = cookie if cookie is not None else f"km_ai=visitor{seq % 97:05d}x"
+    return (
+        f'{ip} - - [{ts}] "{method} /p/{seq} HTTP/1.1" {status} 512 '
+        f'"https://ref.example/" "{ua}" "{ck}"\n'
+    )
+
+
+def write_access_log(path: Path, first: int, count: int, **kw: Any) -> None:
+    with path.open("a") as fh:
+        fh.writelines(access_line(seq, **kw) for seq in range(first, first + count))
+
+
+def make_config(
+    tmp: Path,
+    *,
+    paths: list[str],
+    sink_path: str = "out.jsonl",
+    fmt: str = "nginx",
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """A config in `tmp` with start_at: beginning, a fixed secret and no metrics server."""
+    secret = tmp / "secret.txt"
+    secret.write_text(TEST_SECRET + "\n")
+    source: dict[str, Any] = {"name": "web", "kind": "access", "paths": paths, "format": fmt}
+    if fmt == "nginx":
+        source["log_format"] = NGINX_FORMAT
+    cfg: dict[str, Any] = {
+        "state_dir": str(tmp / "state"),
+        "start_at": "beginning",
+        "identity": {"secret_file": str(secret), "site": "test"},
+        "sources": [source],
+        "sink": {"type": "file", "path": sink_path},
+        "metrics": {"listen": ""},
+        "log": {"format": "json", "level": "info"},
+    }
+    for key, value in (extra or {}).items():
+        cfg[key] = value
+    path = tmp / "trackd.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def trackd_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "agent", *args]
+
+
+def run_trackd(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        trackd_cmd(*args), capture_output=True, text=True, timeout=timeout, env=full_env, check=False
+    )
+
+
+def read_messages(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The messages of a JSON-lines file (its first `limit` bytes); a trailing partial line, still
+    being written, is ignored."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if limit is not None:
+        data = data[:limit]
+    complete = data[: data.rfind(b"\n") + 1]
+    return [orjson.loads(line) for line in complete.splitlines() if line]
+
+
+def committed_length(state_dir: Path, sink_path: Path) -> int | None:
+    """The sink file length the state says was delivered (SPEC §4), or None if unknown."""
+    db = state_dir / "state.db"
+    if not db.exists():
+        return None
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute(
+            "SELECT length FROM sink_file WHERE path = ?", (str(sink_path),)
+        ).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else int(row[0])
+
+
+_SEQ = re.compile(r"/p/(\d+)")
+
+
+def page_seqs(messages: list[dict[str, Any]]) -> list[int]:
+    """The sequence numbers of page messages, in output order."""
+    out = []
+    for msg in messages:
+        if msg.get("type") == "page":
+            m = _SEQ.search(msg["properties"]["path"])
+            assert m is not None, msg
+            out.append(int(m.group(1)))
+    return out
+
+
+def outbox_bodies(state_dir: Path) -> list[dict[str, Any]]:
+    db = state_dir / "state.db"
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [orjson.loads(b) for (b,) in conn.execute("SELECT body FROM outbox ORDER BY id")]
+    finally:
+        conn.close()
+
+
+class NotifySocket:
+    """A receiver for sd_notify datagrams, as systemd would be (set NOTIFY_SOCKET to `.path`)."""
+
+    def __init__(self, directory: Path) -> None:
+        import socket
+
+        self.path = str(directory / "notify.sock")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.path)
+        self.received: list[str] = []
+
+    def wait_for(self, needle: str, timeout: float) -> str:
+        """Block until a datagram containing `needle` arrives; returns it."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {needle!r} from sd_notify; got {self.received}")
+            self._sock.settimeout(left)
+            msg = self._sock.recv(4096).decode()
+            self.received.append(msg)
+            if needle in msg:
+                return msg
+
+    def close(self) -> None:
+        self._sock.close()

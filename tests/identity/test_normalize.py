@@ -1,0 +1,62 @@
+"""Identifier intake: normalisation and the junk filter (SPEC §1.1)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.identity.normalize import Normalizer, percent_decode_once
+
+
+class TestNormalise:
+    def test_percent_decoded_exactly_once(self) -> None:
+        """`%2540` becomes `%40`, not `@`; `+` stays `+`; a malformed `%` stays literal."""
+        assert percent_decode_once("a%2540b") == "a%40b"
+        assert percent_decode_once("a+b%zz%4") == "a+b%zz%4"
+
+    def test_json_string_literal_is_decoded(self) -> None:
+        """A value that is a JSON string literal loses its quotes (after percent-decoding)."""
+        assert Normalizer().device("%22abcdef123%22") == "abcdef123"
+
+    def test_emails_are_lowercased_when_named(self) -> None:
+        """Email-like named values are folded; device values keep their case."""
+        n = Normalizer()
+        assert n.named("Alice%40Example.COM") == "alice@example.com"
+        assert n.device("AbCdEfGh") == "AbCdEfGh"
+        assert Normalizer(lowercase_emails=False).named("Alice@Example.com") == "Alice@Example.com"
+
+    @pytest.mark.parametrize(
+        "raw",
+        ["", "-", "0", "000-000", "undefined", "NULL", '"null"', "%22undefined%22", "guest",
+         "[object Object]", "abc", "x" * 300, "ab\x01cdef", "00000000-0000-0000-0000-000000000000"],
+    )
+    def test_junk_device_values_are_discarded(self, raw: str) -> None:
+        """Placeholders, too short/long values and control characters never become devices."""
+        n = Normalizer()
+        assert n.device(raw) is None
+        assert n.junk["device"] == 1
+
+    def test_blocklist_and_short_named(self) -> None:
+        """Named ids may be short, but the blocklist and junk words still apply."""
+        n = Normalizer(blocklist=("ops@example.com",))
+        assert n.named("bob") == "bob"
+        assert n.named("OPS@example.com") is None
+        assert n.named("guest") is None
+
+    def test_junk_is_counted_by_kind_on_every_hit(self) -> None:
+        """Cached verdicts still count each occurrence."""
+        n = Normalizer()
+        for _ in range(3):
+            n.session("-")
+        assert n.junk["session"] == 3
+
+
+@given(st.text(max_size=300))
+def test_never_raises_and_result_is_clean(raw: str) -> None:
+    """Any input gives None or a stripped value without control characters."""
+    for value in (Normalizer().device(raw), Normalizer().named(raw)):
+        if value is not None:
+            assert value == value.strip()
+            assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+            assert 0 < len(value) <= 255

@@ -1,0 +1,74 @@
+"""`trackd run` as a daemon: tails appended lines, drains on SIGTERM and exits 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.helpers import (
+    NotifySocket,
+    make_config,
+    page_seqs,
+    read_messages,
+    trackd_cmd,
+    write_access_log,
+)
+
+
+def _wait_for_seqs(out: Path, n: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    seqs: list[int] = []
+    while time.monotonic() < deadline:
+        seqs = page_seqs(read_messages(out))
+        if len(seqs) >= n:
+            return seqs
+        time.sleep(0.05)
+    return seqs
+
+
+def test_daemon_tails_appends_and_drains_on_sigterm(tmp_path: Path) -> None:
+    """Lines appended while running are delivered; SIGTERM exits 0 with nothing lost."""
+    log = tmp_path / "access.log"
+    write_access_log(log, 0, 10)
+    cfg = make_config(tmp_path, paths=[str(log)])
+    proc = subprocess.Popen(
+        trackd_cmd("run", "-c", str(cfg)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert _wait_for_seqs(tmp_path / "out.jsonl", 10, 20) == list(range(10))
+        write_access_log(log, 10, 15)
+        assert _wait_for_seqs(tmp_path / "out.jsonl", 25, 20) == list(range(25))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert '"event":"drained"' in stderr
+
+
+def test_file_appearing_later_is_read_from_its_start(tmp_path: Path) -> None:
+    """A file matching the glob after the first start is read from offset 0 (start_at: end
+    applies only to files present at the very first start)."""
+    cfg = make_config(tmp_path, paths=[str(tmp_path / "logs" / "*.log")], extra={"start_at": "end"})
+    (tmp_path / "logs").mkdir()
+    notify = NotifySocket(tmp_path)
+    proc = subprocess.Popen(
+        trackd_cmd("run", "-c", str(cfg)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "NOTIFY_SOCKET": notify.path},
+    )
+    try:
+        assert "READY=1" in notify.wait_for("READY=1", 20)
+        write_access_log(tmp_path / "logs" / "new.log", 0, 7)
+        assert _wait_for_seqs(tmp_path / "out.jsonl", 7, 20) == list(range(7))
+        proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in notify.wait_for("STOPPING=1", 20)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()

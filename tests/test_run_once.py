@@ -1,0 +1,133 @@
+"""`trackd run --once` end to end: a real subprocess on real files into the file sink."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import orjson
+
+from agent.state.db import StateLock, StatePaths
+from tests.helpers import (
+    make_config,
+    outbox_bodies,
+    page_seqs,
+    read_messages,
+    run_trackd,
+    write_access_log,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TestDemo:
+    def test_demo_config_prints_resolved_page_messages(self, tmp_path: Path) -> None:
+        """The bundled demo prints page messages whose anonymousId is the km_ai cookie or a
+        derived anon- id, and named hits carry the km_ni person."""
+        shutil.copytree(ROOT / "config", tmp_path / "config")
+        proc = run_trackd("run", "--once", "-c", str(tmp_path / "config" / "demo.yaml"))
+        assert proc.returncode == 0, proc.stderr
+        messages = [orjson.loads(line) for line in proc.stdout.splitlines()]
+        assert messages and all(m["type"] == "page" for m in messages)
+        anon = {m["anonymousId"] for m in messages}
+        assert "qFq2LweZugFNE4o49hLhmRPBW34" in anon
+        assert any(a.startswith("anon-") for a in anon)
+        assert {m.get("userId") for m in messages} >= {"alice@example.com", "bob@example.org"}
+        assert "s3cr3t" not in proc.stdout  # the token query parameter is redacted
+        assert "trackd: read 23 lines from 1 file(s)" in proc.stderr
+
+
+class TestExactlyOnce:
+    def test_two_fresh_runs_are_byte_identical(self, tmp_path: Path) -> None:
+        """The same input into fresh state gives the same bytes (ids, order, keys)."""
+        log = tmp_path / "access.log"
+        write_access_log(log, 0, 500)
+        write_access_log(log, 500, 100, cookie="-")
+        outputs = []
+        for run in ("a", "b"):
+            work = tmp_path / run
+            work.mkdir()
+            cfg = make_config(work, paths=[str(log)])
+            proc = run_trackd("run", "--once", "-c", str(cfg))
+            assert proc.returncode == 0, proc.stderr
+            outputs.append((work / "out.jsonl").read_bytes())
+        assert outputs[0] == outputs[1]
+        assert len(outputs[0].splitlines()) == 600
+
+    def test_restart_resumes_where_the_last_run_stopped(self, tmp_path: Path) -> None:
+        """A second run reads only what was appended since the first."""
+        log = tmp_path / "access.log"
+        write_access_log(log, 0, 100)
+        cfg = make_config(tmp_path, paths=[str(log)])
+        assert run_trackd("run", "--once", "-c", str(cfg)).returncode == 0
+        write_access_log(log, 100, 50)
+        assert run_trackd("run", "--once", "-c", str(cfg)).returncode == 0
+        assert page_seqs(read_messages(tmp_path / "out.jsonl")) == list(range(150))
+        assert outbox_bodies(tmp_path / "state") == []
+
+    def test_partial_last_line_waits_for_its_newline(self, tmp_path: Path) -> None:
+        """A final line without a newline is left for the next run, then read whole."""
+        log = tmp_path / "access.log"
+        write_access_log(log, 0, 3)
+        line = (tmp_path / "access.log").read_text().splitlines()[0].replace("/p/0 ", "/p/3 ")
+        with log.open("a") as fh:
+            fh.write(line[:40])
+        cfg = make_config(tmp_path, paths=[str(log)])
+        assert run_trackd("run", "--once", "-c", str(cfg)).returncode == 0
+        assert page_seqs(read_messages(tmp_path / "out.jsonl")) == [0, 1, 2]
+        with log.open("a") as fh:
+            fh.write(line[40:] + "\n")
+        assert run_trackd("run", "--once", "-c", str(cfg)).returncode == 0
+        assert page_seqs(read_messages(tmp_path / "out.jsonl")) == [0, 1, 2, 3]
+
+    def test_start_at_end_skips_what_was_there_at_the_first_start(self, tmp_path: Path) -> None:
+        """With start_at: end a fresh state reads nothing the first time, then what is new."""
+        log = tmp_path / "access.log"
+        write_access_log(log, 0, 20)
+        cfg = make_config(tmp_path, paths=[str(log)], extra={"start_at": "end"})
+        assert run_trackd("run", "--once", "-c", str(cfg)).returncode == 0
+        assert read_messages(tmp_path / "out.jsonl") == []
+        write_access_log(log, 20, 5)
+        assert run_trackd("run", "--once", "-c", str(cfg)).returncode == 0
+        assert page_seqs(read_messages(tmp_path / "out.jsonl")) == [20, 21, 22, 23, 24]
+
+
+class TestOutputAndErrors:
+    def test_stdout_sink_carries_only_messages(self, tmp_path: Path) -> None:
+        """With `path: -` stdout holds JSON lines only; logs and the summary go to stderr."""
+        log = tmp_path / "access.log"
+        write_access_log(log, 0, 10)
+        cfg = make_config(tmp_path, paths=[str(log)], sink_path="-")
+        proc = run_trackd("run", "--once", "-c", str(cfg))
+        assert proc.returncode == 0, proc.stderr
+        assert [orjson.loads(x)["type"] for x in proc.stdout.splitlines()] == ["page"] * 10
+        assert "trackd: read 10 lines" in proc.stderr
+
+    def test_bad_lines_are_counted_not_fatal(self, tmp_path: Path) -> None:
+        """Unparseable and over-long lines are skipped and counted; the rest is delivered."""
+        log = tmp_path / "access.log"
+        write_access_log(log, 0, 5)
+        with log.open("ab") as fh:
+            fh.write(b"garbage \xff\xfe\x00 line\n" + b"x" * 70_000 + b"\n")
+        write_access_log(log, 5, 5)
+        cfg = make_config(tmp_path, paths=[str(log)])
+        proc = run_trackd("run", "--once", "-c", str(cfg))
+        assert proc.returncode == 0, proc.stderr
+        assert page_seqs(read_messages(tmp_path / "out.jsonl")) == list(range(10))
+        assert "12 lines from 1 file(s), 2 skipped" in proc.stderr
+        assert '"reason":"too_long"' in proc.stderr and '"reason":"parse_error"' in proc.stderr
+
+    def test_locked_state_exits_3(self, tmp_path: Path) -> None:
+        """When another process holds the state lock, run --once exits 3 and says so."""
+        log = tmp_path / "access.log"
+        write_access_log(log, 0, 1)
+        cfg = make_config(tmp_path, paths=[str(log)])
+        (tmp_path / "state").mkdir()
+        lock = StateLock(StatePaths(str(tmp_path / "state")))
+        lock.acquire()
+        try:
+            proc = run_trackd("run", "--once", "-c", str(cfg))
+        finally:
+            lock.release()
+        assert proc.returncode == 3
+        assert "is in use by another trackd" in proc.stderr
