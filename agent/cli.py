@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from typing import Any
 
@@ -228,9 +229,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     setup_logging(config.log.level, config.log.format)
     from agent import supervisor
 
+    _tune_gc()
+
     if args.once:
         return asyncio.run(supervisor.run_once(config, args.deliver_timeout))
     return asyncio.run(supervisor.run_daemon(config))
+
+
+def _tune_gc() -> None:
+    """The pipeline allocates many short-lived, acyclic objects per line; collecting them is
+    reference counting's job. Fewer cyclic-GC passes (and none over start-up objects) save ~10%
+    of run time (bench/run_once.py)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _not_yet(command: str) -> int:

@@ -19,13 +19,7 @@ import structlog
 
 from agent.config import Config, SourceConfig
 from agent.errors import StateError
-from agent.events.messages import (
-    NamedOut,
-    Timestamps,
-    alias_message,
-    encode,
-    page_message,
-)
+from agent.events.messages import NamedOut, Timestamps, alias_message, encode, page_message
 from agent.events.msgid import MessageIdPrefix, line_hash
 from agent.events.pageviews import PageviewFilter
 from agent.events.urls import UrlBuilder
@@ -53,6 +47,7 @@ COMMIT_EVERY = 16384
 #: Records resolved together (one identity prefetch per batch).
 BATCH = 2048
 SAMPLE_MAX = 20
+_INTAKE_CACHE_MAX = 200_000
 
 #: A parsed line on its way through the merge: (sort key, source, offset, file index, file,
 #: the line's raw bytes without its newline, the record, the offset just past the line).
@@ -123,6 +118,7 @@ class Pipeline:
         self._advanced: dict[int, tuple[TrackedFile, int, bytes]] = {}
         self._dirty_files: dict[int, TrackedFile] = {}
         self._ids: dict[int, MessageIdPrefix] = {}
+        self._intake_cache: dict[str, tuple[str | None, str | None, bool, tuple[str, ...]]] = {}
         self._watermarks: dict[str, float] = dict(
             conn.execute("SELECT source, newest FROM watermarks").fetchall()
         )
@@ -224,36 +220,62 @@ class Pipeline:
                 return None
             self._watermarks[source] = ts
             self._wm_dirty.add(source)
-        header = rec.cookie_header
-        jar = self.cookies(header) if header else {}
         if rec.cookies:
-            jar = {**jar, **rec.cookies}
-        if self._optout is not None and self._optout in jar:
+            device, named, optout, junk = self._cookie_intake(rec.cookie_header, rec.cookies)
+        else:
+            key = rec.cookie_header
+            hit = self._intake_cache.get(key)
+            if hit is None:
+                hit = self._cookie_intake(key, None)
+                if len(self._intake_cache) >= _INTAKE_CACHE_MAX:
+                    self._intake_cache.clear()
+                self._intake_cache[key] = hit
+            device, named, optout, junk = hit
+        if junk:
+            counts = self.normalizer.junk
+            for kind in junk:
+                counts[kind] += 1
+        if optout:
             self.stats.dropped["optout"] += 1
             return None
-        device = named = None
-        if jar:
-            norm = self.normalizer
-            for name in self._anon_names:
-                value = jar.get(name)
-                if value is not None:
-                    device = norm.device(value)
-                    if device is not None:
-                        break
-            for name in self._named_names:
-                value = jar.get(name)
-                if value is not None:
-                    named = norm.named(value)
-                    if named is not None:
-                        break
-            if device is not None and device == named:
-                device = None
         pv = self.pageviews
         if pv is not None and pv(rec):
             return device, named, True
         if device is not None and named is not None:
             return device, named, False
         return None
+
+    def _cookie_intake(
+        self, header: str, captured: dict[str, str] | None
+    ) -> tuple[str | None, str | None, bool, tuple[str, ...]]:
+        """(device, named, opted out, junk kinds seen) from a Cookie header (SPEC §1.1)."""
+        jar = self.cookies(header) if header else {}
+        if captured:
+            jar = {**jar, **captured}
+        if not jar:
+            return None, None, False, ()
+        if self._optout is not None and self._optout in jar:
+            return None, None, True, ()
+        check = self.normalizer.check
+        junk: list[str] = []
+        device = named = None
+        for name in self._anon_names:
+            value = jar.get(name)
+            if value is not None:
+                device = check("device", value)
+                if device is not None:
+                    break
+                junk.append("device")
+        for name in self._named_names:
+            value = jar.get(name)
+            if value is not None:
+                named = check("named", value)
+                if named is not None:
+                    break
+                junk.append("named")
+        if device is not None and device == named:
+            device = None
+        return device, named, False, tuple(junk)
 
     def _page(self, item: Item, device: str | None, named: str | None) -> None:
         """Resolve one page view and encode its messages: aliases first, then the page."""
@@ -275,7 +297,6 @@ class Pipeline:
         else:
             attribution, events = self.resolver.hit(ts, device, named, None)
             anonymous_id, user_id, resolution, contested = attribution
-        ctx = self.sources[source]
         if tf.ref is None:
             ref = tf.ensure_ref()
             assert ref is not None  # a complete line exists, so the first line is known
@@ -283,11 +304,13 @@ class Pipeline:
         ids = self._ids[tf.row.id]
         lhash = line_hash(raw[:-1] if raw[-1:] == b"\r" else raw)
         stamp = self.timestamps(ts)
-        page_url = ctx.urls.page(rec.target, rec.host, None)
+        urls = self.sources[source].urls
+        page_url = urls.page(rec.target, rec.host, None)
+        # orjson encodes a fresh dict faster than any cache keyed by these strings could be hit.
         page: dict[str, str] = {"path": page_url.path, "search": page_url.search}
         if page_url.url is not None:
             page["url"] = page_url.url
-        page["referrer"] = ctx.urls.referrer(rec.referrer)
+        page["referrer"] = urls.referrer(rec.referrer) if rec.referrer else ""
         context: dict[str, Any] = {}
         ip_out = self.client_ip.for_context(ip)
         if ip_out is not None:

@@ -258,7 +258,9 @@ class Daemon:
             assert self.tailer is not None
             files = len(self.tailer.files)
             self.notifier.ready(f"tailing {files} file(s) of {len(self.config.sources)} source(s)")
-            log.info("started", sources=len(self.config.sources), files=files, sink=self.config.sink.type)
+            log.info(
+                "started", sources=len(self.config.sources), files=files, sink=self.config.sink.type
+            )
 
     def _health(self) -> tuple[bool, str]:
         return True, "ok"

@@ -67,8 +67,7 @@ def make_config(
         "metrics": {"listen": ""},
         "log": {"format": "json", "level": "info"},
     }
-    for key, value in (extra or {}).items():
-        cfg[key] = value
+    cfg.update(extra or {})
     path = tmp / "trackd.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -78,10 +77,17 @@ def trackd_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "agent", *args]
 
 
-def run_trackd(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_trackd(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        trackd_cmd(*args), capture_output=True, text=True, timeout=timeout, env=full_env, check=False
+        trackd_cmd(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        check=False,
     )
 
 

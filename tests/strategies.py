@@ -9,6 +9,8 @@ line_bytes = st.binary(max_size=600).map(lambda b: b.replace(b"\n", b""))
 
 #: Text that looks a bit like a log line, to reach deeper into the regexes.
 loggy_text = st.text(
-    alphabet=st.sampled_from(list('0123456789 .:/-[]"+?&=;%\\xabcdefGHIJKLMNOPQRSTUVWXYZ\t\r\x00é')),
+    alphabet=st.sampled_from(
+        list('0123456789 .:/-[]"+?&=;%\\xabcdefGHIJKLMNOPQRSTUVWXYZ\t\r\x00é')
+    ),
     max_size=300,
 )

@@ -35,7 +35,10 @@ def test_daemon_tails_appends_and_drains_on_sigterm(tmp_path: Path) -> None:
     write_access_log(log, 0, 10)
     cfg = make_config(tmp_path, paths=[str(log)])
     proc = subprocess.Popen(
-        trackd_cmd("run", "-c", str(cfg)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        trackd_cmd("run", "-c", str(cfg)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert _wait_for_seqs(tmp_path / "out.jsonl", 10, 20) == list(range(10))

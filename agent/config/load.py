@@ -86,7 +86,9 @@ def load_config_text(text: str, filename: str, env: Mapping[str, str] | None = N
 
     # A value emptied by a missing ${VAR} fails other checks too; its first error says it all.
     env_paths = {path for path, _ in findings[:env_findings]}
-    findings = findings[:env_findings] + [f for f in findings[env_findings:] if f[0] not in env_paths]
+    findings = findings[:env_findings] + [
+        f for f in findings[env_findings:] if f[0] not in env_paths
+    ]
 
     issues.extend(_to_issues(findings, doc, filename))
     if issues:

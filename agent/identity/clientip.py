@@ -101,6 +101,11 @@ def _ipv4_slash24(addr: str) -> str | None:
     if len(parts) != 4:
         return None
     for part in parts:
-        if not part.isdigit() or len(part) > 3 or int(part) > 255 or (len(part) > 1 and part[0] == "0"):
+        if (
+            not part.isdigit()
+            or len(part) > 3
+            or int(part) > 255
+            or (len(part) > 1 and part[0] == "0")
+        ):
             return None
     return f"{parts[0]}.{parts[1]}.{parts[2]}.0"

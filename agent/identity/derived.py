@@ -73,7 +73,9 @@ class DerivedIds:
             day = self._days[day_no] = utc_day(day_no * 86400.0)
         msg = f"v1\n{self._site}\n{ip_norm}\n{user_agent}\n{day}".encode("utf-8", "surrogateescape")
         digest = hmac.new(self._key, msg, hashlib.sha256).digest()
-        hit = "anon-" + base64.b32encode(digest).decode("ascii").lower()[:26]
+        # Base32 encodes 5-byte groups independently: the first 20 bytes give the same first 26
+        # characters as the whole digest, with no padding and less work.
+        hit = "anon-" + base64.b32encode(digest[:20]).decode("ascii").lower()[:26]
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[key] = hit

@@ -61,17 +61,22 @@ class Normalizer:
         return self._get("session", raw)
 
     def _get(self, kind: str, raw: str) -> str | None:
+        value = self.check(kind, raw)
+        if value is None:
+            self.junk[kind] += 1
+        return value
+
+    def check(self, kind: str, raw: str) -> str | None:
+        """Like `device`/`named`/`session`, without counting junk (the caller counts)."""
         key = (kind, raw)
         try:
-            value = self._cache[key]
+            return self._cache[key]
         except KeyError:
             value = self._normalize(kind, raw)
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
             self._cache[key] = value
-        if value is None:
-            self.junk[kind] += 1
-        return value
+            return value
 
     def _normalize(self, kind: str, raw: str) -> str | None:
         value = percent_decode_once(raw)

@@ -225,9 +225,7 @@ class Resolver:
     def prefetch(self, devices: set[str], named: set[str]) -> None:
         """Load a batch's identities in one query each, so the hot loop never waits on a
         single-row lookup; ids the store does not know are remembered as absent for the batch."""
-        want_d = [
-            d for d in devices if d not in self._devices and d not in self._dirty_devices
-        ]
+        want_d = [d for d in devices if d not in self._devices and d not in self._dirty_devices]
         if want_d:
             found = self._store.load_devices(want_d)
             for dev in found:

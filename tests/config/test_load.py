@@ -59,7 +59,9 @@ class TestAllErrorsAtOnce:
         assert "duplicate source name 'web'" in found["sources[1].name"]
         assert found["sources[1].log_format"].startswith("required for format nginx")
         assert "unknown source 'nowhere'" in found["events.rules[0].source"]
-        assert "unknown value 'maybe' (expected one of: derived, drop)" in found["identity.cookieless"]
+        assert (
+            "unknown value 'maybe' (expected one of: derived, drop)" in found["identity.cookieless"]
+        )
         assert "integer" in found["identity.max_named_per_device"]
         assert "TRACKD_TEST_UNSET_VAR is not set" in found["privacy.ip"]
 
@@ -196,7 +198,10 @@ class TestCheckOutput:
         proc = run_trackd("check", "-c", str(cfg))
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("config OK")
-        assert "source web (access, combined_cookie): 1 path pattern(s), 1 file(s) matched" in proc.stdout
+        assert (
+            "source web (access, combined_cookie): 1 path pattern(s), 1 file(s) matched"
+            in proc.stdout
+        )
         assert "1/2 lines parsed (50.0%)" in proc.stdout
         assert "abcdefgh123" not in proc.stdout  # cookie values are masked
         assert not (tmp_path / "st").exists()  # check never creates the state

@@ -28,8 +28,22 @@ class TestNormalise:
 
     @pytest.mark.parametrize(
         "raw",
-        ["", "-", "0", "000-000", "undefined", "NULL", '"null"', "%22undefined%22", "guest",
-         "[object Object]", "abc", "x" * 300, "ab\x01cdef", "00000000-0000-0000-0000-000000000000"],
+        [
+            "",
+            "-",
+            "0",
+            "000-000",
+            "undefined",
+            "NULL",
+            '"null"',
+            "%22undefined%22",
+            "guest",
+            "[object Object]",
+            "abc",
+            "x" * 300,
+            "ab\x01cdef",
+            "00000000-0000-0000-0000-000000000000",
+        ],
     )
     def test_junk_device_values_are_discarded(self, raw: str) -> None:
         """Placeholders, too short/long values and control characters never become devices."""

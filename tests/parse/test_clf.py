@@ -9,6 +9,7 @@ from hypothesis import given
 from agent.parse import build_access_parser
 from tests.strategies import line_bytes, loggy_text
 
+
 def utc(*parts: int) -> float:
     return float(calendar.timegm((*parts, 0, 0, 0)))
 
@@ -67,7 +68,9 @@ class TestCombined:
 
     def test_garbage_request_line_still_parses(self) -> None:
         """A scanner's binary request is kept as a record (the page-view filter drops it)."""
-        rec = build_access_parser("combined")(COMBINED.replace("GET /apache_pb.gif?x=1 HTTP/1.0", "\\x16\\x03\\x01"))
+        rec = build_access_parser("combined")(
+            COMBINED.replace("GET /apache_pb.gif?x=1 HTTP/1.0", "\\x16\\x03\\x01")
+        )
         assert rec is not None
         assert rec.method != "GET"
 

@@ -10,6 +10,7 @@ from hypothesis import given
 from agent.parse.nginx import NginxFormatError, compile_nginx
 from tests.strategies import line_bytes, loggy_text
 
+
 def utc(*parts: int) -> float:
     return float(calendar.timegm((*parts, 0, 0, 0)))
 
@@ -54,7 +55,7 @@ class TestCompile:
     def test_json_escaping(self) -> None:
         """With escape=json a quoted value may hold `\\"`."""
         parser = compile_nginx(
-            "log_format j escape=json '[$time_local] \"$request\" $status \"$http_user_agent\"';"
+            'log_format j escape=json \'[$time_local] "$request" $status "$http_user_agent"\';'
         )
         rec = parser('[28/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 200 "a \\"quoted\\" agent"')
         assert rec is not None and rec.user_agent == 'a "quoted" agent'
