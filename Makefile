@@ -25,20 +25,22 @@ $(BIN)/python:
 	  echo "error: '$(PYTHON)' has no working venv/ensurepip module." >&2; \
 	  echo "       On Debian/Ubuntu: sudo apt-get install python3-venv  (or python3.X-venv for your version)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet --upgrade pip
 
 venv: $(BIN)/python
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test]'
+	@echo "installing trackd and its test tools into $(VENV) (log: $(VENV)/install.log)"
+	@$(BIN)/pip install -e '.[test]' > $(VENV)/install.log 2>&1 || { \
+	  cat $(VENV)/install.log >&2; echo "error: pip install failed (full log above)" >&2; exit 1; }
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
 	@rm -rf .demo-state
-	@echo "== trackd run --once -c config/demo.yaml   (messages on stdout, logs and summary on stderr)" >&2
-	$(BIN)/trackd run --once -c config/demo.yaml
+	@echo "== trackd run --once -c config/demo.yaml   (messages on stdout; logs and summary on stderr)" >&2
+	@$(BIN)/trackd run --once -c config/demo.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent tests bench

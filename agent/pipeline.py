@@ -73,6 +73,8 @@ class PipelineStats:
         self.skipped: Counter[tuple[str, str]] = Counter()
         self.messages: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
+        #: Page views by how their person was decided: named, device, derived.
+        self.resolutions: Counter[str] = Counter()
         self.enqueued = 0
         self.commits = 0
         #: A bounded sample of skipped lines per source, for `check` and debug logs.
@@ -297,6 +299,7 @@ class Pipeline:
         else:
             attribution, events = self.resolver.hit(ts, device, named, None)
             anonymous_id, user_id, resolution, contested = attribution
+        self.stats.resolutions[resolution] += 1
         if tf.ref is None:
             ref = tf.ensure_ref()
             assert ref is not None  # a complete line exists, so the first line is known

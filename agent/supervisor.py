@@ -40,6 +40,8 @@ class Summary:
     lines: int = 0
     skipped: int = 0
     messages: dict[str, int] = field(default_factory=dict)
+    resolutions: dict[str, int] = field(default_factory=dict)
+    new_ids: dict[str, int] = field(default_factory=dict)
     delivered: int = 0
     pending: int = 0
     sink: str = ""
@@ -54,6 +56,14 @@ class Summary:
         )
         if self.pending:
             text += f", {self.pending} still in the outbox"
+        if self.resolutions:
+            r = self.resolutions
+            text += (
+                f"; page views by person: {r.get('named', 0)} named, {r.get('device', 0)} "
+                f"anonymous (cookie), {r.get('derived', 0)} derived; new identities: "
+                f"{self.new_ids.get('devices_new', 0)} devices, {self.new_ids.get('named_new', 0)} "
+                f"named, {self.new_ids.get('aliases', 0)} aliases"
+            )
         return text + f"; {elapsed:.2f}s, {self.lines / elapsed:,.0f} lines/s"
 
 
@@ -172,6 +182,8 @@ async def _finish_once(rt: Runtime, summary: Summary) -> None:
     summary.lines = sum(stats.lines.values())
     summary.skipped = sum(stats.skipped.values())
     summary.messages = dict(stats.messages)
+    summary.resolutions = dict(stats.resolutions)
+    summary.new_ids = dict(rt.pipeline.resolver.counts)
     await rt.close()
     for (source, reason), n in sorted(stats.skipped.items()):
         log.info("lines_skipped", source=source, reason=reason, count=n)
@@ -277,7 +289,27 @@ class Daemon:
             pipeline.feed(tf, split)
             n += len(split.lines) + split.too_long
         pipeline.commit()
+        self._publish()
         return n
+
+    def _publish(self) -> None:
+        """Pipeline thread: feed the metrics from the pipeline's tallies (cheap; per poll)."""
+        pipeline, tailer = self.rt.pipeline, self.tailer
+        assert pipeline is not None and tailer is not None
+        stats = pipeline.stats
+        sender = self.rt.sender
+        self.metrics.sync(
+            lines=stats.lines,
+            skipped=stats.skipped,
+            messages=stats.messages,
+            dropped=stats.dropped,
+            junk=pipeline.normalizer.junk,
+            identity=pipeline.resolver.counts,
+            sent=sender.sent if sender is not None else stats.enqueued,
+            sink=self.config.sink.type,
+        )
+        for source, path, lag in tailer.lag():
+            self.metrics.file_lag.labels(source, path).set(lag)
 
     async def _reader(self) -> None:
         last_discover = 0.0

@@ -18,8 +18,18 @@ AGENTS = [
     "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like "
     "Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
 ]
-PATHS = ["/", "/pricing", "/blog/how-we-ship", "/docs/start", "/account", "/orders/{n}",
-         "/static/app.{n}.js", "/static/site.css", "/api/v1/items?page={n}", "/search?q=shoes+{n}"]
+PATHS = [
+    "/",
+    "/pricing",
+    "/blog/how-we-ship",
+    "/docs/start",
+    "/account",
+    "/orders/{n}",
+    "/static/app.{n}.js",
+    "/static/site.css",
+    "/api/v1/items?page={n}",
+    "/search?q=shoes+{n}",
+]
 
 
 def access_log(path: Path, lines: int, *, visitors: int = 20_000, seed: int = 1) -> Path:
@@ -30,7 +40,9 @@ def access_log(path: Path, lines: int, *, visitors: int = 20_000, seed: int = 1)
             v = rng.randrange(visitors)
             ip = f"10.{v % 251}.{v // 251 % 251}.{v % 7 + 1}"
             sec = i // 50
-            ts = f"28/Nov/2026:{10 + sec // 3600 % 12:02d}:{sec // 60 % 60:02d}:{sec % 60:02d} +0000"
+            ts = (
+                f"28/Nov/2026:{10 + sec // 3600 % 12:02d}:{sec // 60 % 60:02d}:{sec % 60:02d} +0000"
+            )
             target = rng.choice(PATHS).format(n=rng.randrange(1000))
             r = rng.random()
             if r < 0.2:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen import NGINX_FORMAT, access_log  # noqa: E402
+from gen import NGINX_FORMAT, access_log
 
 BARE = re.compile(
     rb'(?P<ip>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "(?P<req>[^"]*)" (?P<status>\d+) '
@@ -51,8 +51,14 @@ def run_once(log: Path, work: Path) -> tuple[float, str]:
                 "start_at": "beginning",
                 "identity": {"secret_file": str(work / "secret")},
                 "sources": [
-                    {"name": "web", "kind": "access", "paths": [str(log)], "format": "nginx",
-                     "log_format": NGINX_FORMAT, "base_url": "https://www.example.com"}
+                    {
+                        "name": "web",
+                        "kind": "access",
+                        "paths": [str(log)],
+                        "format": "nginx",
+                        "log_format": NGINX_FORMAT,
+                        "base_url": "https://www.example.com",
+                    }
                 ],
                 "sink": {"type": "file", "path": str(work / "out.jsonl")},
                 "metrics": {"listen": ""},
@@ -73,7 +79,9 @@ def run_once(log: Path, work: Path) -> tuple[float, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--lines", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()

@@ -75,3 +75,59 @@ def test_file_appearing_later_is_read_from_its_start(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         notify.close()
+
+
+def test_metrics_endpoint_exports_every_metric_from_start(tmp_path: Path) -> None:
+    """/metrics lists the SPEC's metrics (labelled ones initialised to 0) and counts lines;
+    /healthz answers 200."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "access.log"
+    write_access_log(log, 0, 12)
+    cfg = make_config(
+        tmp_path, paths=[str(log)], extra={"metrics": {"listen": f"127.0.0.1:{port}"}}
+    )
+    notify = NotifySocket(tmp_path)
+    proc = subprocess.Popen(
+        trackd_cmd("run", "-c", str(cfg)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "NOTIFY_SOCKET": notify.path},
+    )
+    try:
+        notify.wait_for("READY=1", 20)
+        assert _wait_for_seqs(tmp_path / "out.jsonl", 12, 20) == list(range(12))
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert health.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        notify.close()
+    for name in (
+        "trackd_lines_total",
+        "trackd_lines_skipped_total",
+        "trackd_messages_total",
+        "trackd_sent_total",
+        "trackd_send_failures_total",
+        "trackd_outbox_messages",
+        "trackd_outbox_oldest_seconds",
+        "trackd_identities",
+        "trackd_aliases_total",
+        "trackd_identity_conflicts_total",
+        "trackd_dead_letters_total",
+        "trackd_truncation_gap_lines_total",
+        "trackd_identity_junk_total",
+        "trackd_km_collapsed_total",
+        "trackd_identity_degraded_total",
+        "trackd_dropped_total",
+    ):
+        assert f"\n{name}" in body, name
+    assert 'trackd_lines_total{source="web"} 12.0' in body
+    assert 'trackd_lines_skipped_total{reason="future",source="web"} 0.0' in body
+    assert 'trackd_messages_total{type="page"} 12.0' in body
+    assert 'trackd_dropped_total{reason="rotated_hold"} 0.0' in body

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +70,13 @@ def record_fields(rec: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in rec._fields:
         value = getattr(rec, name)
-        if name == "cookie_header":
+        if name == "ts":
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(value))
+            frac = f".{round((value % 1) * 1000):03d}" if rec.precision < 1 else ""
+            out["time"] = f"{stamp}{frac}Z"
+        elif name == "precision":
+            continue
+        elif name == "cookie_header":
             jar = parse_cookie_header(value)
             out["cookie"] = {k: _mask(v) for k, v in jar.items()}
         elif name == "cookies":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -113,6 +113,34 @@ class Metrics:
         if total > prev:
             (counter.labels(*labels) if labels else counter).inc(total - prev)
             self._seen[(key, labels)] = total
+
+    def sync(
+        self,
+        *,
+        lines: Mapping[str, int],
+        skipped: Mapping[tuple[str, str], int],
+        messages: Mapping[str, int],
+        dropped: Mapping[str, int],
+        junk: Mapping[str, int],
+        identity: Mapping[str, int],
+        sent: int,
+        sink: str,
+    ) -> None:
+        """Bring every counter up to the cumulative tallies of the pipeline and sender."""
+        for source, n in lines.items():
+            self.add("lines", (source,), n, self.lines)
+        for (source, reason), n in skipped.items():
+            self.add("skipped", (source, reason), n, self.skipped)
+        for kind, n in messages.items():
+            self.add("messages", (kind,), n, self.messages)
+        for reason, n in dropped.items():
+            self.add("dropped", (reason,), n, self.dropped)
+        for kind, n in junk.items():
+            self.add("junk", (kind,), n, self.junk)
+        self.add("aliases", (), identity.get("aliases", 0), self.aliases)
+        self.add("conflicts", (), identity.get("conflicts", 0), self.conflicts)
+        self.add("dropped", ("identity_cap",), identity.get("identity_cap", 0), self.dropped)
+        self.add("sent", (sink,), sent, self.sent)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
