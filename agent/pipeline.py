@@ -13,7 +13,7 @@ import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -28,9 +28,9 @@ from agent.identity.derived import DerivedIds
 from agent.identity.normalize import Normalizer
 from agent.identity.resolver import IdentityEvent, Resolver
 from agent.identity.sqlite_store import SqliteIdentityStore
-from agent.parse import AccessParser, build_access_parser
+from agent.parse import AccessParser, AppParser, build_access_parser, build_app_parser
 from agent.parse.cookies import CookieExtractor
-from agent.records import AccessRecord
+from agent.records import AccessRecord, AppRecord, Continuation
 from agent.sinks.base import Sink
 from agent.sources.fileid import digest16
 from agent.sources.splitter import Split
@@ -51,17 +51,27 @@ _INTAKE_CACHE_MAX = 200_000
 
 #: A parsed line on its way through the merge: (sort key, source, offset, file index, file,
 #: the line's raw bytes without its newline, the record, the offset just past the line).
-Item = tuple[float, str, int, int, TrackedFile, bytes, AccessRecord, int]
+Item = tuple[float, str, int, int, TrackedFile, bytes, AccessRecord | AppRecord, int]
 
 
 class SourceContext:
-    """What the pipeline needs per source: its parser and URL builder."""
+    """What the pipeline needs per source: its kind, parser and URL builder."""
 
-    __slots__ = ("name", "parser", "scheme_var", "urls")
+    __slots__ = ("is_app", "name", "parser", "urls")
 
     def __init__(self, src: SourceConfig, redact: tuple[str, ...]) -> None:
         self.name = src.name
-        self.parser: AccessParser = build_access_parser(src.format, src.log_format)
+        self.is_app = src.kind == "app"
+        self.parser: AccessParser | AppParser = (
+            build_app_parser(
+                src.format,
+                time_field=src.time_field,
+                time_format=src.time_format,
+                timezone=src.timezone,
+            )
+            if self.is_app
+            else build_access_parser(src.format, src.log_format)
+        )
         self.urls = UrlBuilder(redact, src.base_url)
 
 
@@ -75,6 +85,8 @@ class PipelineStats:
         self.dropped: Counter[str] = Counter()
         #: Page views by how their person was decided: named, device, derived.
         self.resolutions: Counter[str] = Counter()
+        #: App lines that continue the entry before them (tracebacks): not records, not errors.
+        self.continuations: Counter[str] = Counter()
         self.enqueued = 0
         self.commits = 0
         #: A bounded sample of skipped lines per source, for `check` and debug logs.
@@ -136,7 +148,9 @@ class Pipeline:
     def parsed(self, tf: TrackedFile, split: Split, index: int = 0) -> Iterator[Item]:
         """Parse a split's lines; yields merge items, counts what it skips."""
         source = tf.row.source
-        parser = self.sources[source].parser
+        ctx = self.sources[source]
+        parser = ctx.parser
+        is_app = ctx.is_app
         max_line = self.max_line
         stats = self.stats
         if split.too_long:
@@ -152,15 +166,32 @@ class Pipeline:
             if len(line) > max_line:
                 self._skip(source, "too_long", "")
                 continue
-            text = (line[:-1] if line[-1:] == b"\r" else line).decode("utf-8", "replace")
+            body = line[:-1] if line[-1:] == b"\r" else line
+            if is_app:
+                # An app entry whose bytes are not UTF-8 has no trustworthy structure (SPEC §2).
+                try:
+                    text = body.decode("utf-8")
+                except UnicodeDecodeError:
+                    self._skip(source, "encoding", "")
+                    continue
+            else:
+                text = body.decode("utf-8", "replace")
             rec = parser(text)
             if rec is None:
                 self._skip(source, "parse_error", text, explain=parser)
                 continue
+            if isinstance(rec, Continuation):
+                stats.continuations[source] += 1
+                continue
             yield (rec.ts + rec.precision, source, lo, index, tf, line, rec, offset)
 
     def _skip(
-        self, source: str, reason: str, text: str, n: int = 1, explain: AccessParser | None = None
+        self,
+        source: str,
+        reason: str,
+        text: str,
+        n: int = 1,
+        explain: AccessParser | AppParser | None = None,
     ) -> None:
         self.stats.skipped[(source, reason)] += n
         sample = self.stats.samples.setdefault(source, deque(maxlen=SAMPLE_MAX))
@@ -209,19 +240,10 @@ class Pipeline:
         """Time checks, cookie intake and the page-view filter; None when the record stops here."""
         source, rec = item[1], item[6]
         ts = rec.ts
-        if ts < MIN_EVENT_TS:
-            self.stats.skipped[(source, "too_old")] += 1
+        if not self._in_time(source, ts):
             return None
-        wm = self._watermarks.get(source)
-        if wm is None or ts > wm:
-            if wm is not None and ts > wm + FUTURE_SLACK:
-                self.stats.skipped[(source, "future")] += 1
-                return None
-            if wm is None and ts > time.time() + 86400.0:
-                self.stats.skipped[(source, "future")] += 1
-                return None
-            self._watermarks[source] = ts
-            self._wm_dirty.add(source)
+        if isinstance(rec, AppRecord):
+            return None  # app records feed rules (identify/logout/events), none configured yet
         if rec.cookies:
             device, named, optout, junk = self._cookie_intake(rec.cookie_header, rec.cookies)
         else:
@@ -246,6 +268,23 @@ class Pipeline:
         if device is not None and named is not None:
             return device, named, False
         return None
+
+    def _in_time(self, source: str, ts: float) -> bool:
+        """R6: drop events before 2009 or over an hour past the source's newest (counted)."""
+        if ts < MIN_EVENT_TS:
+            self.stats.skipped[(source, "too_old")] += 1
+            return False
+        wm = self._watermarks.get(source)
+        if wm is None or ts > wm:
+            if wm is not None and ts > wm + FUTURE_SLACK:
+                self.stats.skipped[(source, "future")] += 1
+                return False
+            if wm is None and ts > time.time() + 86400.0:
+                self.stats.skipped[(source, "future")] += 1
+                return False
+            self._watermarks[source] = ts
+            self._wm_dirty.add(source)
+        return True
 
     def _cookie_intake(
         self, header: str, captured: dict[str, str] | None
@@ -281,7 +320,8 @@ class Pipeline:
 
     def _page(self, item: Item, device: str | None, named: str | None) -> None:
         """Resolve one page view and encode its messages: aliases first, then the page."""
-        _key, source, lo, _index, tf, raw, rec, _end = item
+        _key, source, lo, _index, tf, raw, any_rec, _end = item
+        rec = cast(AccessRecord, any_rec)  # only access records are page views
         ts = rec.ts
         ip = self.client_ip.client(rec.ip, rec.forwarded_for)
         events: list[IdentityEvent]

@@ -6,7 +6,7 @@ at 250k lines/s a line has 4 µs in all (CONVENTIONS.md, "The hot path").
 
 from __future__ import annotations
 
-from typing import NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 #: Unix time in seconds (UTC), possibly fractional.
 EpochSeconds: TypeAlias = float
@@ -36,6 +36,35 @@ class AccessRecord(NamedTuple):
     forwarded_for: str
     #: Any other fields the format captured (nginx variables, Apache directives), or None.
     extra: dict[str, str] | None
+
+
+class AppRecord(NamedTuple):
+    """One parsed application log entry (SPEC §2: app records offer their own keys)."""
+
+    ts: EpochSeconds
+    #: Width of the time's precision interval (1.0 whole seconds, 0.001 milliseconds, ...).
+    precision: float
+    #: The entry's keys and values; nested JSON stays nested (rules reach in with dotted names).
+    fields: dict[str, Any]
+
+
+class Continuation:
+    """Marks a line that continues the previous entry (a traceback line, an indented detail).
+
+    Such lines belong to the entry before them: they produce no record and are not parse errors.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "CONTINUATION"
+
+
+#: The one Continuation value parsers return.
+CONTINUATION = Continuation()
+
+#: What a parser returns for a line: a record, a continuation, or None (not of the format).
+ParseResult: TypeAlias = "AccessRecord | AppRecord | Continuation | None"
 
 
 class SkippedLine(NamedTuple):

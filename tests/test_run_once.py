@@ -131,3 +131,32 @@ class TestOutputAndErrors:
             lock.release()
         assert proc.returncode == 3
         assert "is in use by another trackd" in proc.stderr
+
+
+class TestAppSources:
+    def test_app_log_lines_are_read_counted_and_tracebacks_are_not_errors(
+        self, tmp_path: Path
+    ) -> None:
+        """An app json source is read and positioned; traceback lines are not skipped as errors;
+        a line whose bytes are not UTF-8 is skipped as `encoding`."""
+        app = tmp_path / "app.log"
+        app.write_bytes(
+            b'{"ts": "2026-11-28T10:00:00Z", "event": "login", "email": "a@x.com"}\n'
+            b"Traceback (most recent call last):\n"
+            b'  File "app.py", line 1, in <module>\n'
+            b"KeyError: 'x'\n"
+            b'{"ts": "2026-11-28T10:00:01Z", "event": "\xff\xfe"}\n'
+            b'{"ts": "2026-11-28T10:00:02Z", "event": "logout"}\n'
+        )
+        cfg = make_config(tmp_path, paths=[str(tmp_path / "none.log")])
+        text = cfg.read_text().replace(
+            "sources:\n",
+            f"sources:\n- name: app\n  kind: app\n  paths: ['{app}']\n  format: json\n  time_field: ts\n",
+        )
+        cfg.write_text(text)
+        proc = run_trackd("run", "--once", "-c", str(cfg))
+        assert proc.returncode == 0, proc.stderr
+        assert "read 6 lines from 1 file(s), 1 skipped" in proc.stderr
+        assert '"reason":"encoding"' in proc.stderr
+        again = run_trackd("run", "--once", "-c", str(cfg))
+        assert "read 0 lines" in again.stderr  # the position moved past every line

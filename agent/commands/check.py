@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.config import Config, FileSinkConfig
-from agent.parse import build_access_parser
+from agent.parse import AccessParser, AppParser, build_access_parser, build_app_parser
 from agent.parse.cookies import parse_cookie_header
+from agent.records import AppRecord, Continuation
 from agent.sources.discovery import expand
 
 SAMPLE_LINES = 1000
@@ -29,6 +30,8 @@ class SourceReport:
     parsed: int = 0
     unparsed: list[tuple[int, str]] = field(default_factory=list)
     first_fields: dict[str, Any] | None = None
+    #: Lines continuing an entry (tracebacks): neither parsed nor failed.
+    continuations: int = 0
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -42,6 +45,7 @@ class SourceReport:
             "lines": self.lines,
             "parsed": self.parsed,
             "match_rate": round(self.parsed / self.lines, 4) if self.lines else None,
+            "continuation_lines": self.continuations,
             "unparsed": [{"line": n, "reason": r} for n, r in self.unparsed],
             "first_record": self.first_fields,
             "warnings": self.warnings,
@@ -68,6 +72,9 @@ def _mask(value: str) -> str:
 def record_fields(rec: Any) -> dict[str, Any]:
     """The fields of a parsed record as `check` shows them: cookie values masked."""
     out: dict[str, Any] = {}
+    if isinstance(rec, AppRecord):
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.ts))
+        return {"time": f"{stamp}Z", **rec.fields}
     for name in rec._fields:
         value = getattr(rec, name)
         if name == "ts":
@@ -101,9 +108,18 @@ def check_sources(config: Config, sample: str | None) -> list[SourceReport]:
             if not os.access(f.path, os.R_OK):
                 rep.warnings.append(f"{f.path}: not readable by this user (uid {os.getuid()})")
         path = sample or next((f.path for f in found if f.size > 0), None)
-        if path is not None and src.kind == "access":
+        if path is not None:
             rep.sample_from = path
-            parser = build_access_parser(src.format, src.log_format)
+            parser: AccessParser | AppParser = (
+                build_app_parser(
+                    src.format,
+                    time_field=src.time_field,
+                    time_format=src.time_format,
+                    timezone=src.timezone,
+                )
+                if src.kind == "app"
+                else build_access_parser(src.format, src.log_format)
+            )
             try:
                 lines = _read_sample(path, SAMPLE_LINES)
             except OSError as exc:
@@ -116,6 +132,10 @@ def check_sources(config: Config, sample: str | None) -> list[SourceReport]:
                 if rec is None:
                     if len(rep.unparsed) < SHOW_UNPARSED:
                         rep.unparsed.append((n, parser.explain(text)))
+                    continue
+                if isinstance(rec, Continuation):
+                    rep.continuations += 1
+                    rep.lines -= 1
                     continue
                 rep.parsed += 1
                 if rep.first_fields is None:
@@ -149,8 +169,13 @@ def render_text(config: Config, reports: list[SourceReport], warnings: list[str]
             lines.append(f"    … and {len(rep.files) - 10} more")
         if rep.sample_from is not None:
             rate = f"{rep.parsed / rep.lines:.1%}" if rep.lines else "n/a (empty)"
+            more = (
+                f", {rep.continuations} continuation line(s) of multi-line entries"
+                if rep.continuations
+                else ""
+            )
             lines.append(
-                f"    sample {rep.sample_from}: {rep.parsed}/{rep.lines} lines parsed ({rate})"
+                f"    sample {rep.sample_from}: {rep.parsed}/{rep.lines} lines parsed ({rate}){more}"
             )
             for n, reason in rep.unparsed:
                 lines.append(f"      line {n}: {reason}")

@@ -11,6 +11,7 @@ from agent.config.schema import Config
 from agent.config.yamlmarks import Path
 
 SUPPORTED_ACCESS_FORMATS = frozenset({"combined", "common", "combined_cookie", "nginx"})
+SUPPORTED_APP_FORMATS = frozenset({"json"})
 
 
 def _later(what: str) -> str:
@@ -21,7 +22,8 @@ def not_supported_yet(config: Config) -> list[tuple[Path, str]]:
     out: list[tuple[Path, str]] = []
     for i, src in enumerate(config.sources):
         if src.kind == "app":
-            out.append((("sources", i, "kind"), _later("kind: app (application logs)")))
+            if src.format not in SUPPORTED_APP_FORMATS:
+                out.append((("sources", i, "format"), _later(f"app format: {src.format}")))
         elif src.format not in SUPPORTED_ACCESS_FORMATS:
             out.append((("sources", i, "format"), _later(f"format: {src.format}")))
     for i, _rule in enumerate(config.events.rules):

@@ -6,6 +6,6 @@ reported as not parsed (`explain` says why, for `trackd check`).
 
 from __future__ import annotations
 
-from agent.parse.registry import AccessParser, build_access_parser
+from agent.parse.registry import AccessParser, AppParser, build_access_parser, build_app_parser
 
-__all__ = ["AccessParser", "build_access_parser"]
+__all__ = ["AccessParser", "AppParser", "build_access_parser", "build_app_parser"]
