@@ -11,6 +11,8 @@ import json
 import re
 from collections import Counter
 
+from agent.textcodec import percent_decode_once
+
 JUNK_WORDS = frozenset(
     (
         *(
@@ -21,22 +23,12 @@ JUNK_WORDS = frozenset(
         "[object object]",
     )
 )
-_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 _ZEROS = re.compile(r"^[0-]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _CACHE_MAX = 200_000
 
 KINDS = ("device", "named", "session")
-
-
-def percent_decode_once(value: str) -> str:
-    """RFC 3986 percent-decoding of `%XX` only, applied once; invalid UTF-8 becomes U+FFFD."""
-    if "%" not in value:
-        return value
-    raw = value.encode("utf-8", "surrogateescape")
-    decoded = re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes((int(m.group(1), 16),)), raw)
-    return decoded.decode("utf-8", "replace")
 
 
 class Normalizer:
