@@ -224,6 +224,17 @@ def _cmd_status(args: argparse.Namespace, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _cmd_identity(args: argparse.Namespace, as_json: bool) -> int:
+    from agent.commands import identity
+
+    data = identity.collect(_load(args), args.id)
+    if as_json:
+        _print_json(data)
+    else:
+        print(identity.render_text(data))
+    return EXIT_OK if data["known"] else EXIT_RUNTIME
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     setup_logging(config.log.level, config.log.format)
@@ -266,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_status(args, as_json)
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "identity":
+            return _cmd_identity(args, as_json)
         return _not_yet(args.command)
     except ConfigError as exc:
         print(f"config invalid ({len(exc.issues)} problem(s)):", file=sys.stderr)

@@ -1,9 +1,15 @@
-"""The one place a chunk of lines becomes messages: parse -> merge -> filter -> identity -> encode,
-then one state transaction holding the chunk's outbox rows, identity changes and file positions.
+"""The one place a chunk of lines becomes messages: parse -> order -> emit (rules, identity,
+encoding) -> one state transaction holding the chunk's messages, identity changes and positions.
 
 Runs synchronously on the pipeline thread (the event loop only schedules it). A kill -9 at any
-instruction loses nothing and duplicates nothing: rows and the positions that produced them
+instruction loses nothing and duplicates nothing: messages and the positions that produced them
 commit together (SPEC §5.2).
+
+Ordering (SPEC §1.4): `run --once` merges every file's records by event time (`run_merged`).
+While tailing, app records are emitted at once and access records wait in a hold buffer until
+every app source that logins/logouts come from has read past their time — or has not grown for
+`identity.max_hold`, or they have waited `max_hold` — so a hit is resolved after the login it
+follows. A held record is never lost: its file's committed position stays before it.
 """
 
 from __future__ import annotations
@@ -11,25 +17,16 @@ from __future__ import annotations
 import heapq
 import sqlite3
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, cast
 
 import structlog
 
 from agent.config import Config, SourceConfig
+from agent.emit import Emitter, Intake, PipelineStats, Rec
 from agent.errors import StateError
-from agent.events.messages import NamedOut, Timestamps, alias_message, encode, page_message
-from agent.events.msgid import MessageIdPrefix, line_hash
-from agent.events.pageviews import PageviewFilter
-from agent.events.urls import UrlBuilder
-from agent.identity.clientip import ClientIp
-from agent.identity.derived import DerivedIds
-from agent.identity.normalize import Normalizer
-from agent.identity.resolver import IdentityEvent, Resolver
 from agent.identity.sqlite_store import SqliteIdentityStore
 from agent.parse import AccessParser, AppParser, build_access_parser, build_app_parser
-from agent.parse.cookies import CookieExtractor
 from agent.records import AccessRecord, AppRecord, Continuation
 from agent.sinks.base import Sink
 from agent.sources.fileid import digest16
@@ -40,14 +37,10 @@ from agent.state import outbox
 
 log = structlog.get_logger("trackd.pipeline")
 
-#: SPEC §1.2 R6: events before 2009-01-01 are dropped as too old.
-MIN_EVENT_TS = 1230768000.0
-FUTURE_SLACK = 3600.0
 COMMIT_EVERY = 16384
 #: Records resolved together (one identity prefetch per batch).
 BATCH = 2048
 SAMPLE_MAX = 20
-_INTAKE_CACHE_MAX = 200_000
 
 #: A parsed line on its way through the merge: (sort key, source, offset, file index, file,
 #: the line's raw bytes without its newline, the record, the offset just past the line).
@@ -55,11 +48,11 @@ Item = tuple[float, str, int, int, TrackedFile, bytes, AccessRecord | AppRecord,
 
 
 class SourceContext:
-    """What the pipeline needs per source: its kind, parser and URL builder."""
+    """What the pipeline needs per source: its kind and parser."""
 
-    __slots__ = ("is_app", "name", "parser", "urls")
+    __slots__ = ("is_app", "name", "parser")
 
-    def __init__(self, src: SourceConfig, redact: tuple[str, ...]) -> None:
+    def __init__(self, src: SourceConfig) -> None:
         self.name = src.name
         self.is_app = src.kind == "app"
         self.parser: AccessParser | AppParser = (
@@ -72,73 +65,48 @@ class SourceContext:
             if self.is_app
             else build_access_parser(src.format, src.log_format)
         )
-        self.urls = UrlBuilder(redact, src.base_url)
-
-
-class PipelineStats:
-    """Counters the pipeline keeps; metrics and summaries read them (never values, only counts)."""
-
-    def __init__(self) -> None:
-        self.lines: Counter[str] = Counter()
-        self.skipped: Counter[tuple[str, str]] = Counter()
-        self.messages: Counter[str] = Counter()
-        self.dropped: Counter[str] = Counter()
-        #: Page views by how their person was decided: named, device, derived.
-        self.resolutions: Counter[str] = Counter()
-        #: App lines that continue the entry before them (tracebacks): not records, not errors.
-        self.continuations: Counter[str] = Counter()
-        self.enqueued = 0
-        self.commits = 0
-        #: A bounded sample of skipped lines per source, for `check` and debug logs.
-        self.samples: dict[str, deque[tuple[str, str]]] = {}
 
 
 class Pipeline:
-    """Owns parsing, identity and encoding state, and the pipeline thread's DB connection."""
+    """Owns parsing, ordering and the chunk transaction; the emitter owns the rest."""
 
-    def __init__(self, config: Config, conn: sqlite3.Connection, secret: bytes) -> None:
+    def __init__(
+        self,
+        config: Config,
+        conn: sqlite3.Connection,
+        secret: bytes,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.conn = conn
-        ident = config.identity
         self.store = SqliteIdentityStore(conn)
-        self.resolver = Resolver(
-            self.store,
-            max_named_per_device=ident.max_named_per_device,
-            max_devices_per_named=ident.max_devices_per_named,
-            session_timeout=ident.session_timeout,
-        )
-        self.normalizer = Normalizer(
-            lowercase_emails=ident.lowercase_emails, blocklist=ident.blocklist
-        )
-        self.derived = DerivedIds(secret, ident.site) if ident.cookieless == "derived" else None
-        self.client_ip = ClientIp(ident.trusted_proxies, config.privacy.ip)
-        self._anon_names = ident.anonymous_cookies
-        self._named_names = ident.named_cookies
-        self._optout = config.privacy.optout_cookie
-        wanted = [*ident.anonymous_cookies, *ident.named_cookies]
-        if self._optout:
-            wanted.append(self._optout)
-        self.cookies = CookieExtractor(wanted)
-        pv = config.events.pageviews
-        self.pageviews = PageviewFilter(pv) if pv.enabled else None
-        self.timestamps = Timestamps()
-        self.named_out = NamedOut(secret if config.privacy.hash_named == "sha256" else None)
-        self.max_line = config.max_line_bytes
-        self.sources = {
-            s.name: SourceContext(s, config.privacy.redact_params) for s in config.sources
-        }
         self.stats = PipelineStats()
-        self._rows: list[bytes] = []
+        watermarks = dict(conn.execute("SELECT source, newest FROM watermarks").fetchall())
+        self.emitter = Emitter(config, self.store, secret, self.stats, watermarks)
+        self.resolver = self.emitter.resolver
+        self.normalizer = self.emitter.normalizer
+        self.max_line = config.max_line_bytes
+        self.sources = {s.name: SourceContext(s) for s in config.sources}
+        self._clock = clock
         self._advanced: dict[int, tuple[TrackedFile, int, bytes]] = {}
         self._dirty_files: dict[int, TrackedFile] = {}
-        self._ids: dict[int, MessageIdPrefix] = {}
-        self._intake_cache: dict[str, tuple[str | None, str | None, bool, tuple[str, ...]]] = {}
-        self._watermarks: dict[str, float] = dict(
-            conn.execute("SELECT source, newest FROM watermarks").fetchall()
-        )
-        self._wm_dirty: set[str] = set()
         self._since_commit = 0
-        #: Called (on the pipeline thread) after every commit that enqueued messages.
+        # The hold buffer (tail mode): app sources whose logins/logouts access hits wait for.
+        ordering = {
+            r.source
+            for r in config.events.rules
+            if (r.identify is not None or r.logout is not None)
+            and config.source(r.source).kind == "app"
+        }
+        self._hold_for: tuple[str, ...] = tuple(sorted(ordering))
+        self._max_hold = config.identity.max_hold
+        started = clock()
+        #: Per app source: newest event time read, and when it last grew (monotonic).
+        self._read_wm: dict[str, float] = {}
+        self._grew: dict[str, float] = dict.fromkeys(self._hold_for, started)
+        self._held: dict[int, deque[tuple[float, Item]]] = {}
+        self._held_end: dict[int, tuple[TrackedFile, int, bytes]] = {}
+        #: Called (on the pipeline thread) after every commit that produced messages.
         self.on_commit: Callable[[], None] | None = None
         #: A sink that is its own outbox (the file sink): delivered inside `commit`.
         self.direct_sink: Sink | None = None
@@ -198,202 +166,57 @@ class Pipeline:
         if len(sample) < SAMPLE_MAX and explain is not None:
             sample.append((reason, explain.explain(text)))
 
-    # -- consuming -------------------------------------------------------------------------
+    # -- emitting --------------------------------------------------------------------------
 
     def consume_batch(self, items: list[Item]) -> None:
-        """Resolve a batch of parsed records and encode their messages (appended to the chunk).
-
-        Three passes: intake (time checks, cookies, the page-view filter), one prefetch of every
-        identity the batch names, then resolution and encoding in order.
-        """
-        work: list[tuple[Item, str | None, str | None, bool]] = []
+        """Emit a batch of records in order: intake first, one prefetch of every identity the
+        batch names, then rules, resolution and encoding record by record."""
+        emitter = self.emitter
+        work: list[tuple[Item, Intake | None]] = []
         devices: set[str] = set()
         named_ids: set[str] = set()
+        sessions: set[str] = set()
         advanced = self._advanced
         for item in items:
-            tf, end = item[4], item[7]
+            tf, end, rec = item[4], item[7], item[6]
             prev = advanced.get(tf.row.id)
             if prev is None or end > prev[1]:
                 advanced[tf.row.id] = (tf, end, item[5])
-            intake = self._intake(item)
-            if intake is None:
+            if not emitter.in_time(item[1], rec.ts):
                 continue
-            device, named, is_page = intake
-            if device is not None:
-                devices.add(device)
-            if named is not None:
-                named_ids.add(named)
-            work.append((item, device, named, is_page))
+            if isinstance(rec, AppRecord):
+                work.append((item, None))
+                continue
+            ids = emitter.intake(rec)
+            if ids is None:
+                continue
+            if ids.device is not None:
+                devices.add(ids.device)
+            if ids.named is not None:
+                named_ids.add(ids.named)
+            if ids.session is not None:
+                sessions.add(ids.session)
+            work.append((item, ids))
         self._since_commit += len(items)
         resolver = self.resolver
-        resolver.prefetch(devices, named_ids)
+        resolver.prefetch(devices, named_ids, sessions)
         try:
-            for item, device, named, is_page in work:
-                if is_page:
-                    self._page(item, device, named)
+            for item, ids in work:
+                tf = item[4]
+                ref = tf.ref if tf.ref is not None else tf.ensure_ref()
+                assert ref is not None  # a complete line exists, so the first line is known
+                r = Rec(item[1], item[2], item[5], item[6], ref)
+                if ids is None:
+                    emitter.app(r)
                 else:
-                    resolver.hit(item[6].ts, device, named, None)  # a login by cookie binds (R2)
+                    emitter.access(r, ids)
         finally:
             resolver.end_batch()
-
-    def _intake(self, item: Item) -> tuple[str | None, str | None, bool] | None:
-        """Time checks, cookie intake and the page-view filter; None when the record stops here."""
-        source, rec = item[1], item[6]
-        ts = rec.ts
-        if not self._in_time(source, ts):
-            return None
-        if isinstance(rec, AppRecord):
-            return None  # app records feed rules (identify/logout/events), none configured yet
-        if rec.cookies:
-            device, named, optout, junk = self._cookie_intake(rec.cookie_header, rec.cookies)
-        else:
-            key = rec.cookie_header
-            hit = self._intake_cache.get(key)
-            if hit is None:
-                hit = self._cookie_intake(key, None)
-                if len(self._intake_cache) >= _INTAKE_CACHE_MAX:
-                    self._intake_cache.clear()
-                self._intake_cache[key] = hit
-            device, named, optout, junk = hit
-        if junk:
-            counts = self.normalizer.junk
-            for kind in junk:
-                counts[kind] += 1
-        if optout:
-            self.stats.dropped["optout"] += 1
-            return None
-        pv = self.pageviews
-        if pv is not None and pv(rec):
-            return device, named, True
-        if device is not None and named is not None:
-            return device, named, False
-        return None
-
-    def _in_time(self, source: str, ts: float) -> bool:
-        """R6: drop events before 2009 or over an hour past the source's newest (counted)."""
-        if ts < MIN_EVENT_TS:
-            self.stats.skipped[(source, "too_old")] += 1
-            return False
-        wm = self._watermarks.get(source)
-        if wm is None or ts > wm:
-            if wm is not None and ts > wm + FUTURE_SLACK:
-                self.stats.skipped[(source, "future")] += 1
-                return False
-            if wm is None and ts > time.time() + 86400.0:
-                self.stats.skipped[(source, "future")] += 1
-                return False
-            self._watermarks[source] = ts
-            self._wm_dirty.add(source)
-        return True
-
-    def _cookie_intake(
-        self, header: str, captured: dict[str, str] | None
-    ) -> tuple[str | None, str | None, bool, tuple[str, ...]]:
-        """(device, named, opted out, junk kinds seen) from a Cookie header (SPEC §1.1)."""
-        jar = self.cookies(header) if header else {}
-        if captured:
-            jar = {**jar, **captured}
-        if not jar:
-            return None, None, False, ()
-        if self._optout is not None and self._optout in jar:
-            return None, None, True, ()
-        check = self.normalizer.check
-        junk: list[str] = []
-        device = named = None
-        for name in self._anon_names:
-            value = jar.get(name)
-            if value is not None:
-                device = check("device", value)
-                if device is not None:
-                    break
-                junk.append("device")
-        for name in self._named_names:
-            value = jar.get(name)
-            if value is not None:
-                named = check("named", value)
-                if named is not None:
-                    break
-                junk.append("named")
-        if device is not None and device == named:
-            device = None
-        return device, named, False, tuple(junk)
-
-    def _page(self, item: Item, device: str | None, named: str | None) -> None:
-        """Resolve one page view and encode its messages: aliases first, then the page."""
-        _key, source, lo, _index, tf, raw, any_rec, _end = item
-        rec = cast(AccessRecord, any_rec)  # only access records are page views
-        ts = rec.ts
-        ip = self.client_ip.client(rec.ip, rec.forwarded_for)
-        events: list[IdentityEvent]
-        if device is None and named is None:
-            if self.derived is None:
-                self.stats.dropped["cookieless"] += 1
-                return
-            anonymous_id: str | None = self.derived(
-                self.client_ip.normalized(ip), rec.user_agent, ts
-            )
-            user_id = None
-            resolution = "derived"
-            contested = False
-            events = []
-        else:
-            attribution, events = self.resolver.hit(ts, device, named, None)
-            anonymous_id, user_id, resolution, contested = attribution
-        self.stats.resolutions[resolution] += 1
-        if tf.ref is None:
-            ref = tf.ensure_ref()
-            assert ref is not None  # a complete line exists, so the first line is known
-            self._ids[tf.row.id] = MessageIdPrefix(source, ref.line_fp)
-        ids = self._ids[tf.row.id]
-        lhash = line_hash(raw[:-1] if raw[-1:] == b"\r" else raw)
-        stamp = self.timestamps(ts)
-        urls = self.sources[source].urls
-        page_url = urls.page(rec.target, rec.host, None)
-        # orjson encodes a fresh dict faster than any cache keyed by these strings could be hit.
-        page: dict[str, str] = {"path": page_url.path, "search": page_url.search}
-        if page_url.url is not None:
-            page["url"] = page_url.url
-        page["referrer"] = urls.referrer(rec.referrer) if rec.referrer else ""
-        context: dict[str, Any] = {}
-        ip_out = self.client_ip.for_context(ip)
-        if ip_out is not None:
-            context["ip"] = ip_out
-        if rec.user_agent:
-            context["userAgent"] = rec.user_agent
-        context["page"] = page
-        context["identity"] = {"resolution": resolution, "contested": contested}
-        context["source"] = {"name": source, "file": tf.row.path, "offset": lo}
-        out = self.named_out
-        rows = self._rows
-        messages = self.stats.messages
-        for ev in events:
-            rows.append(
-                encode(
-                    alias_message(
-                        ids(lo, lhash, ev.slot.encode()), stamp, out(ev.user), ev.previous, context
-                    )
-                )
-            )
-            messages["alias"] += 1
-        rows.append(
-            encode(
-                page_message(
-                    ids(lo, lhash, b"page"),
-                    stamp,
-                    out(user_id) if user_id is not None else None,
-                    anonymous_id,
-                    None,
-                    page,
-                    context,
-                )
-            )
-        )
-        messages["page"] += 1
 
     def advance(self, tf: TrackedFile, end: int, marker_source: bytes) -> None:
         """Move a file's position past lines that produced nothing (skipped, or a split's end).
 
-        Only called once every record before `end` has been consumed (see `_file_items`)."""
+        Only called once every record before `end` has been emitted."""
         prev = self._advanced.get(tf.row.id)
         if prev is None or end > prev[1]:
             self._advanced[tf.row.id] = (tf, end, marker_source)
@@ -402,17 +225,80 @@ class Pipeline:
         """The file's row changed beyond its position (fingerprint, path): write it at commit."""
         self._dirty_files[tf.row.id] = tf
 
-    # -- driving ---------------------------------------------------------------------------
+    # -- driving: tail mode ----------------------------------------------------------------
 
     def feed(self, tf: TrackedFile, split: Split) -> None:
-        """Tail mode: process one split of one file in file order."""
+        """Tail mode: take one split of one file (in file order). App records and access records
+        with nothing to wait for are emitted now; others wait in the hold buffer (`release`)."""
         items = list(self.parsed(tf, split))
+        source = tf.row.source
+        if source in self._grew:
+            self._grew[source] = self._clock()
+            if items:
+                newest = max(item[0] for item in items)
+                if newest > self._read_wm.get(source, 0.0):
+                    self._read_wm[source] = newest
+        held = self._held.get(tf.row.id)
+        if self._hold_for and not self.sources[source].is_app:
+            now = self._clock()
+            queue = self._held.setdefault(tf.row.id, deque())
+            queue.extend((now, item) for item in items)
+            self._held_end[tf.row.id] = (tf, split.end, split.marker)
+            return
         for i in range(0, len(items), BATCH):
             self.consume_batch(items[i : i + BATCH])
-        self.advance(tf, split.end, split.marker)
+        if not held:
+            self.advance(tf, split.end, split.marker)
+
+    def release(self) -> int:
+        """Emit held access records that may go (SPEC §1.4), in event-time order."""
+        if not self._held:
+            return 0
+        now = self._clock()
+        batch: list[Item] = []
+        released = 0
+        heads = [(q[0][1][0], q[0][1][2], fid) for fid, q in self._held.items() if q]
+        heapq.heapify(heads)
+        while heads:
+            key, _offset, fid = heads[0]
+            queue = self._held[fid]
+            read_at, item = queue[0]
+            if not (now - read_at >= self._max_hold or self._caught_up(key, now)):
+                break
+            queue.popleft()
+            batch.append(item)
+            if queue:
+                heapq.heapreplace(heads, (queue[0][1][0], queue[0][1][2], fid))
+            else:
+                heapq.heappop(heads)
+            if len(batch) >= BATCH:
+                self.consume_batch(batch)
+                released += len(batch)
+                batch = []
+        if batch:
+            self.consume_batch(batch)
+            released += len(batch)
+        for fid in [fid for fid, q in self._held.items() if not q]:
+            del self._held[fid]
+            tf, end, marker = self._held_end.pop(fid)
+            self.advance(tf, end, marker)
+        return released
+
+    def _caught_up(self, key: float, now: float) -> bool:
+        """Has every app source the hit waits for read past `key`, or gone quiet?"""
+        for source in self._hold_for:
+            if self._read_wm.get(source, 0.0) < key and now - self._grew[source] < self._max_hold:
+                return False
+        return True
+
+    def held(self) -> int:
+        """Access records waiting in the hold buffer."""
+        return sum(len(q) for q in self._held.values())
+
+    # -- driving: run --once / backfill ----------------------------------------------------
 
     def run_merged(self, streams: list[tuple[TrackedFile, Iterable[Split]]]) -> None:
-        """`run --once` / backfill: merge every file's records by event time (SPEC §1.4)."""
+        """Merge every file's records by event time (SPEC §1.4) and emit them in that order."""
         gens = [self._file_items(tf, splits, i) for i, (tf, splits) in enumerate(streams)]
         merged: Iterable[Item] = gens[0] if len(gens) == 1 else heapq.merge(*gens)
         batch: list[Item] = []
@@ -430,17 +316,24 @@ class Pipeline:
     def _file_items(self, tf: TrackedFile, splits: Iterable[Split], index: int) -> Iterator[Item]:
         for split in splits:
             yield from self.parsed(tf, split, index)
-            # Runs once the merge pulled every record above; `run_merged` consumes what it pulled
+            # Runs once the merge pulled every record above; `run_merged` emits what it pulled
             # before any commit, so the position may move past the split's skipped tail.
             self.advance(tf, split.end, split.marker)
 
     # -- the chunk transaction -------------------------------------------------------------
 
     def commit(self) -> int:
-        """One transaction: outbox rows + identity changes + positions + watermarks."""
-        rows = self._rows
+        """One transaction: messages + identity changes + positions + watermarks."""
+        emitter = self.emitter
+        rows = emitter.rows
         changes = self.resolver.take_changes()
-        if not rows and not self._advanced and not self._dirty_files and not changes.devices:
+        if (
+            not rows
+            and not self._advanced
+            and not self._dirty_files
+            and not any(changes)
+            and not emitter.watermarks_dirty
+        ):
             return 0
         now = time.time()
         positions = []
@@ -465,16 +358,16 @@ class Pipeline:
                     direct.committed(conn)
             elif rows:
                 outbox.enqueue(conn, rows, now)
-            self.store.save(changes.devices, changes.named, changes.aliases)
+            self.store.save(changes.devices, changes.named, changes.sessions, changes.aliases)
             for tf in self._dirty_files.values():
                 files_db.update_file(conn, tf.row)
             if positions:
                 files_db.update_positions(conn, positions)
-            if self._wm_dirty:
+            if emitter.watermarks_dirty:
                 conn.executemany(
                     "INSERT INTO watermarks (source, newest) VALUES (?, ?) "
                     "ON CONFLICT (source) DO UPDATE SET newest = excluded.newest",
-                    [(s, self._watermarks[s]) for s in self._wm_dirty],
+                    [(s, emitter.watermarks[s]) for s in emitter.watermarks_dirty],
                 )
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -490,10 +383,10 @@ class Pipeline:
         n = len(rows)
         self.stats.enqueued += n
         self.stats.commits += 1
-        self._rows = []
+        emitter.rows = []
+        emitter.watermarks_dirty = set()
         self._advanced = {}
         self._dirty_files = {}
-        self._wm_dirty = set()
         self._since_commit = 0
         if n and self.on_commit is not None:
             self.on_commit()

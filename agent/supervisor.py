@@ -42,6 +42,7 @@ class Summary:
     messages: dict[str, int] = field(default_factory=dict)
     resolutions: dict[str, int] = field(default_factory=dict)
     new_ids: dict[str, int] = field(default_factory=dict)
+    junk: int = 0
     delivered: int = 0
     pending: int = 0
     sink: str = ""
@@ -62,8 +63,11 @@ class Summary:
                 f"; page views by person: {r.get('named', 0)} named, {r.get('device', 0)} "
                 f"anonymous (cookie), {r.get('derived', 0)} derived; new identities: "
                 f"{self.new_ids.get('devices_new', 0)} devices, {self.new_ids.get('named_new', 0)} "
-                f"named, {self.new_ids.get('aliases', 0)} aliases"
+                f"named, {self.new_ids.get('aliases', 0)} aliases, "
+                f"{self.new_ids.get('conflicts', 0)} conflicts"
             )
+        if self.junk:
+            text += f"; junk ids discarded: {self.junk}"
         return text + f"; {elapsed:.2f}s, {self.lines / elapsed:,.0f} lines/s"
 
 
@@ -184,9 +188,15 @@ async def _finish_once(rt: Runtime, summary: Summary) -> None:
     summary.messages = dict(stats.messages)
     summary.resolutions = dict(stats.resolutions)
     summary.new_ids = dict(rt.pipeline.resolver.counts)
+    junk = rt.pipeline.normalizer.junk
+    summary.junk = sum(junk.values())
     await rt.close()
     for (source, reason), n in sorted(stats.skipped.items()):
         log.info("lines_skipped", source=source, reason=reason, count=n)
+    for kind, n in sorted(junk.items()):
+        log.info("identity_junk", kind=kind, count=n)
+    for (rule, reason), n in sorted(stats.rule_skipped.items()):
+        log.info("rule_skipped", rule=rule, reason=reason, count=n)
     print(summary.line(), file=sys.stderr, flush=True)
 
 
@@ -288,6 +298,7 @@ class Daemon:
         for tf, split in tailer.poll():
             pipeline.feed(tf, split)
             n += len(split.lines) + split.too_long
+        pipeline.release()
         pipeline.commit()
         self._publish()
         return n

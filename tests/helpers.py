@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +173,26 @@ class NotifySocket:
 
     def close(self) -> None:
         self._sock.close()
+
+
+@contextlib.contextmanager
+def running_daemon(
+    cfg: Path, tmp: Path, ready_timeout: float = 20
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`trackd run -c cfg` as a subprocess, yielded once it notified READY=1; killed on exit if
+    the test did not stop it."""
+    notify = NotifySocket(tmp)
+    proc = subprocess.Popen(
+        trackd_cmd("run", "-c", str(cfg)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "NOTIFY_SOCKET": notify.path},
+    )
+    try:
+        notify.wait_for("READY=1", ready_timeout)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()

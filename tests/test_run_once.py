@@ -28,13 +28,23 @@ class TestDemo:
         proc = run_trackd("run", "--once", "-c", str(tmp_path / "config" / "demo.yaml"))
         assert proc.returncode == 0, proc.stderr
         messages = [orjson.loads(line) for line in proc.stdout.splitlines()]
-        assert messages and all(m["type"] == "page" for m in messages)
-        anon = {m["anonymousId"] for m in messages}
+        pages = [m for m in messages if m["type"] == "page"]
+        anon = {m["anonymousId"] for m in pages}
         assert "qFq2LweZugFNE4o49hLhmRPBW34" in anon
         assert any(a.startswith("anon-") for a in anon)
-        assert {m.get("userId") for m in messages} >= {"alice@example.com", "bob@example.org"}
+        assert {m.get("userId") for m in pages} >= {
+            "alice@example.com",
+            "bob@example.org",
+            "carol@example.net",
+        }
+        # An anonymous visitor logs in; a second person uses the same browser after a logout.
+        assert [(m["previousId"], m["userId"]) for m in messages if m["type"] == "alias"] == [
+            ("qFq2LweZugFNE4o49hLhmRPBW34", "alice@example.com"),
+            ("Zp8xR2vKq9LmN3tY7wQe1uIo5aS", "bob@example.org"),
+            ("qFq2LweZugFNE4o49hLhmRPBW34~1", "carol@example.net"),
+        ]
         assert "s3cr3t" not in proc.stdout  # the token query parameter is redacted
-        assert "trackd: read 23 lines from 1 file(s)" in proc.stderr
+        assert "trackd: read 34 lines from 2 file(s)" in proc.stderr
 
 
 class TestExactlyOnce:

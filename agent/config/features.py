@@ -26,14 +26,8 @@ def not_supported_yet(config: Config) -> list[tuple[Path, str]]:
                 out.append((("sources", i, "format"), _later(f"app format: {src.format}")))
         elif src.format not in SUPPORTED_ACCESS_FORMATS:
             out.append((("sources", i, "format"), _later(f"format: {src.format}")))
-    for i, _rule in enumerate(config.events.rules):
-        out.append((("events", "rules", i), _later("events.rules")))
     if config.sink.type != "file":
         out.append((("sink", "type"), _later(f"sink type {config.sink.type!r}")))
     if config.identity.store != "sqlite":
         out.append((("identity", "store"), _later("a Redis identity store")))
-    if config.identity.session_cookies:
-        out.append(
-            (("identity", "session_cookies"), _later("session cookies (they join app-log logins)"))
-        )
     return out

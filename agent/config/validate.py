@@ -234,9 +234,16 @@ def _rules(rules: list[Any], kinds: dict[str, str]) -> Iterator[Finding]:
             if kind is None:
                 known = ", ".join(sorted(kinds)) or "none configured"
                 yield (*base, "source"), f"unknown source {source!r} (sources: {known})"
-        actions = [k for k in ("event", "identify", "logout", "identity_change") if rule.get(k)]
+        actions = [
+            k
+            for k in ("event", "identify", "logout", "identity_change", "page_name")
+            if rule.get(k)
+        ]
         if not actions:
-            yield base, "a rule needs an action: event, identify, logout or identity_change"
+            yield (
+                base,
+                ("a rule needs an action: event, identify, logout, identity_change or page_name"),
+            )
         if rule.get("properties") and not rule.get("event"):
             yield (*base, "properties"), "only used with event: (the track message's properties)"
         if rule.get("logout") is True and isinstance(source, str):

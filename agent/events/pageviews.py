@@ -63,5 +63,8 @@ class PageviewFilter:
             return False
         return not self._bots(rec.user_agent)
 
+    def is_bot(self, user_agent: str) -> bool:
+        return self._bots(user_agent)
+
     def __repr__(self) -> str:
         return f"PageviewFilter(methods={sorted(self._methods)}, bots={self._bots!r})"

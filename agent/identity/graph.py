@@ -68,6 +68,34 @@ class Named:
     changed_at: float | None = None
 
 
+#: Where a login record sits: (source, hex first-line fp, offset, hex line hash). Messages produced
+#: when a join completes later take the login record's ids (SPEC §3.4).
+LoginRef = tuple[str, str, int, str]
+
+
+@dataclass(slots=True)
+class Session:
+    """A session cookie's state: its mapping to a person, and the device last seen carrying it."""
+
+    session: str
+    #: The person the session maps to (R2), while `since - join_window <= t < until`.
+    named: str | None = None
+    since: float = 0.0
+    until: float = 0.0
+    #: The device the login bound (or a later hit joined), for R3's logout.
+    device: str | None = None
+    login_ref: LoginRef | None = None
+    #: The device of the latest access record carrying the session, and its time.
+    last_device: str | None = None
+    last_device_ts: float = 0.0
+
+    def mapped_at(self, ts: float, join_window: float) -> str | None:
+        """The person the session names at `ts` (a hit up to join_window before the login joins)."""
+        if self.named is not None and self.since - join_window <= ts < self.until:
+            return self.named
+        return None
+
+
 class IdentityStore(Protocol):
     """Where the graph persists. Writes happen inside the pipeline's chunk transaction."""
 
@@ -83,12 +111,20 @@ class IdentityStore(Protocol):
         """Those of `named` the store knows (one round trip for a batch)."""
         ...
 
-    def alias_sent(self, previous: str) -> str | None:
-        """The userId an alias from `previous` was already sent to, if any."""
+    def load_sessions(self, sessions: list[str]) -> list[Session]:
+        """Those of `sessions` the store knows."""
+        ...
+
+    def load_changes(self) -> dict[str, tuple[str, float]]:
+        """Every R7 identity change: old id -> (new id, time). Few; kept in memory."""
         ...
 
     def save(
-        self, devices: list[Device], named: list[Named], aliases: list[tuple[str, str, float]]
+        self,
+        devices: list[Device],
+        named: list[Named],
+        sessions: list[Session],
+        aliases: list[tuple[str, str, float]],
     ) -> None:
-        """Persist changed devices and named ids and newly sent aliases (caller's transaction)."""
+        """Persist what changed and the aliases newly sent (inside the caller's transaction)."""
         ...

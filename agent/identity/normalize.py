@@ -52,6 +52,10 @@ class Normalizer:
     def session(self, raw: str) -> str | None:
         return self._get("session", raw)
 
+    def value(self, kind: str, raw: str) -> str | None:
+        """The normalised identifier of `kind` ("device", "named", "session"); junk counted."""
+        return self._get(kind, raw)
+
     def _get(self, kind: str, raw: str) -> str | None:
         value = self.check(kind, raw)
         if value is None:

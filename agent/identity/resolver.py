@@ -1,19 +1,33 @@
-"""The resolver: rules R1, R2, R4 (shared devices), R5, R6 and R7 of SPEC §1.2 over the graph.
+"""The resolver: rules R1-R7 of SPEC §1.2 over the identity graph.
 
-Decisions use the record's own event time. The graph lives in an `IdentityStore`; the resolver
-keeps a bounded LRU of devices and named ids in front of it, and the objects it changed since the
-last `take_changes()` (those stay in memory until the pipeline commits them).
+Every decision uses the record's own event time. The graph lives in an `IdentityStore`; the
+resolver keeps a bounded LRU of devices, named ids and sessions in front of it, plus what it
+changed since the last `take_changes()` (kept in memory until the pipeline commits it). A batch
+of records is prefetched in one query per kind, so the hot loop never waits on a row lookup.
+
+The one mistake it must never make is aliasing two real people: an epoch is bound once; a second
+person on a bound epoch gets a new epoch (R2), a shared device is never attributed by binding
+(R4), and only an explicit `identity_change` links two named ids (R7).
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
-from agent.identity.graph import Device, Epoch, IdentityStore, Named, escape_device
+from agent.identity.graph import (
+    Device,
+    Epoch,
+    IdentityStore,
+    LoginRef,
+    Named,
+    Session,
+    escape_device,
+)
 
 _DAY = 86400.0
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class Attribution(NamedTuple):
@@ -26,21 +40,39 @@ class Attribution(NamedTuple):
 
 
 class IdentityEvent(NamedTuple):
-    """An `alias` to emit: `previous` (a device epoch, or R7's old id) -> `user`."""
+    """An `alias` to emit: `previous` (a device epoch, or R7's old id) -> `user`.
+
+    `ref` is set when the alias completes a join started by an earlier login record: the message
+    then takes that record's ids (SPEC §3.4)."""
 
     previous: str
     user: str
     slot: str
+    ref: LoginRef | None = None
 
 
 class Changes(NamedTuple):
     devices: list[Device]
     named: list[Named]
+    sessions: list[Session]
     aliases: list[tuple[str, str, float]]
 
 
+class _Lru(OrderedDict[K, V]):
+    """A bounded LRU mapping (oldest entries dropped first)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: K, value: V) -> None:
+        self[key] = value
+        if len(self) > self.size:
+            self.popitem(last=False)
+
+
 class Resolver:
-    """Resolve hits and logins to persons. Not thread-safe: the pipeline thread owns it."""
+    """Resolve hits, logins, logouts and identity changes. The pipeline thread owns it."""
 
     def __init__(
         self,
@@ -49,55 +81,76 @@ class Resolver:
         max_named_per_device: int = 3,
         max_devices_per_named: int = 50,
         session_timeout: float = 1800.0,
+        session_ttl: float = 86400.0,
+        join_window: float = 30.0,
         cache_size: int = 100_000,
     ) -> None:
         self._store = store
         self._max_named = max_named_per_device
         self._max_devices = max_devices_per_named
         self._session_timeout = session_timeout
-        self._cache_size = cache_size
-        self._devices: OrderedDict[str, Device] = OrderedDict()
-        self._named: OrderedDict[str, Named] = OrderedDict()
+        self._session_ttl = session_ttl
+        self._join_window = join_window
+        self._devices: _Lru[str, Device] = _Lru(cache_size)
+        self._named: _Lru[str, Named] = _Lru(cache_size)
+        self._sessions: _Lru[str, Session] = _Lru(cache_size)
         self._dirty_devices: dict[str, Device] = {}
         self._dirty_named: dict[str, Named] = {}
+        self._dirty_sessions: dict[str, Session] = {}
         self._new_aliases: list[tuple[str, str, float]] = []
-        self._absent_devices: set[str] = set()
-        self._absent_named: set[str] = set()
-        #: conflicts, aliases, identity_cap, devices_new, named_new (for metrics and summaries).
+        self._absent: set[tuple[str, str]] = set()
+        #: R7: old named id -> (new named id, event time of the change).
+        self._changes = store.load_changes()
+        #: conflicts, aliases, identity_cap, shared_devices, devices_new, named_new, sessions_new.
         self.counts: Counter[str] = Counter()
 
-    # -- hits ------------------------------------------------------------------------------
+    # -- access hits (R1, and R2 for hits carrying km_ni or a mapped session) --------------
 
     def hit(
-        self, ts: float, device: str | None, named: str | None, derived: Callable[[], str] | None
+        self, ts: float, device: str | None, named: str | None, session: str | None = None
     ) -> tuple[Attribution, list[IdentityEvent]]:
-        """Attribute one access hit (R1); a hit with a device and `km_ni` is also a login (R2).
-
-        `device`/`named` are normalised values (None when absent or junk); `derived` builds the
-        derived id when neither is usable (None when `cookieless: drop`).
-        """
+        """Attribute an access hit. `device`/`named`/`session` are normalised values (None when
+        absent or junk). With neither a device nor a person, the caller derives an id."""
+        sess = self._session(session) if session is not None else None
+        mapped = sess.mapped_at(ts, self._join_window) if sess is not None else None
         if device is None:
-            if named is not None:
-                self._touch_named(named, ts)
-                return Attribution(None, self._final(named, ts), "named", False), []
-            if derived is None:
-                return Attribution(None, None, "dropped", False), []
-            return Attribution(derived(), None, "derived", False), []
+            who = named if named is not None else mapped
+            if who is None:
+                return Attribution(None, None, "none", False), []
+            self._touch_named(who, ts)
+            return Attribution(None, self._final(who, ts), "named", False), []
         dev = self._device(escape_device(device), ts)
-        events: list[IdentityEvent] = []
-        if named is not None:
-            events = self._login(dev, ts, named, via_cookie=True, explicit=False)
-        elif dev.shared_since is not None and ts - dev.last_seen > self._session_timeout:
+        if sess is not None and ts >= sess.last_device_ts:
+            sess.last_device, sess.last_device_ts = dev.device, ts
+            self._dirty_sessions[sess.session] = sess
+        if dev.shared_since is not None and ts - dev.last_seen > self._session_timeout:
             dev.new_epoch(ts)  # R4: an idle gap on a shared device starts a new epoch
             self._mark(dev)
+        events: list[IdentityEvent] = []
+        person: str | None = None
+        if named is not None:
+            person = named
+            events = self._login(dev, ts, named, via_cookie=True, explicit=False)
+        elif mapped is not None and sess is not None:
+            # R2: a hit carrying a mapped session is itself a login for its device; the alias
+            # completes the login record's join and takes its ids.
+            person = mapped
+            events = self._login(
+                dev, ts, mapped, via_cookie=False, explicit=False, ref=sess.login_ref
+            )
+            if sess.device is None:
+                sess.device = dev.device
+                self._dirty_sessions[sess.session] = sess
         if ts > dev.last_seen:
             dev.last_seen = ts
         epoch = dev.epoch_at(ts)
         eid = epoch.epoch_id(dev.device)
         shared = dev.shared_since is not None and ts >= dev.shared_since
         contested = epoch.contested or shared
-        if named is not None:
-            return Attribution(eid, self._final(named, ts), "named", contested), events
+        if person is not None:
+            # Never pair an epoch with a person it is not bound to (a capped or late binding).
+            anon = eid if epoch.named == person else None
+            return Attribution(anon, self._final(person, ts), "named", contested), events
         if (
             epoch.named is not None
             and not shared
@@ -107,40 +160,114 @@ class Resolver:
             return Attribution(eid, self._final(epoch.named, ts), "named", contested), events
         return Attribution(eid, None, "device", contested), events
 
-    # -- logins (R2) -----------------------------------------------------------------------
+    # -- logins (R2), logouts (R3), identity changes (R7) ------------------------------------
 
     def login(
-        self, ts: float, named: str, device: str | None
+        self,
+        ts: float,
+        named: str,
+        device: str | None,
+        session: str | None,
+        ref: LoginRef | None = None,
     ) -> tuple[str | None, list[IdentityEvent]]:
-        """An explicit login/signup (an `identify:` rule). Returns the epoch it binds and aliases."""
+        """An `identify:` rule (login or signup). Returns the epoch now bound to `named` (the
+        `identify` message's anonymousId; None when no device is known yet) and the aliases.
+
+        The device is the rule's, else the device last seen carrying the session within
+        `join_window` of the login; a later hit carrying the session completes the join."""
         self._touch_named(named, ts)
-        if device is None:
+        dev_id = escape_device(device) if device is not None else None
+        if session is not None:
+            sess = self._session(session)
+            if (
+                dev_id is None
+                and sess.last_device is not None
+                and abs(ts - sess.last_device_ts) <= self._join_window
+            ):
+                dev_id = sess.last_device
+            sess.named, sess.since, sess.until = named, ts, ts + self._session_ttl
+            sess.device, sess.login_ref = dev_id, ref
+            self._dirty_sessions[sess.session] = sess
+        if dev_id is None:
             return None, []
-        dev = self._device(escape_device(device), ts)
+        dev = self._device(dev_id, ts)
         events = self._login(dev, ts, named, via_cookie=False, explicit=True)
         if ts > dev.last_seen:
             dev.last_seen = ts
         epoch = dev.epoch_at(ts)
         return (epoch.epoch_id(dev.device) if epoch.named == named else None), events
 
+    def logout(self, ts: float, session: str | None, device: str | None) -> bool:
+        """R3: end the session's mapping and start a new, unbound epoch on its device. False when
+        the logout found neither a mapped session nor a device (then nothing changed)."""
+        dev_id = escape_device(device) if device is not None else None
+        found = False
+        if session is not None:
+            sess = self._session(session)
+            if sess.named is not None and sess.since <= ts < sess.until:
+                sess.until = ts
+                found = True
+                self._dirty_sessions[sess.session] = sess
+            dev_id = dev_id or sess.device or sess.last_device
+        if dev_id is None:
+            return found
+        dev = self._device(dev_id, ts)
+        dev.new_epoch(ts)
+        self._mark(dev)
+        return True
+
+    def identity_change(self, ts: float, old: str, new: str) -> list[IdentityEvent]:
+        """R7: link two named identities explicitly; hits naming `old` then resolve to `new`."""
+        if old == new or self._final(new, ts) == old:
+            return []  # nothing to do, or a cycle: never link an id back to itself
+        entry = self._touch_named(old, ts)
+        self._touch_named(new, ts)
+        entry.changed_to, entry.changed_at = new, ts
+        self._dirty_named[old] = entry
+        self._changes[old] = (new, ts)
+        self._new_aliases.append((old, new, ts))
+        self.counts["aliases"] += 1
+        return [IdentityEvent(old, new, "change")]
+
+    def session_person(self, ts: float, session: str) -> str | None:
+        """The person a session names at `ts` (for app records that carry only a session)."""
+        mapped = self._session(session).mapped_at(ts, self._join_window)
+        return None if mapped is None else self._final(mapped, ts)
+
+    def final(self, named: str, ts: float) -> str:
+        """The identity `named` resolves to at `ts`, following R7 changes."""
+        return self._final(named, ts)
+
+    # -- the R2 branches -------------------------------------------------------------------
+
     def _login(
-        self, dev: Device, ts: float, named: str, *, via_cookie: bool, explicit: bool
+        self,
+        dev: Device,
+        ts: float,
+        named: str,
+        *,
+        via_cookie: bool,
+        explicit: bool,
+        ref: LoginRef | None = None,
     ) -> list[IdentityEvent]:
         self._touch_named(named, ts)
         self._note_named(dev, ts, named)
         epoch = dev.epoch_at(ts)
         shared = dev.shared_since is not None and ts >= dev.shared_since
-        if shared and explicit and (epoch.named is not None or epoch.started < ts):
-            # R4: on a shared device every login starts a new epoch.
-            epoch = dev.new_epoch(ts, contested=True)
-            self._mark(dev)
+        if shared and (explicit or (epoch.named is not None and epoch.named != named)):
+            # R4: on a shared device every login starts a new epoch; never alias the old one.
+            if not self._accept_device(named, dev.device):
+                return []
+            fresh = dev.new_epoch(ts, contested=True)
+            self._bind(dev, fresh, named, ts)
+            return [] if via_cookie else [self._alias(fresh.epoch_id(dev.device), named, ts, ref)]
         if epoch.named is None:
             if not self._accept_device(named, dev.device):
                 return []
             self._bind(dev, epoch, named, ts)
             if via_cookie:
                 return []  # the browser library already sent it (R2: km_ni binds silently)
-            return [self._alias(epoch.epoch_id(dev.device), named, ts)]
+            return [self._alias(epoch.epoch_id(dev.device), named, ts, ref)]
         if epoch.named == named:
             return []
         # R2 conflict (shared computer): never alias this epoch with a second person.
@@ -149,28 +276,22 @@ class Resolver:
             return []
         fresh = dev.new_epoch(ts, contested=True)
         self._bind(dev, fresh, named, ts)
-        return [self._alias(fresh.epoch_id(dev.device), named, ts)]
-
-    def logout(self, ts: float, device: str) -> None:
-        """R3: the device starts a new, unbound epoch at the logout's time."""
-        dev = self._device(escape_device(device), ts)
-        dev.new_epoch(ts)
-        self._mark(dev)
+        return [self._alias(fresh.epoch_id(dev.device), named, ts, ref)]
 
     def _bind(self, dev: Device, epoch: Epoch, named: str, ts: float) -> None:
         epoch.named = named
         epoch.bound_at = ts
         self._mark(dev)
 
-    def _alias(self, previous: str, user: str, ts: float) -> IdentityEvent:
+    def _alias(self, previous: str, user: str, ts: float, ref: LoginRef | None) -> IdentityEvent:
         self._new_aliases.append((previous, user, ts))
         self.counts["aliases"] += 1
-        return IdentityEvent(previous, user, f"alias:{previous}")
+        return IdentityEvent(previous, user, f"alias:{previous}", ref)
 
     def _note_named(self, dev: Device, ts: float, named: str) -> None:
         """R4: mark the device shared at the (max+1)-th distinct named id within 24h."""
         recent = dev.recent_named
-        if recent and recent[-1][1] == named and ts >= recent[-1][0]:
+        if any(n == named and abs(t - ts) <= _DAY for t, n in recent[-4:]):
             return
         recent.append((ts, named))
         recent[:] = [(t, n) for t, n in recent if ts - _DAY <= t <= ts + _DAY]
@@ -180,8 +301,9 @@ class Resolver:
         self._mark(dev)
 
     def _accept_device(self, named: str, device: str) -> bool:
-        entry = self._named_entry(named)
-        if entry is None or device in entry.devices:
+        """R4: a named identity takes at most max_devices_per_named devices."""
+        entry = self._touch_named(named, 0.0)
+        if device in entry.devices:
             return True
         if len(entry.devices) >= self._max_devices:
             self.counts["identity_cap"] += 1
@@ -190,102 +312,73 @@ class Resolver:
         self._dirty_named[named] = entry
         return True
 
-    # -- R7 --------------------------------------------------------------------------------
-
-    def identity_change(self, ts: float, old: str, new: str) -> list[IdentityEvent]:
-        """R7: link two named identities explicitly; hits naming `old` then resolve to `new`."""
-        if old == new:
-            return []
-        entry = self._touch_named(old, ts)
-        self._touch_named(new, ts)
-        entry.changed_to = new
-        entry.changed_at = ts
-        self._dirty_named[old] = entry
-        self._new_aliases.append((old, new, ts))
-        self.counts["aliases"] += 1
-        return [IdentityEvent(old, new, "change")]
-
     def _final(self, named: str, ts: float) -> str:
-        """Follow R7 changes in force at `ts` (bounded, so a cycle cannot hang the pipeline)."""
+        """Follow R7 changes in force at `ts` (bounded: a cycle cannot hang the pipeline)."""
         current = named
+        changes = self._changes
         for _ in range(16):
-            entry = self._named_entry(current)
-            if (
-                entry is None
-                or entry.changed_to is None
-                or entry.changed_at is None
-                or entry.changed_at > ts
-            ):
+            step = changes.get(current)
+            if step is None or step[1] > ts:
                 return current
-            current = entry.changed_to
+            current = step[0]
         return current
 
     # -- cache and store -------------------------------------------------------------------
 
-    def prefetch(self, devices: set[str], named: set[str]) -> None:
-        """Load a batch's identities in one query each, so the hot loop never waits on a
-        single-row lookup; ids the store does not know are remembered as absent for the batch."""
-        want_d = [d for d in devices if d not in self._devices and d not in self._dirty_devices]
-        if want_d:
-            found = self._store.load_devices(want_d)
+    def prefetch(self, devices: set[str], named: set[str], sessions: set[str]) -> None:
+        """Load a batch's identities in one query per kind; ids the store does not know are
+        remembered as absent until `end_batch`."""
+        want = [
+            d
+            for d in map(escape_device, devices)
+            if d not in self._devices and d not in self._dirty_devices
+        ]
+        if want:
+            found = self._store.load_devices(want)
             for dev in found:
-                self._cache_device(dev)
-            self._absent_devices.update(set(want_d) - {d.device for d in found})
-        want_n = [n for n in named if n not in self._named and n not in self._dirty_named]
-        if want_n:
-            found_n = self._store.load_named_many(want_n)
+                self._devices.put(dev.device, dev)
+            self._absent.update(("d", d) for d in set(want) - {d.device for d in found})
+        want = [n for n in named if n not in self._named and n not in self._dirty_named]
+        if want:
+            found_n = self._store.load_named_many(want)
             for entry in found_n:
-                self._cache_named(entry)
-            self._absent_named.update(set(want_n) - {e.named for e in found_n})
+                self._named.put(entry.named, entry)
+            self._absent.update(("n", n) for n in set(want) - {e.named for e in found_n})
+        want = [s for s in sessions if s not in self._sessions and s not in self._dirty_sessions]
+        if want:
+            found_s = self._store.load_sessions(want)
+            for sess in found_s:
+                self._sessions.put(sess.session, sess)
+            self._absent.update(("s", s) for s in set(want) - {s.session for s in found_s})
 
     def end_batch(self) -> None:
-        """Forget the batch's negative lookups (another writer may add them later)."""
-        self._absent_devices.clear()
-        self._absent_named.clear()
-
-    def _cache_device(self, dev: Device) -> None:
-        cache = self._devices
-        cache[dev.device] = dev
-        if len(cache) > self._cache_size:
-            cache.popitem(last=False)
-
-    def _cache_named(self, entry: Named) -> None:
-        cache = self._named
-        cache[entry.named] = entry
-        if len(cache) > self._cache_size:
-            cache.popitem(last=False)
+        self._absent.clear()
 
     def _device(self, device: str, ts: float) -> Device:
-        cache = self._devices
-        dev = cache.get(device)
+        dev = self._devices.get(device)
         if dev is not None:
-            cache.move_to_end(device)
+            self._devices.move_to_end(device)
             return dev
         dev = self._dirty_devices.get(device)
-        if dev is None and device not in self._absent_devices:
+        if dev is None and ("d", device) not in self._absent:
             dev = self._store.load_device(device)
         if dev is None:
             dev = Device(device, [Epoch(0, ts)], last_seen=ts)
             self.counts["devices_new"] += 1
             self._mark(dev)
-        cache[device] = dev
-        if len(cache) > self._cache_size:
-            cache.popitem(last=False)
+        self._devices.put(device, dev)
         return dev
 
     def _named_entry(self, named: str) -> Named | None:
-        cache = self._named
-        entry = cache.get(named)
+        entry = self._named.get(named)
         if entry is not None:
-            cache.move_to_end(named)
+            self._named.move_to_end(named)
             return entry
         entry = self._dirty_named.get(named)
-        if entry is None and named not in self._absent_named:
+        if entry is None and ("n", named) not in self._absent:
             entry = self._store.load_named(named)
         if entry is not None:
-            cache[named] = entry
-            if len(cache) > self._cache_size:
-                cache.popitem(last=False)
+            self._named.put(named, entry)
         return entry
 
     def _touch_named(self, named: str, ts: float) -> Named:
@@ -294,10 +387,23 @@ class Resolver:
             entry = Named(named, first_seen=ts)
             self.counts["named_new"] += 1
             self._dirty_named[named] = entry
-            self._named[named] = entry
-            if len(self._named) > self._cache_size:
-                self._named.popitem(last=False)
+            self._named.put(named, entry)
         return entry
+
+    def _session(self, session: str) -> Session:
+        sess = self._sessions.get(session)
+        if sess is not None:
+            self._sessions.move_to_end(session)
+            return sess
+        sess = self._dirty_sessions.get(session)
+        if sess is None and ("s", session) not in self._absent:
+            found = self._store.load_sessions([session])
+            sess = found[0] if found else None
+        if sess is None:
+            sess = Session(session)
+            self.counts["sessions_new"] += 1
+        self._sessions.put(session, sess)
+        return sess
 
     def _mark(self, dev: Device) -> None:
         self._dirty_devices[dev.device] = dev
@@ -305,12 +411,19 @@ class Resolver:
     def take_changes(self) -> Changes:
         """What changed since the last call; the caller commits it with the chunk."""
         changes = Changes(
-            list(self._dirty_devices.values()), list(self._dirty_named.values()), self._new_aliases
+            list(self._dirty_devices.values()),
+            list(self._dirty_named.values()),
+            list(self._dirty_sessions.values()),
+            self._new_aliases,
         )
         self._dirty_devices = {}
         self._dirty_named = {}
+        self._dirty_sessions = {}
         self._new_aliases = []
         return changes
 
     def __repr__(self) -> str:
-        return f"Resolver(devices_cached={len(self._devices)}, named_cached={len(self._named)})"
+        return (
+            f"Resolver(devices_cached={len(self._devices)}, named_cached={len(self._named)}, "
+            f"sessions_cached={len(self._sessions)})"
+        )

@@ -1,19 +1,23 @@
 """The identity graph in the state database (the default `identity.store: sqlite`).
 
-Each device and named id is one row holding its state as compact JSON: a device's epochs are read
-and written together, and rows stay small. Writes run inside the pipeline's chunk transaction.
+Each device, named id and session is one row holding its state as compact JSON: a device's epochs
+are read and written together, and rows stay small. R7 changes live in their own small table,
+loaded whole at start. Writes run inside the pipeline's chunk transaction.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import orjson
 
-from agent.identity.graph import Device, Epoch, Named
+from agent.identity.graph import Device, Epoch, Named, Session
 
-#: Parameters per `IN (…)` query (SQLite's default limit is 32766; smaller keeps plans cheap).
+#: Parameters per `IN (…)` query (SQLite allows 32766; smaller keeps statements cheap).
 _IN_MAX = 500
+T = TypeVar("T")
 
 
 def _device_blob(dev: Device) -> bytes:
@@ -44,6 +48,35 @@ def _named_from(named: str, blob: bytes) -> Named:
     return Named(named, data["f"], list(data.get("d") or []), data.get("c"), data.get("ca"))
 
 
+def _session_blob(s: Session) -> bytes:
+    return orjson.dumps(
+        {
+            "n": s.named,
+            "s": s.since,
+            "u": s.until,
+            "d": s.device,
+            "r": s.login_ref,
+            "ld": s.last_device,
+            "lt": s.last_device_ts,
+        }
+    )
+
+
+def _session_from(session: str, blob: bytes) -> Session:
+    d = orjson.loads(blob)
+    ref = d.get("r")
+    return Session(
+        session,
+        d.get("n"),
+        d.get("s", 0.0),
+        d.get("u", 0.0),
+        d.get("d"),
+        (str(ref[0]), str(ref[1]), int(ref[2]), str(ref[3])) if ref else None,
+        d.get("ld"),
+        d.get("lt", 0.0),
+    )
+
+
 class SqliteIdentityStore:
     """IdentityStore over the state database connection of the pipeline thread."""
 
@@ -52,74 +85,97 @@ class SqliteIdentityStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def load_device(self, device: str) -> Device | None:
-        row = self._conn.execute(
-            "SELECT state, last_seen FROM id_devices WHERE device = ?", (device,)
-        ).fetchone()
-        return None if row is None else _device_from(device, row[0], row[1])
+    def _select_in(self, query: str, keys: list[str], build: Callable[..., T]) -> Iterator[T]:
+        """Run `query` (with one `{marks}` for the IN list) over `keys` in bounded chunks."""
+        for i in range(0, len(keys), _IN_MAX):
+            part = keys[i : i + _IN_MAX]
+            sql = query.format(marks=",".join("?" * len(part)))
+            for row in self._conn.execute(sql, part):
+                yield build(*row)
 
-    def load_named(self, named: str) -> Named | None:
-        row = self._conn.execute("SELECT state FROM id_named WHERE named = ?", (named,)).fetchone()
-        return None if row is None else _named_from(named, row[0])
+    def load_device(self, device: str) -> Device | None:
+        found = self.load_devices([device])
+        return found[0] if found else None
 
     def load_devices(self, devices: list[str]) -> list[Device]:
-        out: list[Device] = []
-        for i in range(0, len(devices), _IN_MAX):
-            part = devices[i : i + _IN_MAX]
-            marks = ",".join("?" * len(part))
-            out.extend(
-                _device_from(d, blob, seen)
-                for d, blob, seen in self._conn.execute(
-                    f"SELECT device, state, last_seen FROM id_devices WHERE device IN ({marks})",  # noqa: S608 - placeholders only
-                    part,
-                )
+        return list(
+            self._select_in(
+                "SELECT device, state, last_seen FROM id_devices WHERE device IN ({marks})",
+                devices,
+                _device_from,
             )
-        return out
+        )
+
+    def load_named(self, named: str) -> Named | None:
+        found = self.load_named_many([named])
+        return found[0] if found else None
 
     def load_named_many(self, named: list[str]) -> list[Named]:
-        out: list[Named] = []
-        for i in range(0, len(named), _IN_MAX):
-            part = named[i : i + _IN_MAX]
-            marks = ",".join("?" * len(part))
-            out.extend(
-                _named_from(n, blob)
-                for n, blob in self._conn.execute(
-                    f"SELECT named, state FROM id_named WHERE named IN ({marks})",  # noqa: S608 - placeholders only
-                    part,
-                )
+        return list(
+            self._select_in(
+                "SELECT named, state FROM id_named WHERE named IN ({marks})", named, _named_from
             )
-        return out
+        )
 
-    def alias_sent(self, previous: str) -> str | None:
-        row = self._conn.execute(
-            "SELECT user_id FROM id_aliases WHERE previous = ?", (previous,)
-        ).fetchone()
-        return None if row is None else str(row[0])
+    def load_sessions(self, sessions: list[str]) -> list[Session]:
+        return list(
+            self._select_in(
+                "SELECT session, state FROM id_sessions WHERE session IN ({marks})",
+                sessions,
+                _session_from,
+            )
+        )
+
+    def load_changes(self) -> dict[str, tuple[str, float]]:
+        return {
+            old: (new, ts)
+            for old, new, ts in self._conn.execute("SELECT old_id, new_id, ts FROM id_changes")
+        }
 
     def save(
-        self, devices: list[Device], named: list[Named], aliases: list[tuple[str, str, float]]
+        self,
+        devices: list[Device],
+        named: list[Named],
+        sessions: list[Session],
+        aliases: list[tuple[str, str, float]],
     ) -> None:
+        conn = self._conn
         if devices:
-            self._conn.executemany(
+            conn.executemany(
                 "INSERT INTO id_devices (device, state, last_seen) VALUES (?, ?, ?) "
                 "ON CONFLICT (device) DO UPDATE SET state = excluded.state, "
                 "last_seen = excluded.last_seen",
                 [(d.device, _device_blob(d), d.last_seen) for d in devices],
             )
         if named:
-            self._conn.executemany(
+            conn.executemany(
                 "INSERT INTO id_named (named, state) VALUES (?, ?) "
                 "ON CONFLICT (named) DO UPDATE SET state = excluded.state",
                 [(n.named, _named_blob(n)) for n in named],
             )
+            changes = [(n.named, n.changed_to, n.changed_at) for n in named if n.changed_to]
+            if changes:
+                conn.executemany(
+                    "INSERT INTO id_changes (old_id, new_id, ts) VALUES (?, ?, ?) "
+                    "ON CONFLICT (old_id) DO UPDATE SET new_id = excluded.new_id, ts = excluded.ts",
+                    changes,
+                )
+        if sessions:
+            conn.executemany(
+                "INSERT INTO id_sessions (session, state, until) VALUES (?, ?, ?) "
+                "ON CONFLICT (session) DO UPDATE SET state = excluded.state, until = excluded.until",
+                [(s.session, _session_blob(s), max(s.until, s.last_device_ts)) for s in sessions],
+            )
         if aliases:
-            self._conn.executemany(
+            conn.executemany(
                 "INSERT OR IGNORE INTO id_aliases (previous, user_id, ts) VALUES (?, ?, ?)", aliases
             )
 
     def counts(self) -> dict[str, int]:
         """Rows per kind, for `trackd_identities{kind}` and `trackd status`."""
+        one = self._conn.execute
         return {
-            "device": self._conn.execute("SELECT COUNT(*) FROM id_devices").fetchone()[0],
-            "named": self._conn.execute("SELECT COUNT(*) FROM id_named").fetchone()[0],
+            "device": one("SELECT COUNT(*) FROM id_devices").fetchone()[0],
+            "named": one("SELECT COUNT(*) FROM id_named").fetchone()[0],
+            "session": one("SELECT COUNT(*) FROM id_sessions").fetchone()[0],
         }

@@ -79,6 +79,20 @@ MIGRATIONS: tuple[str, ...] = (
         newest REAL NOT NULL                     -- newest event time read (R6 "future" check)
     ) WITHOUT ROWID;
     """,
+    # 2: session mappings (R2/R3) and the R7 identity-change index.
+    """
+    CREATE TABLE id_sessions (
+        session TEXT PRIMARY KEY,
+        state   BLOB NOT NULL,                   -- mapping, login device, last device (JSON)
+        until   REAL NOT NULL                    -- for garbage collection
+    ) WITHOUT ROWID;
+
+    CREATE TABLE id_changes (
+        old_id TEXT PRIMARY KEY,                 -- R7: hits naming old_id resolve to new_id ...
+        new_id TEXT NOT NULL,
+        ts     REAL NOT NULL                     -- ... from this event time on
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -24,7 +24,9 @@ def resolver(conn: sqlite3.Connection, **kw: int) -> Resolver:
 def commit(r: Resolver, conn: sqlite3.Connection) -> None:
     changes = r.take_changes()
     conn.execute("BEGIN")
-    SqliteIdentityStore(conn).save(changes.devices, changes.named, changes.aliases)
+    SqliteIdentityStore(conn).save(
+        changes.devices, changes.named, changes.sessions, changes.aliases
+    )
     conn.execute("COMMIT")
 
 
@@ -68,12 +70,12 @@ class TestCookieIdentities:
         """An identify rule's login emits alias(D, N) once; a repeat login emits nothing."""
         r = resolver(conn)
         r.hit(100.0, "devAAAAA", None, None)
-        epoch, events = r.login(110.0, "alice@x.com", "devAAAAA")
+        epoch, events = r.login(110.0, "alice@x.com", "devAAAAA", None)
         assert epoch == "devAAAAA"
         assert [(e.previous, e.user, e.slot) for e in events] == [
             ("devAAAAA", "alice@x.com", "alias:devAAAAA")
         ]
-        assert r.login(120.0, "alice@x.com", "devAAAAA")[1] == []
+        assert r.login(120.0, "alice@x.com", "devAAAAA", None)[1] == []
 
     def test_tilde_in_device_values_is_escaped(self, conn: sqlite3.Connection) -> None:
         """A `~` inside a device value cannot be mistaken for an epoch suffix."""
