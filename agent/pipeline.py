@@ -320,6 +320,30 @@ class Pipeline:
             # before any commit, so the position may move past the split's skipped tail.
             self.advance(tf, split.end, split.marker)
 
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def collect_identities(self) -> tuple[int, int]:
+        """identity.forget_after (SPEC §5.1): forget devices unseen that long, measured from the
+        newest event time read. Call between commits."""
+        watermarks = self.emitter.watermarks
+        if not watermarks:
+            return 0, 0
+        ident = self.config.identity
+        deleted = self.store.collect(
+            max(watermarks.values()), ident.forget_after, ident.session_ttl
+        )
+        if any(deleted):
+            self.resolver.forget_cached()
+            log.info("identities_collected", devices=deleted[0], sessions=deleted[1])
+        return deleted
+
+    def identity_counts(self) -> dict[str, int]:
+        """`trackd_identities{kind}`: rows in the graph, and derived ids minted since start."""
+        counts = self.store.counts()
+        derived = self.emitter.derived
+        counts["derived"] = derived.minted if derived is not None else 0
+        return counts
+
     # -- the chunk transaction -------------------------------------------------------------
 
     def commit(self) -> int:

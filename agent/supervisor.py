@@ -31,6 +31,8 @@ log = structlog.get_logger("trackd.supervisor")
 
 POLL_INTERVAL = 0.25
 DISCOVER_INTERVAL = 1.0
+#: Identity collection and the trackd_identities gauge (a COUNT over the graph).
+HOUSEKEEPING_INTERVAL = 60.0
 
 
 @dataclass(slots=True)
@@ -216,6 +218,7 @@ class Daemon:
         self.sources_up = asyncio.Event()
         self.tailer: Tailer | None = None
         self._signals = 0
+        self._last_housekeeping = 0.0
         self._progress = time.monotonic()
 
     def _on_signal(self, signum: int) -> None:
@@ -300,6 +303,12 @@ class Daemon:
             n += len(split.lines) + split.too_long
         pipeline.release()
         pipeline.commit()
+        now = time.monotonic()
+        if now - self._last_housekeeping >= HOUSEKEEPING_INTERVAL:
+            self._last_housekeeping = now
+            pipeline.collect_identities()
+            for kind, count in pipeline.identity_counts().items():
+                self.metrics.identities.labels(kind).set(count)
         self._publish()
         return n
 

@@ -54,13 +54,15 @@ def utc_day(ts: float) -> str:
 class DerivedIds:
     """`derived(ip_norm, user_agent, ts)` -> `anon-…`, cached per (ip, agent, day)."""
 
-    __slots__ = ("_cache", "_days", "_key", "_site")
+    __slots__ = ("_cache", "_days", "_key", "_site", "minted")
 
     def __init__(self, secret: bytes, site: str) -> None:
         self._key = secret
         self._site = site
         self._cache: dict[tuple[str, str, int], str] = {}
         self._days: dict[int, str] = {}
+        #: Derived ids computed (distinct visitor-days, unless the cache was cleared meanwhile).
+        self.minted = 0
 
     def __call__(self, ip_norm: str, user_agent: str, ts: float) -> str:
         day_no = int(ts // 86400)
@@ -76,6 +78,7 @@ class DerivedIds:
         # Base32 encodes 5-byte groups independently: the first 20 bytes give the same first 26
         # characters as the whole digest, with no padding and less work.
         hit = "anon-" + base64.b32encode(digest[:20]).decode("ascii").lower()[:26]
+        self.minted += 1
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[key] = hit

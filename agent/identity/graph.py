@@ -40,6 +40,9 @@ class Device:
     #: (time, named) of the logins of the last 24h, for the R4 breaker.
     recent_named: list[tuple[float, str]] = field(default_factory=list)
     last_seen: float = 0.0
+    #: The last_seen value the store holds: it is written again once a day has passed (for the
+    #: identity.forget_after collection), or on every hit of a shared device (R4's idle gaps).
+    saved_seen: float = 0.0
 
     def epoch_at(self, ts: float) -> Epoch:
         """The epoch in force at event time `ts` (the first one for times before it began)."""

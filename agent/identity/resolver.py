@@ -143,6 +143,8 @@ class Resolver:
                 self._dirty_sessions[sess.session] = sess
         if ts > dev.last_seen:
             dev.last_seen = ts
+            if dev.shared_since is not None or ts - dev.saved_seen > _DAY:
+                self._mark(dev)
         epoch = dev.epoch_at(ts)
         eid = epoch.epoch_id(dev.device)
         shared = dev.shared_since is not None and ts >= dev.shared_since
@@ -407,6 +409,12 @@ class Resolver:
 
     def _mark(self, dev: Device) -> None:
         self._dirty_devices[dev.device] = dev
+
+    def forget_cached(self) -> None:
+        """Drop every cached identity (after the store collected old ones)."""
+        self._devices.clear()
+        self._named.clear()
+        self._sessions.clear()
 
     def take_changes(self) -> Changes:
         """What changed since the last call; the caller commits it with the chunk."""

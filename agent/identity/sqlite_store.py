@@ -34,7 +34,7 @@ def _device_from(device: str, blob: bytes, last_seen: float) -> Device:
     data = orjson.loads(blob)
     epochs = [Epoch(i, started, named, bound, bool(c)) for i, started, named, bound, c in data["e"]]
     recent = [(float(t), str(n)) for t, n in data.get("r") or []]
-    return Device(device, epochs, data.get("s"), recent, last_seen)
+    return Device(device, epochs, data.get("s"), recent, last_seen, last_seen)
 
 
 def _named_blob(entry: Named) -> bytes:
@@ -147,6 +147,8 @@ class SqliteIdentityStore:
                 "last_seen = excluded.last_seen",
                 [(d.device, _device_blob(d), d.last_seen) for d in devices],
             )
+            for d in devices:
+                d.saved_seen = d.last_seen
         if named:
             conn.executemany(
                 "INSERT INTO id_named (named, state) VALUES (?, ?) "
@@ -170,6 +172,25 @@ class SqliteIdentityStore:
             conn.executemany(
                 "INSERT OR IGNORE INTO id_aliases (previous, user_id, ts) VALUES (?, ?, ?)", aliases
             )
+
+    def collect(self, newest: float, forget_after: float, session_ttl: float) -> tuple[int, int]:
+        """Delete devices unseen for `forget_after` and sessions over for `session_ttl`, measured
+        back from `newest` (the newest event time read): backfilled history is not collected
+        as it is replayed. Returns (devices, sessions) deleted. Runs in its own transaction."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            devices = conn.execute(
+                "DELETE FROM id_devices WHERE last_seen < ?", (newest - forget_after,)
+            ).rowcount
+            sessions = conn.execute(
+                "DELETE FROM id_sessions WHERE until < ?", (newest - session_ttl,)
+            ).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return devices, sessions
 
     def counts(self) -> dict[str, int]:
         """Rows per kind, for `trackd_identities{kind}` and `trackd status`."""
