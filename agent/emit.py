@@ -42,7 +42,7 @@ from agent.records import AccessRecord, AppRecord, FileRef
 MIN_EVENT_TS = 1230768000.0
 #: ... and so are events more than an hour past the newest one already read from their source.
 FUTURE_SLACK = 3600.0
-_INTAKE_CACHE_MAX = 200_000
+_INTAKE_CACHE_MAX = 50_000
 
 
 class Intake(NamedTuple):

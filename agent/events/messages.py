@@ -17,12 +17,13 @@ _TS_CACHE_MAX = 4096
 
 
 class Timestamps:
-    """Event time -> `2026-11-28T13:10:42.123Z` (UTC, milliseconds), cached per second."""
+    """Event time -> `2026-11-28T13:10:42.123Z` (UTC, milliseconds); the date is formatted once
+    per day, the time of day by arithmetic."""
 
-    __slots__ = ("_cache",)
+    __slots__ = ("_days",)
 
     def __init__(self) -> None:
-        self._cache: dict[int, str] = {}
+        self._days: dict[int, str] = {}
 
     def __call__(self, ts: float) -> str:
         second = int(ts // 1)
@@ -30,13 +31,16 @@ class Timestamps:
         if millis >= 1000:
             second += 1
             millis -= 1000
-        head = self._cache.get(second)
-        if head is None:
-            head = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            if len(self._cache) >= _TS_CACHE_MAX:
-                self._cache.clear()
-            self._cache[second] = head
-        return f"{head}.{millis:03d}Z"
+        day, rest = divmod(second, 86400)
+        date = self._days.get(day)
+        if date is None:
+            date = time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+            if len(self._days) >= _TS_CACHE_MAX:
+                self._days.clear()
+            self._days[day] = date
+        hours, rest = divmod(rest, 3600)
+        minutes, seconds = divmod(rest, 60)
+        return f"{date}T{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}Z"
 
 
 class NamedOut:

@@ -8,7 +8,7 @@ from urllib.parse import unquote
 from agent.events.pageviews import path_of
 
 REDACTED = "REDACTED"
-_CACHE_MAX = 100_000
+_CACHE_MAX = 20_000
 
 
 class PageUrl(NamedTuple):

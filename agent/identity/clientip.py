@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_CACHE_MAX = 100_000
+_CACHE_MAX = 20_000
 
 
 class ClientIp:

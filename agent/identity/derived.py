@@ -15,7 +15,7 @@ import time
 
 from agent.errors import StartupError
 
-_CACHE_MAX = 200_000
+_CACHE_MAX = 50_000
 
 
 def load_or_create_secret(path: str) -> bytes:

@@ -26,7 +26,7 @@ JUNK_WORDS = frozenset(
 _ZEROS = re.compile(r"^[0-]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_CACHE_MAX = 200_000
+_CACHE_MAX = 50_000
 
 KINDS = ("device", "named", "session")
 
@@ -39,7 +39,7 @@ class Normalizer:
     def __init__(self, *, lowercase_emails: bool = True, blocklist: tuple[str, ...] = ()) -> None:
         self._lower_emails = lowercase_emails
         self._blocklist = frozenset(b.lower() for b in blocklist)
-        self._cache: dict[tuple[str, str], str | None] = {}
+        self._cache: dict[str, dict[str, str | None]] = {kind: {} for kind in KINDS}
         #: Junk values discarded, by kind (`trackd_identity_junk_total{kind}`); never the values.
         self.junk: Counter[str] = Counter()
 
@@ -64,14 +64,14 @@ class Normalizer:
 
     def check(self, kind: str, raw: str) -> str | None:
         """Like `device`/`named`/`session`, without counting junk (the caller counts)."""
-        key = (kind, raw)
+        cache = self._cache[kind]
         try:
-            return self._cache[key]
+            return cache[raw]
         except KeyError:
             value = self._normalize(kind, raw)
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[key] = value
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[raw] = value
             return value
 
     def _normalize(self, kind: str, raw: str) -> str | None:

@@ -83,7 +83,7 @@ class Resolver:
         session_timeout: float = 1800.0,
         session_ttl: float = 86400.0,
         join_window: float = 30.0,
-        cache_size: int = 100_000,
+        cache_size: int = 20_000,
     ) -> None:
         self._store = store
         self._max_named = max_named_per_device
