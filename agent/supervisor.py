@@ -324,6 +324,7 @@ class Daemon:
             messages=stats.messages,
             dropped=stats.dropped,
             junk=pipeline.normalizer.junk,
+            rule_skipped=stats.rule_skipped,
             identity=pipeline.resolver.counts,
             sent=sender.sent if sender is not None else stats.enqueued,
             sink=self.config.sink.type,

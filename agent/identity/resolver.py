@@ -12,8 +12,11 @@ person on a bound epoch gets a new epoch (R2), a shared device is never attribut
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, OrderedDict
 from typing import NamedTuple, TypeVar
+
+import structlog
 
 from agent.identity.graph import (
     Device,
@@ -25,6 +28,7 @@ from agent.identity.graph import (
     escape_device,
 )
 
+log = structlog.get_logger("trackd.identity")
 _DAY = 86400.0
 K = TypeVar("K")
 V = TypeVar("V")
@@ -309,6 +313,15 @@ class Resolver:
             return True
         if len(entry.devices) >= self._max_devices:
             self.counts["identity_cap"] += 1
+            if self.counts["identity_cap"] <= 10 or self.counts["identity_cap"] % 1000 == 0:
+                log.warning(
+                    "identity_cap_exceeded",
+                    named_sha256=hashlib.sha256(named.encode()).hexdigest()[:16],
+                    devices=len(entry.devices),
+                    cap=self._max_devices,
+                    total=self.counts["identity_cap"],
+                    hint="a shared login (or a bot) on many browsers; new devices stay anonymous",
+                )
             return False
         entry.devices.append(device)
         self._dirty_named[named] = entry

@@ -122,6 +122,7 @@ class Metrics:
         messages: Mapping[str, int],
         dropped: Mapping[str, int],
         junk: Mapping[str, int],
+        rule_skipped: Mapping[tuple[str, str], int],
         identity: Mapping[str, int],
         sent: int,
         sink: str,
@@ -137,6 +138,8 @@ class Metrics:
             self.add("dropped", (reason,), n, self.dropped)
         for kind, n in junk.items():
             self.add("junk", (kind,), n, self.junk)
+        for (rule, reason), n in rule_skipped.items():
+            self.add("rule_skipped", (rule, reason), n, self.rule_skipped)
         self.add("aliases", (), identity.get("aliases", 0), self.aliases)
         self.add("conflicts", (), identity.get("conflicts", 0), self.conflicts)
         self.add("dropped", ("identity_cap",), identity.get("identity_cap", 0), self.dropped)

@@ -103,3 +103,17 @@ class TestPersistence:
         for i in range(5):
             attribution, _ = small.hit(200.0 + i, f"device{i:03d}", None, None)
             assert attribution.user_id == f"user{i}@x.com"
+
+
+class TestCaps:
+    def test_a_named_id_accepts_no_more_than_max_devices(self, conn: sqlite3.Connection) -> None:
+        """R4: past max_devices_per_named, new devices are not bound (counted), and their hits
+        never pair the device with that person."""
+        r = resolver(conn, max_devices_per_named=2)
+        for i in range(3):
+            r.login(10.0 + i, "shared@x.com", f"device{i:04d}", None)
+        assert r.counts["identity_cap"] == 1
+        attribution, _ = r.hit(20.0, "device0002", None, None)
+        assert attribution.user_id is None
+        with_cookie, _ = r.hit(21.0, "device0002", "shared@x.com", None)
+        assert with_cookie.user_id == "shared@x.com" and with_cookie.anonymous_id is None
