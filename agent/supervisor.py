@@ -405,8 +405,15 @@ class Daemon:
             await self.stop.wait()
 
     async def _watchdog(self, interval: float) -> None:
+        """WATCHDOG=1 every interval while the reader keeps stepping (it steps at least every
+        POLL_INTERVAL, idle or not); withheld when a step has been stuck for a whole interval,
+        so systemd restarts an agent whose pipeline hangs (SPEC §7)."""
         while not self.stop.is_set():
-            self.notifier.watchdog()
+            stuck = time.monotonic() - self._progress
+            if stuck < interval:
+                self.notifier.watchdog()
+            else:
+                log.error("watchdog_withheld", stuck_s=round(stuck, 1), stage="pipeline")
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=interval)
             except TimeoutError:

@@ -131,3 +131,23 @@ def test_metrics_endpoint_exports_every_metric_from_start(tmp_path: Path) -> Non
     assert 'trackd_lines_skipped_total{reason="future",source="web"} 0.0' in body
     assert 'trackd_messages_total{type="page"} 12.0' in body
     assert 'trackd_dropped_total{reason="rotated_hold"} 0.0' in body
+
+
+def test_watchdog_pings_while_the_pipeline_steps(tmp_path: Path) -> None:
+    """With WATCHDOG_USEC set, an idle daemon keeps sending WATCHDOG=1."""
+    cfg = make_config(tmp_path, paths=[str(tmp_path / "none.log")])
+    notify = NotifySocket(tmp_path)
+    proc = subprocess.Popen(
+        trackd_cmd("run", "-c", str(cfg)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"},
+    )
+    try:
+        notify.wait_for("READY=1", 20)
+        assert "WATCHDOG=1" in notify.wait_for("WATCHDOG=1", 5)
+        assert "WATCHDOG=1" in notify.wait_for("WATCHDOG=1", 5)  # and again, half a second on
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        notify.close()
