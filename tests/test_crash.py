@@ -71,3 +71,58 @@ def test_kill9_at_random_points_then_restart_is_exactly_once(tmp_path: Path) -> 
     assert [s for s, n in counts.items() if n > 1] == []
     assert sorted(counts) == list(range(total))
     assert outbox_bodies(tmp_path / "state") == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_kill9_with_logins_and_sessions_keeps_every_page_once(tmp_path: Path) -> None:
+    """With app-log logins, session joins and logouts in play, SIGKILLs at random points still
+    leave every page view exactly once, every alias at most once, and no epoch aliased to two
+    people: identity changes commit with the positions that caused them."""
+    from tests.identity.world import World, aliases
+
+    rng = random.Random(7)
+    w = World(tmp_path, max_hold="1s")
+    t = 0.0
+    expected = 0
+
+    def grow(visitors: int) -> None:
+        nonlocal t, expected
+        for _ in range(visitors):
+            device = f"dev{rng.randrange(400):05d}x"
+            t += rng.uniform(0.5, 3)
+            w.hit(t, device=device)
+            expected += 1
+            if rng.random() < 0.2:
+                session = f"sess{expected:06d}"
+                w.login(t + 0.4, f"user{rng.randrange(600)}@x.com", session=session)
+                t += 1
+                w.hit(t, device=device, session=session)
+                expected += 1
+                if rng.random() < 0.3:
+                    t += 2
+                    w.logout(t + 0.5, session=session)
+
+    grow(20_000)
+    cfg = w.write()
+    for _ in range(scaled(3, 20)):
+        proc = subprocess.Popen(
+            trackd_cmd("run", "-c", str(cfg)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(0.3, 1.5))  # a kill at an arbitrary instant
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        _assert_state_consistent(tmp_path)
+        grow(rng.randrange(2_000, 8_000))
+        w.write()
+    final = run_trackd("run", "--once", "-c", str(cfg), timeout=300)
+    assert final.returncode == 0, final.stderr
+    messages = read_messages(tmp_path / "out.jsonl")
+    page_paths = Counter(m["properties"]["path"] for m in messages if m["type"] == "page")
+    assert len(page_paths) == expected and max(page_paths.values()) == 1
+    pairs = aliases(messages)
+    assert len(pairs) == len(set(pairs))
+    by_epoch: dict[str, set[str]] = {}
+    for previous, user in pairs:
+        by_epoch.setdefault(previous, set()).add(user)
+    assert all(len(users) == 1 for users in by_epoch.values())
