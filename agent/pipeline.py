@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterable, Iterator
 import structlog
 
 from agent.config import Config, SourceConfig
-from agent.emit import Emitter, Intake, PipelineStats, Rec
+from agent.emit import Emitter, PipelineStats
 from agent.errors import StateError
 from agent.identity.sqlite_store import SqliteIdentityStore
 from agent.parse import AccessParser, AppParser, build_access_parser, build_app_parser
-from agent.records import AccessRecord, AppRecord, Continuation
+from agent.prepare import Prepared, Where
+from agent.records import Continuation
 from agent.sinks.base import Sink
 from agent.sources.fileid import digest16
 from agent.sources.splitter import Split
@@ -41,10 +42,6 @@ COMMIT_EVERY = 16384
 #: Records resolved together (one identity prefetch per batch).
 BATCH = 2048
 SAMPLE_MAX = 20
-
-#: A parsed line on its way through the merge: (sort key, source, offset, file index, file,
-#: the line's raw bytes without its newline, the record, the offset just past the line).
-Item = tuple[float, str, int, int, TrackedFile, bytes, AccessRecord | AppRecord, int]
 
 
 class SourceContext:
@@ -84,7 +81,8 @@ class Pipeline:
         watermarks = dict(conn.execute("SELECT source, newest FROM watermarks").fetchall())
         self.emitter = Emitter(config, self.store, secret, self.stats, watermarks)
         self.resolver = self.emitter.resolver
-        self.normalizer = self.emitter.normalizer
+        self.preparer = self.emitter.preparer
+        self.normalizer = self.preparer.normalizer
         self.max_line = config.max_line_bytes
         self.sources = {s.name: SourceContext(s) for s in config.sources}
         self._clock = clock
@@ -104,7 +102,9 @@ class Pipeline:
         #: Per app source: newest event time read, and when it last grew (monotonic).
         self._read_wm: dict[str, float] = {}
         self._grew: dict[str, float] = dict.fromkeys(self._hold_for, started)
-        self._held: dict[int, deque[tuple[float, Item]]] = {}
+        self._held: dict[int, deque[tuple[float, Prepared]]] = {}
+        #: Files by id: prepared records name their file by id (they cross processes).
+        self._files: dict[int, TrackedFile] = {}
         self._held_end: dict[int, tuple[TrackedFile, int, bytes]] = {}
         #: Called (on the pipeline thread) after every commit that produced messages.
         self.on_commit: Callable[[], None] | None = None
@@ -113,8 +113,11 @@ class Pipeline:
 
     # -- parsing ---------------------------------------------------------------------------
 
-    def parsed(self, tf: TrackedFile, split: Split, index: int = 0) -> Iterator[Item]:
-        """Parse a split's lines; yields merge items, counts what it skips."""
+    def parsed(self, tf: TrackedFile, split: Split) -> Iterator[Prepared]:
+        """Parse and prepare a split's lines; yields what can produce messages, counts the rest.
+
+        Lines that produce nothing (static assets, opt-outs, unparsable lines) are not yielded:
+        the split's end moves the file's position past them (`advance`)."""
         source = tf.row.source
         ctx = self.sources[source]
         parser = ctx.parser
@@ -124,6 +127,13 @@ class Pipeline:
         if split.too_long:
             self._skip(source, "too_long", "", split.too_long)
         stats.lines[source] += len(split.lines) + split.too_long
+        if not split.lines:
+            return
+        ref = tf.ref if tf.ref is not None else tf.ensure_ref()
+        assert ref is not None  # a complete line exists, so the first line is known
+        self._files[tf.row.id] = tf
+        where = Where(source, ref.path, ref.line_fp, tf.row.id)
+        prepare = self.preparer.prepare
         offset = split.start
         end_of_split = split.end
         for line in split.lines:
@@ -151,7 +161,9 @@ class Pipeline:
             if isinstance(rec, Continuation):
                 stats.continuations[source] += 1
                 continue
-            yield (rec.ts + rec.precision, source, lo, index, tf, line, rec, offset)
+            prepared = prepare(where, lo, offset, line, rec)
+            if prepared is not None:
+                yield prepared
 
     def _skip(
         self,
@@ -168,48 +180,32 @@ class Pipeline:
 
     # -- emitting --------------------------------------------------------------------------
 
-    def consume_batch(self, items: list[Item]) -> None:
-        """Emit a batch of records in order: intake first, one prefetch of every identity the
-        batch names, then rules, resolution and encoding record by record."""
-        emitter = self.emitter
-        work: list[tuple[Item, Intake | None]] = []
+    def consume_batch(self, items: list[Prepared]) -> None:
+        """Emit a batch of prepared records in order, after one prefetch of every identity the
+        batch names."""
+        advanced = self._advanced
+        files = self._files
         devices: set[str] = set()
         named_ids: set[str] = set()
         sessions: set[str] = set()
-        advanced = self._advanced
-        for item in items:
-            tf, end, rec = item[4], item[7], item[6]
-            prev = advanced.get(tf.row.id)
-            if prev is None or end > prev[1]:
-                advanced[tf.row.id] = (tf, end, item[5])
-            if not emitter.in_time(item[1], rec.ts):
-                continue
-            if isinstance(rec, AppRecord):
-                work.append((item, None))
-                continue
-            ids = emitter.intake(rec)
-            if ids is None:
-                continue
-            if ids.device is not None:
-                devices.add(ids.device)
-            if ids.named is not None:
-                named_ids.add(ids.named)
-            if ids.session is not None:
-                sessions.add(ids.session)
-            work.append((item, ids))
+        for p in items:
+            fid = p.file_id
+            prev = advanced.get(fid)
+            if prev is None or p.end > prev[1]:
+                advanced[fid] = (files[fid], p.end, p.tail)
+            if p.device is not None:
+                devices.add(p.device)
+            if p.named is not None:
+                named_ids.add(p.named)
+            if p.session is not None:
+                sessions.add(p.session)
         self._since_commit += len(items)
         resolver = self.resolver
         resolver.prefetch(devices, named_ids, sessions)
+        emit = self.emitter.emit
         try:
-            for item, ids in work:
-                tf = item[4]
-                ref = tf.ref if tf.ref is not None else tf.ensure_ref()
-                assert ref is not None  # a complete line exists, so the first line is known
-                r = Rec(item[1], item[2], item[5], item[6], ref)
-                if ids is None:
-                    emitter.app(r)
-                else:
-                    emitter.access(r, ids)
+            for p in items:
+                emit(p)
         finally:
             resolver.end_batch()
 
@@ -235,7 +231,7 @@ class Pipeline:
         if source in self._grew:
             self._grew[source] = self._clock()
             if items:
-                newest = max(item[0] for item in items)
+                newest = max(p.key for p in items)
                 if newest > self._read_wm.get(source, 0.0):
                     self._read_wm[source] = newest
         held = self._held.get(tf.row.id)
@@ -255,9 +251,9 @@ class Pipeline:
         if not self._held:
             return 0
         now = self._clock()
-        batch: list[Item] = []
+        batch: list[Prepared] = []
         released = 0
-        heads = [(q[0][1][0], q[0][1][2], fid) for fid, q in self._held.items() if q]
+        heads = [(q[0][1].key, q[0][1].offset, fid) for fid, q in self._held.items() if q]
         heapq.heapify(heads)
         while heads:
             key, _offset, fid = heads[0]
@@ -268,7 +264,7 @@ class Pipeline:
             queue.popleft()
             batch.append(item)
             if queue:
-                heapq.heapreplace(heads, (queue[0][1][0], queue[0][1][2], fid))
+                heapq.heapreplace(heads, (queue[0][1].key, queue[0][1].offset, fid))
             else:
                 heapq.heappop(heads)
             if len(batch) >= BATCH:
@@ -299,9 +295,9 @@ class Pipeline:
 
     def run_merged(self, streams: list[tuple[TrackedFile, Iterable[Split]]]) -> None:
         """Merge every file's records by event time (SPEC §1.4) and emit them in that order."""
-        gens = [self._file_items(tf, splits, i) for i, (tf, splits) in enumerate(streams)]
-        merged: Iterable[Item] = gens[0] if len(gens) == 1 else heapq.merge(*gens)
-        batch: list[Item] = []
+        gens = [self._file_items(tf, splits) for tf, splits in streams]
+        merged: Iterable[Prepared] = gens[0] if len(gens) == 1 else heapq.merge(*gens)
+        batch: list[Prepared] = []
         for item in merged:
             batch.append(item)
             if len(batch) >= BATCH:
@@ -313,9 +309,9 @@ class Pipeline:
             self.consume_batch(batch)
         self.commit()
 
-    def _file_items(self, tf: TrackedFile, splits: Iterable[Split], index: int) -> Iterator[Item]:
+    def _file_items(self, tf: TrackedFile, splits: Iterable[Split]) -> Iterator[Prepared]:
         for split in splits:
-            yield from self.parsed(tf, split, index)
+            yield from self.parsed(tf, split)
             # Runs once the merge pulled every record above; `run_merged` emits what it pulled
             # before any commit, so the position may move past the split's skipped tail.
             self.advance(tf, split.end, split.marker)
@@ -340,7 +336,7 @@ class Pipeline:
     def identity_counts(self) -> dict[str, int]:
         """`trackd_identities{kind}`: rows in the graph, and derived ids minted since start."""
         counts = self.store.counts()
-        derived = self.emitter.derived
+        derived = self.preparer.derived
         counts["derived"] = derived.minted if derived is not None else 0
         return counts
 

@@ -186,14 +186,15 @@ async def _finish_once(rt: Runtime, summary: Summary) -> None:
     assert rt.pipeline is not None
     stats = rt.pipeline.stats
     summary.lines = sum(stats.lines.values())
-    summary.skipped = sum(stats.skipped.values())
+    skipped = stats.skipped_all()
+    summary.skipped = sum(skipped.values())
     summary.messages = dict(stats.messages)
     summary.resolutions = dict(stats.resolutions)
     summary.new_ids = dict(rt.pipeline.resolver.counts)
     junk = rt.pipeline.normalizer.junk
     summary.junk = sum(junk.values())
     await rt.close()
-    for (source, reason), n in sorted(stats.skipped.items()):
+    for (source, reason), n in sorted(skipped.items()):
         log.info("lines_skipped", source=source, reason=reason, count=n)
     for kind, n in sorted(junk.items()):
         log.info("identity_junk", kind=kind, count=n)
@@ -320,7 +321,7 @@ class Daemon:
         sender = self.rt.sender
         self.metrics.sync(
             lines=stats.lines,
-            skipped=stats.skipped,
+            skipped=stats.skipped_all(),
             messages=stats.messages,
             dropped=stats.dropped,
             junk=pipeline.normalizer.junk,
