@@ -28,7 +28,7 @@ from agent.identity.derived import DerivedIds
 from agent.identity.normalize import Normalizer
 from agent.identity.resolver import IdentityEvent, Resolver
 from agent.identity.sqlite_store import SqliteIdentityStore
-from agent.parse import AccessParser, AppParser, build_access_parser, build_app_parser
+from agent.parse import AccessParser, AppParser, build_parser
 from agent.parse.cookies import CookieExtractor
 from agent.records import AccessRecord, AppRecord, Continuation
 from agent.sinks.base import Sink
@@ -62,16 +62,7 @@ class SourceContext:
     def __init__(self, src: SourceConfig, redact: tuple[str, ...]) -> None:
         self.name = src.name
         self.is_app = src.kind == "app"
-        self.parser: AccessParser | AppParser = (
-            build_app_parser(
-                src.format,
-                time_field=src.time_field,
-                time_format=src.time_format,
-                timezone=src.timezone,
-            )
-            if self.is_app
-            else build_access_parser(src.format, src.log_format)
-        )
+        self.parser: AccessParser | AppParser = build_parser(src)
         self.urls = UrlBuilder(redact, src.base_url)
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -171,3 +174,81 @@ class NotifySocket:
 
     def close(self) -> None:
         self._sock.close()
+
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NginxServer:
+    """A real nginx on 127.0.0.1:`port`, in the foreground, with its prefix, config, pid file and
+    logs under `prefix`. `start()` returns once nginx says its workers started (it listens by
+    then); `stop()` shuts it down gracefully — nginx writes every access log line before exiting —
+    and waits for it."""
+
+    def __init__(self, prefix: Path, http_block: str, *, tz: str = "UTC") -> None:
+        assert NGINX is not None
+        self.prefix = prefix
+        self.port = free_port()
+        self.tz = tz
+        prefix.mkdir(parents=True, exist_ok=True)
+        temps = "\n".join(
+            f"  {kind}_temp_path {prefix}/{kind}_temp;"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        self.conf = prefix / "nginx.conf"
+        self.conf.write_text(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\n"
+            f"pid {prefix}/nginx.pid;\nerror_log stderr notice;\n"
+            "events { worker_connections 64; }\n"
+            f"http {{\n{temps}\n  access_log off;\n"
+            + http_block.replace("{port}", str(self.port)).replace("{prefix}", str(prefix))
+            + "\n}\n"
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.stderr = b""
+
+    def start(self, timeout: float = 10.0) -> None:
+        import selectors
+        import time
+
+        self._proc = subprocess.Popen(
+            [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-e", "stderr"],  # type: ignore[list-item]
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "TZ": self.tz},
+        )
+        assert self._proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._proc.stderr, selectors.EVENT_READ)
+            while b"start worker process" not in self.stderr:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    self.stop()
+                    raise TimeoutError(f"nginx did not start: {self.stderr.decode()}")
+                chunk = os.read(self._proc.stderr.fileno(), 65536)
+                if not chunk:
+                    self._proc.wait(timeout)
+                    raise RuntimeError(f"nginx exited at start: {self.stderr.decode()}")
+                self.stderr += chunk
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful shutdown (SIGQUIT): requests finish and are logged; then wait for the exit."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            _out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _out, err = proc.communicate(timeout=timeout)
+        self.stderr += err or b""
