@@ -92,6 +92,7 @@ def _tokens(fmt: str, timezone: str) -> list[Token]:
             continue
         for tok in _directive(letter, arg, final, timezone, fmt[pct:end]):
             if isinstance(tok, Capture):
+                tok = replace(tok, label=fmt[pct:end])
                 if conditions and tok.pattern is not None:  # logged for some statuses, else `-`
                     tok = replace(tok, pattern=f"(?:{tok.pattern})|-")
                 text = fmt[pct:end]
@@ -200,7 +201,7 @@ def _time(arg: str, tz: str) -> list[Token]:
         pattern = strftime_regex(fmt)
     except ValueError as exc:
         raise ApacheFormatError(f"%{{{arg}}}t: {exc}") from None
-    return [Capture("time", "ts", 2, pattern, time="custom", parser=TimeParser(fmt, tz))]
+    return [Capture(f"time:{fmt}", "ts", 2, pattern, time="custom", parser=TimeParser(fmt, tz))]
 
 
 _SIMPLE = {
@@ -248,10 +249,33 @@ FEEDS = {
 }
 
 
+def _join_time_pieces(tokens: list[Token], timezone: str) -> list[Token]:
+    """Several `%{strftime}t` (the documented `%{%d/%b/%Y %T}t.%{msec_frac}t %{%z}t`) are one
+    time: the first reads all their values, joined by `\x1f`, with their formats joined alike."""
+    first_seen: dict[str, Capture] = {}  # a repeated piece is a backreference, not a new value
+    for t in tokens:
+        if isinstance(t, Capture) and t.time == "custom":
+            first_seen.setdefault(t.name, t)
+    pieces = list(first_seen.values())
+    if len(pieces) < 2:
+        return tokens
+    formats = "\x1f".join(t.name.removeprefix("time:") for t in pieces)
+    first, rest = pieces[0], {id(t) for t in pieces[1:]}
+    out: list[Token] = []
+    for tok in tokens:
+        if tok is first:
+            out.append(replace(first, parser=TimeParser(formats, timezone)))
+        elif isinstance(tok, Capture) and id(tok) in rest:
+            out.append(replace(tok, feeds="ts_part"))
+        else:
+            out.append(tok)
+    return out
+
+
 def compile_apache(text: str, timezone: str = "UTC") -> CompiledParser:
     """Compile a LogFormat (directive or string); raises ApacheFormatError with a fix hint."""
     fmt = read_log_format(text)
-    tokens = _tokens(fmt, timezone)
+    tokens = _join_time_pieces(_tokens(fmt, timezone), timezone)
     caps = [t for t in tokens if isinstance(t, Capture)]
     if not caps:
         raise ApacheFormatError(

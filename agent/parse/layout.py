@@ -48,7 +48,8 @@ class Capture:
 
     `feeds`: ip, request, method, target (path + ?query), path, query, protocol, status, bytes,
     referrer, user_agent, cookie (the raw header), cookie.NAME, host, request_time,
-    forwarded_for, ts (with `time` saying how to read it), ts_frac, or None (an extra only).
+    forwarded_for, ts (with `time` saying how to read it), ts_part (more of a custom time, read
+    together with it, `\x1f` between pieces), ts_frac, or None (an extra only).
     """
 
     name: str
@@ -63,6 +64,8 @@ class Capture:
     #: For feeds == "ts": clf | iso | msec | epoch | custom (then `parser` reads the value).
     time: str = ""
     parser: Callable[[str], tuple[float, float] | None] | None = None
+    #: How `explain` names it: `$status`, `%>s`, or (default) its name.
+    label: str = ""
 
 
 Token = str | Capture
@@ -71,9 +74,10 @@ Token = str | Capture
 _ALONE_IN_QUOTES = {
     "default": r'[^"]*',  # nginx writes `"` as \x22: a value never holds a raw quote
     "backslash": r'[^"\\]*(?:\\.[^"\\]*)*',  # Apache and escape=json write \" and \\
-    "none": r".*?",
+    "none": r'[^"]*',
 }
-_SHARED_QUOTES = {"default": r'[^"]*?', "backslash": r'(?:[^"\\]|\\.)*?', "none": r".*?"}
+# Several values between one pair of quotes: each lazily up to what follows (never a raw quote).
+_SHARED_QUOTES = {"default": r'[^"]*?', "backslash": r'(?:[^"\\]|\\.)*?', "none": r'[^"]*?'}
 _UNQUOTED = r".*?"
 _GROUP = "v{}"
 
@@ -101,29 +105,67 @@ def build_regex(tokens: Sequence[Token], escape: str) -> tuple[str, list[tuple[s
             members[r] = members.get(r, 0) + 1
     pieces: list[tuple[str, str]] = []
     first: dict[str, int] = {}
+    spaced_used = False
     for i, tok in enumerate(tokens):
         if isinstance(tok, str):
             pieces.append((repr(tok), re.escape(tok)))
             continue
+        label = tok.label or tok.name
         if tok.name in first:
-            pieces.append((tok.name, f"(?P={_GROUP.format(first[tok.name])})"))
+            pieces.append((label, f"(?P={_GROUP.format(first[tok.name])})"))
             continue
         first[tok.name] = i
         r = quoted_at[i]
         if r >= 0 and members[r] == 1:
             # Alone between quotes the closing quote delimits the value: the generic pattern
             # is exact, and faster than a typed one (measured: bench/parse.py, escape=json).
+            # Unescaped (escape=none), only one value may hold raw quotes (see `_untyped`).
             pattern = _ALONE_IN_QUOTES[escape]
+            if escape == "none" and cap_may_hold_spaces(tok) and not spaced_used:
+                pattern, spaced_used = ".*?", True
         elif r >= 0 and tok.quoted is not None:
             pattern = tok.quoted
         elif tok.pattern is not None:
             pattern = tok.pattern
-        elif r >= 0:
-            pattern = _SHARED_QUOTES[escape]
         else:
-            pattern = _UNQUOTED
-        pieces.append((tok.name, f"(?P<{_GROUP.format(i)}>{pattern})"))
+            after = tokens[i + 1] if i + 1 < len(tokens) else None
+            sep = after[:1] if isinstance(after, str) else ""
+            spaced = sep == " " and cap_may_hold_spaces(tok) and not spaced_used
+            spaced_used = spaced_used or spaced
+            pattern = _untyped(tok, sep, r >= 0, escape, spaced)
+        pieces.append((label, f"(?P<{_GROUP.format(i)}>{pattern})"))
     return "".join(p for _, p in pieces) + r"\s*$", pieces
+
+
+def cap_may_hold_spaces(cap: Capture) -> bool:
+    """User agents, Cookie and X-Forwarded-For headers hold spaces in any layout."""
+    return cap.feeds in ("user_agent", "cookie", "forwarded_for")
+
+
+# A request line between spaces: `METHOD target PROTOCOL`, or fewer parts (HTTP/0.9, garbage).
+_SPACED_REQUEST = r"[^ ]*(?: [^ ]+){0,2}"
+
+
+def _untyped(cap: Capture, sep: str, quoted: bool, escape: str, spaced: bool) -> str:
+    """The pattern of a capture without a typed one, outside "alone between quotes".
+
+    Such a value stops at the next field separator `sep` (the first character of the literal
+    after it, when that is punctuation or whitespace). This keeps the regex linear: values free
+    to run over separators make a non-matching line cost O(n^k) backtracking steps (a crafted
+    400-byte line took 14 s with four such values, a 64 KiB one 19 s with two). So a request
+    line between spaces has its three-part shape, and only one value of a layout (`spaced`: a
+    user agent, Cookie or X-Forwarded-For header) may run over a space separator; any other
+    value holding its separator does not parse (quote such fields in the log format)."""
+    if sep == " " and cap.feeds == "request":
+        return _SPACED_REQUEST
+    if not sep or sep.isalnum() or spaced:
+        return _SHARED_QUOTES[escape] if quoted else _UNQUOTED
+    stop = re.escape(sep) if sep != '"' else ""
+    if escape == "backslash":
+        return rf'(?:[^"\\{stop}]|\\.)*'
+    if escape == "default" or quoted:
+        return rf'[^"{stop}]*'
+    return rf"[^{stop}]*"
 
 
 def captures_by_group(tokens: Sequence[Token], regex: re.Pattern[str]) -> list[tuple[Capture, int]]:
@@ -248,6 +290,7 @@ def assembler_source(
     namespace = dict(_HELPERS)
     best: dict[str, tuple[Capture, int]] = {}
     hosts: list[tuple[int, int]] = []
+    time_parts: list[int] = []
     cookies: dict[str, int] = {}
     extras: list[tuple[str, int]] = []
     for cap, idx in caps:
@@ -256,6 +299,8 @@ def assembler_source(
             extras.append((cap.name, idx))
         elif feeds == "host":
             hosts.append((cap.rank, idx))
+        elif feeds == "ts_part":
+            time_parts.append(idx)
         elif feeds.startswith("cookie."):
             cookies.setdefault(feeds[7:], idx)
         else:
@@ -292,7 +337,7 @@ def assembler_source(
     body = ["def parse(line):", "    m = _match(line)", "    if m is None:", "        return None"]
     # A user's regex may have groups that do not take part in a match: they read as "".
     body.append('    g = m.groups("")' if optional_groups else "    g = m.groups()")
-    body += _time_lines(best, namespace)
+    body += _time_lines(best, namespace, time_parts)
     if "request" in best:
         body.append(f"    method, target, protocol = _split({u(g('request'), gi('request'))})")
         if "method" in best:
@@ -371,7 +416,9 @@ def assembler_source(
     return "\n".join(body) + "\n", namespace
 
 
-def _time_lines(best: dict[str, tuple[Capture, int]], namespace: dict[str, Any]) -> list[str]:
+def _time_lines(
+    best: dict[str, tuple[Capture, int]], namespace: dict[str, Any], parts: list[int]
+) -> list[str]:
     cap, idx = best["ts"]
     if cap.time == "clf":
         namespace["_clf"] = ClfTime()
@@ -385,7 +432,9 @@ def _time_lines(best: dict[str, tuple[Capture, int]], namespace: dict[str, Any])
         lines = [f"    ts = _epoch(g[{idx}], {cap.scale!r})", f"    precision = {1 / cap.scale!r}"]
     else:
         namespace["_tc"] = cap.parser
-        lines = [f"    t = _tc(g[{idx}])", "    if t is None:", "        return None"]
+        # A time written in pieces (Apache `%{%d/%b/%Y %T}t … %{%z}t`) is read as one text.
+        value = " + '\\x1f' + ".join(f"g[{i}]" for i in [idx, *parts])
+        lines = [f"    t = _tc({value})", "    if t is None:", "        return None"]
         lines.append("    ts, precision = t")
     if cap.time != "custom":
         lines += ["    if ts is None:", "        return None"]

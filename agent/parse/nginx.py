@@ -171,7 +171,7 @@ def _tokens(template: str) -> list[Token]:
     for m in _VAR.finditer(template):
         if m.start() > pos:
             out.append(template[pos : m.start()])
-        cap = _capture(m.group(1) or m.group(2))
+        cap = replace(_capture(m.group(1) or m.group(2)), label=m.group(0))
         prev = out[-1] if out else None
         if cap.feeds == "query" and isinstance(prev, Capture) and prev.name == "is_args":
             # `$uri$is_args$args` writes `/path-` without a query (`$args` is `-`, `$is_args`
