@@ -50,22 +50,28 @@ def write_access_log(path: Path, first: int, count: int, **kw: Any) -> None:
 def make_config(
     tmp: Path,
     *,
-    paths: list[str],
+    paths: list[str] | None = None,
     sink_path: str = "out.jsonl",
     fmt: str = "nginx",
     extra: dict[str, Any] | None = None,
+    sources: list[dict[str, Any]] | None = None,
+    identity: dict[str, Any] | None = None,
 ) -> Path:
-    """A config in `tmp` with start_at: beginning, a fixed secret and no metrics server."""
+    """A config in `tmp` with start_at: beginning, a fixed secret and no metrics server: one
+    access source `web` reading `paths` in `fmt`, or the `sources` given; `identity` keys are
+    added to the fixed ones."""
     secret = tmp / "secret.txt"
     secret.write_text(TEST_SECRET + "\n")
-    source: dict[str, Any] = {"name": "web", "kind": "access", "paths": paths, "format": fmt}
-    if fmt == "nginx":
-        source["log_format"] = NGINX_FORMAT
+    if sources is None:
+        source: dict[str, Any] = {"name": "web", "kind": "access", "paths": paths, "format": fmt}
+        if fmt == "nginx":
+            source["log_format"] = NGINX_FORMAT
+        sources = [source]
     cfg: dict[str, Any] = {
         "state_dir": str(tmp / "state"),
         "start_at": "beginning",
-        "identity": {"secret_file": str(secret), "site": "test"},
-        "sources": [source],
+        "identity": {"secret_file": str(secret), "site": "test", **(identity or {})},
+        "sources": sources,
         "sink": {"type": "file", "path": sink_path},
         "metrics": {"listen": ""},
         "log": {"format": "json", "level": "info"},

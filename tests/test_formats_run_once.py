@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 
-from tests.helpers import TEST_SECRET, UA, read_messages, run_trackd
+from tests.helpers import UA, make_config, read_messages, run_trackd
 
 T = "28/Nov/2026:10:00:00 -0500"
 APACHE = '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i" %{km_ai}C'
@@ -93,22 +92,7 @@ def sources(tmp: Path) -> list[dict[str, Any]]:
 def test_new_formats_run_end_to_end_and_count_what_they_skip(tmp_path: Path) -> None:
     """Every good access line is a page view with its UTC time; every malformed line (of every
     format) is counted as parse_error for its source; traceback lines are not errors."""
-    secret = tmp_path / "secret"
-    secret.write_text(TEST_SECRET)
-    cfg = tmp_path / "trackd.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "state_dir": str(tmp_path / "state"),
-                "start_at": "beginning",
-                "identity": {"secret_file": str(secret)},
-                "sources": sources(tmp_path),
-                "sink": {"type": "file", "path": str(tmp_path / "out.jsonl")},
-                "metrics": {"listen": ""},
-                "log": {"format": "json", "level": "info"},
-            }
-        )
-    )
+    cfg = make_config(tmp_path, sources=sources(tmp_path))
     proc = run_trackd("run", "--once", "-c", str(cfg))
     assert proc.returncode == 0, proc.stderr
     pages = read_messages(tmp_path / "out.jsonl")

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from agent.parse import build_access_parser
 from agent.parse.nginx import compile_nginx
 from agent.parse.timefmt import ClfTime
 from agent.records import AccessRecord
-from tests.helpers import NGINX, TEST_SECRET, NginxServer, read_messages, run_trackd
+from tests.helpers import NGINX, NginxServer, make_config, read_messages, run_trackd
 
 pytestmark = pytest.mark.skipif(
     NGINX is None,
@@ -203,31 +202,15 @@ def test_run_once_turns_the_log_into_page_views(
 ) -> None:
     """`trackd run --once` on nginx's log: GET 2xx pages only (no asset, HEAD, POST or 404),
     the km_ni person named, the client address taken from X-Forwarded-For through the trusted proxies."""
-    secret = tmp_path / "secret"
-    secret.write_text(TEST_SECRET)
-    cfg = tmp_path / "trackd.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "state_dir": str(tmp_path / "state"),
-                "start_at": "beginning",
-                "identity": {
-                    "secret_file": str(secret),
-                    "trusted_proxies": ["127.0.0.0/8", "10.0.0.0/8"],
-                },
-                "sources": [
-                    {
-                        "name": "web",
-                        "kind": "access",
-                        "paths": [str(served[0] / "access.log")],
-                        "format": "nginx",
-                        "log_format": MAIN,
-                    }
-                ],
-                "sink": {"type": "file", "path": str(tmp_path / "out.jsonl")},
-                "metrics": {"listen": ""},
-            }
-        )
+    source = {
+        "name": "web",
+        "kind": "access",
+        "paths": [str(served[0] / "access.log")],
+        "format": "nginx",
+        "log_format": MAIN,
+    }
+    cfg = make_config(
+        tmp_path, sources=[source], identity={"trusted_proxies": ["127.0.0.0/8", "10.0.0.0/8"]}
     )
     proc = run_trackd("run", "--once", "-c", str(cfg))
     assert proc.returncode == 0, proc.stderr
