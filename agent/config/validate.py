@@ -212,7 +212,7 @@ def _compile(src: dict[str, Any], base: Path, kind: str, fmt: str) -> Iterator[F
     if fmt == "regex" and values["regex"] is None:
         return
     if fields is not None and not (
-        isinstance(fields, dict) and all(isinstance(v, str) for v in fields.values())
+        isinstance(fields, dict) and all(isinstance(x, str) for kv in fields.items() for x in kv)
     ):
         return
     tz = src.get("timezone", "UTC")

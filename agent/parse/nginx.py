@@ -24,7 +24,10 @@ from dataclasses import dataclass, replace
 from agent.parse.layout import Capture, CompiledParser, FormatError, Token, compile_layout
 
 _VAR = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
-_DIRECTIVE_TOKEN = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"|([^\s'\";]+)|(;)", re.S)
+# A directive's tokens: '…', "…", a bare word, `;`, or a `#` comment (to the end of its line).
+_DIRECTIVE_TOKEN = re.compile(
+    r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"|(#[^\n]*)|([^\s'\";#]+)|(;)", re.S
+)
 # nginx's config reader undoes \" \' \\ and turns \t \r \n into the control characters; any other
 # backslash stays (ngx_conf_read_token).
 _CONF_ESCAPE = re.compile(r"\\([\"'\\trn])")
@@ -138,9 +141,11 @@ def read_log_format(text: str) -> NginxFormat:
     strings: list[str] = []
     escape = "default"
     for m in list(_DIRECTIVE_TOKEN.finditer(stripped))[1:]:
-        single, double, bare, semi = m.groups()
+        single, double, comment, bare, semi = m.groups()
         if semi:
             break
+        if comment is not None:
+            continue
         if single is not None or double is not None:
             raw = single if single is not None else double
             strings.append(_CONF_ESCAPE.sub(lambda e: _CONF_CHARS.get(e[1], e[1]), raw or ""))

@@ -88,3 +88,15 @@ class TestNewFormatsLoad:
         loads and the pipeline's parser builds from it."""
         config = load_config_text(yaml.safe_dump({"sources": [src]}), "/c/t.yaml", {})
         assert build_parser(config.sources[0]) is not None
+
+
+def test_nginx_braced_variables_hint_at_the_escape() -> None:
+    """`${status}` in a log_format reads as an env reference (interpolation runs everywhere);
+    the error says how to write nginx's variable, and `$${status}` works."""
+    found = issues([source("nginx", log_format='[$time_local] "$request" ${status}')])
+    assert "write $${status} or $status" in found["sources[0].log_format"][1]
+    text = yaml.safe_dump(
+        {"sources": [source("nginx", log_format='[$time_local] "$request" $${status}')]}
+    )
+    config = load_config_text(text, "/c/t.yaml", {})
+    assert config.sources[0].log_format == '[$time_local] "$request" ${status}'

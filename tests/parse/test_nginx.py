@@ -298,3 +298,15 @@ class TestUnusualFormats:
         reason = parser.explain(f'1.2.3.4 [{T}] "GET / HTTP/1.1" abc')
         assert "at $status (column 55)" in reason
         assert "GET" not in reason
+
+
+def test_pasted_directive_may_hold_comments_and_bare_words() -> None:
+    """A directive pasted from nginx.conf with `#` comment lines between its strings, and
+    unquoted format pieces, compiles like nginx reads it."""
+    parser = compile_nginx(
+        "log_format main '$remote_addr [$time_local] '\n"
+        "    # the request, then its status\n"
+        "    '\"$request\" ' $status;  # trailing comment"
+    )
+    rec = parser('1.2.3.4 [28/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 204')
+    assert rec is not None and rec.status == 204
