@@ -201,26 +201,41 @@ class NginxServer:
     def __init__(self, prefix: Path, http_block: str, *, tz: str = "UTC") -> None:
         assert NGINX is not None
         self.prefix = prefix
-        self.port = free_port()
         self.tz = tz
-        prefix.mkdir(parents=True, exist_ok=True)
-        temps = "\n".join(
-            f"  {kind}_temp_path {prefix}/{kind}_temp;"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
+        self._http = http_block
         self.conf = prefix / "nginx.conf"
-        self.conf.write_text(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\n"
-            f"pid {prefix}/nginx.pid;\nerror_log stderr notice;\n"
-            "events { worker_connections 64; }\n"
-            f"http {{\n{temps}\n  access_log off;\n"
-            + http_block.replace("{port}", str(self.port)).replace("{prefix}", str(prefix))
-            + "\n}\n"
-        )
+        prefix.mkdir(parents=True, exist_ok=True)
         self._proc: subprocess.Popen[bytes] | None = None
         self.stderr = b""
+        self.port = 0
 
-    def start(self, timeout: float = 10.0) -> None:
+    def _write_conf(self) -> None:
+        self.port = free_port()
+        temps = "\n".join(
+            f"  {kind}_temp_path {self.prefix}/{kind}_temp;"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        http = self._http.replace("{port}", str(self.port)).replace("{prefix}", str(self.prefix))
+        self.conf.write_text(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\n"
+            f"pid {self.prefix}/nginx.pid;\nerror_log stderr notice;\n"
+            "events { worker_connections 64; }\n"
+            f"http {{\n{temps}\n  access_log off;\n{http}\n}}\n"
+        )
+
+    def start(self, timeout: float = 10.0, attempts: int = 3) -> None:
+        """Start nginx; a port taken between `free_port()` and nginx's bind means a new port."""
+        for attempt in range(attempts):
+            self._write_conf()
+            try:
+                self._start(timeout)
+                return
+            except RuntimeError:
+                if b"Address already in use" not in self.stderr or attempt == attempts - 1:
+                    raise
+                self.stderr = b""
+
+    def _start(self, timeout: float) -> None:
         import selectors
         import time
 

@@ -87,6 +87,9 @@ class RecordMasker:
             out["cookie"] = cookies
         return out
 
+    def __repr__(self) -> str:
+        return f"RecordMasker(masked_names={sorted(self._names)!r})"
+
     def _app(self, fields: dict[str, Any]) -> dict[str, Any]:
         return {
             k: self._app(v) if isinstance(v, dict) else self._value(k, v) for k, v in fields.items()
