@@ -59,6 +59,7 @@ test-full:
 	$(MAKE) test TRACKD_SLOW_SCALE=full
 
 bench: $(STAMP)
+	$(BIN)/python bench/parse.py
 	$(BIN)/python bench/run_once.py
 
 clean:

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sample",
         metavar="FILE",
-        help="test-parse this file (plain or .gz) instead of each source's own files",
+        help="test-parse this file (plain, .gz, .bz2 or .xz) instead of each source's own files",
     )
 
     sub.add_parser(

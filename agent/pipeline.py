@@ -26,7 +26,7 @@ from agent.config import Config, SourceConfig
 from agent.emit import Emitter, PipelineStats
 from agent.errors import StateError
 from agent.identity.sqlite_store import SqliteIdentityStore
-from agent.parse import AccessParser, AppParser, build_access_parser, build_app_parser
+from agent.parse import AccessParser, AppParser, build_parser
 from agent.prepare import Prepared, Where
 from agent.records import Continuation
 from agent.sinks.base import Sink
@@ -52,16 +52,7 @@ class SourceContext:
     def __init__(self, src: SourceConfig) -> None:
         self.name = src.name
         self.is_app = src.kind == "app"
-        self.parser: AccessParser | AppParser = (
-            build_app_parser(
-                src.format,
-                time_field=src.time_field,
-                time_format=src.time_format,
-                timezone=src.timezone,
-            )
-            if self.is_app
-            else build_access_parser(src.format, src.log_format)
-        )
+        self.parser: AccessParser | AppParser = build_parser(src)
 
 
 class Pipeline:

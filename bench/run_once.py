@@ -20,24 +20,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen import NGINX_FORMAT, access_log
+from gen import NGINX_FORMAT, access_log, bare_loop
 
 BARE = re.compile(
     rb'(?P<ip>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "(?P<req>[^"]*)" (?P<status>\d+) '
     rb'(?P<bytes>\S+) "(?P<ref>[^"]*)" "(?P<ua>[^"]*)" "(?P<cookie>[^"]*)"'
 )
-
-
-def bare_loop(path: Path) -> float:
-    start = time.perf_counter()
-    n = 0
-    with path.open("rb") as fh:
-        for line in fh:
-            m = BARE.match(line)
-            if m is not None:
-                m.groupdict()["cookie"].split(b"; ")
-            n += 1
-    return n / (time.perf_counter() - start)
 
 
 def run_once(log: Path, work: Path) -> tuple[float, str]:
@@ -87,7 +75,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         log = access_log(Path(tmp) / "access.log", args.lines)
-        bare = max(bare_loop(log) for _ in range(args.repeat))
+        bare = max(bare_loop(log, BARE) for _ in range(args.repeat))
         runs = [run_once(log, Path(tmp) / f"run{i}") for i in range(args.repeat)]
     best = max(r[0] for r in runs)
     print(f"{'measure':<44}{'lines/s':>12}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -49,22 +52,28 @@ def write_access_log(path: Path, first: int, count: int, **kw: Any) -> None:
 def make_config(
     tmp: Path,
     *,
-    paths: list[str],
+    paths: list[str] | None = None,
     sink_path: str = "out.jsonl",
     fmt: str = "nginx",
     extra: dict[str, Any] | None = None,
+    sources: list[dict[str, Any]] | None = None,
+    identity: dict[str, Any] | None = None,
 ) -> Path:
-    """A config in `tmp` with start_at: beginning, a fixed secret and no metrics server."""
+    """A config in `tmp` with start_at: beginning, a fixed secret and no metrics server: one
+    access source `web` reading `paths` in `fmt`, or the `sources` given; `identity` keys are
+    added to the fixed ones."""
     secret = tmp / "secret.txt"
     secret.write_text(TEST_SECRET + "\n")
-    source: dict[str, Any] = {"name": "web", "kind": "access", "paths": paths, "format": fmt}
-    if fmt == "nginx":
-        source["log_format"] = NGINX_FORMAT
+    if sources is None:
+        source: dict[str, Any] = {"name": "web", "kind": "access", "paths": paths, "format": fmt}
+        if fmt == "nginx":
+            source["log_format"] = NGINX_FORMAT
+        sources = [source]
     cfg: dict[str, Any] = {
         "state_dir": str(tmp / "state"),
         "start_at": "beginning",
-        "identity": {"secret_file": str(secret), "site": "test"},
-        "sources": [source],
+        "identity": {"secret_file": str(secret), "site": "test", **(identity or {})},
+        "sources": sources,
         "sink": {"type": "file", "path": sink_path},
         "metrics": {"listen": ""},
         "log": {"format": "json", "level": "info"},
@@ -196,3 +205,96 @@ def running_daemon(
             proc.kill()
             proc.wait()
         notify.close()
+
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NginxServer:
+    """A real nginx on 127.0.0.1:`port`, in the foreground, with its prefix, config, pid file and
+    logs under `prefix`. `start()` returns once nginx says its workers started (it listens by
+    then); `stop()` shuts it down gracefully — nginx writes every access log line before exiting —
+    and waits for it."""
+
+    def __init__(self, prefix: Path, http_block: str, *, tz: str = "UTC") -> None:
+        assert NGINX is not None
+        self.prefix = prefix
+        self.tz = tz
+        self._http = http_block
+        self.conf = prefix / "nginx.conf"
+        prefix.mkdir(parents=True, exist_ok=True)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.stderr = b""
+        self.port = 0
+
+    def _write_conf(self) -> None:
+        self.port = free_port()
+        temps = "\n".join(
+            f"  {kind}_temp_path {self.prefix}/{kind}_temp;"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        http = self._http.replace("{port}", str(self.port)).replace("{prefix}", str(self.prefix))
+        self.conf.write_text(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\n"
+            f"pid {self.prefix}/nginx.pid;\nerror_log stderr notice;\n"
+            "events { worker_connections 64; }\n"
+            f"http {{\n{temps}\n  access_log off;\n{http}\n}}\n"
+        )
+
+    def start(self, timeout: float = 10.0, attempts: int = 3) -> None:
+        """Start nginx; a port taken between `free_port()` and nginx's bind means a new port."""
+        for attempt in range(attempts):
+            self._write_conf()
+            try:
+                self._start(timeout)
+                return
+            except RuntimeError:
+                if b"Address already in use" not in self.stderr or attempt == attempts - 1:
+                    raise
+                self.stderr = b""
+
+    def _start(self, timeout: float) -> None:
+        import selectors
+        import time
+
+        self._proc = subprocess.Popen(
+            [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-e", "stderr"],  # type: ignore[list-item]
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "TZ": self.tz},
+        )
+        assert self._proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._proc.stderr, selectors.EVENT_READ)
+            while b"start worker process" not in self.stderr:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    self.stop()
+                    raise TimeoutError(f"nginx did not start: {self.stderr.decode()}")
+                chunk = os.read(self._proc.stderr.fileno(), 65536)
+                if not chunk:
+                    self._proc.wait(timeout)
+                    raise RuntimeError(f"nginx exited at start: {self.stderr.decode()}")
+                self.stderr += chunk
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful shutdown (SIGQUIT): requests finish and are logged; then wait for the exit."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            _out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _out, err = proc.communicate(timeout=timeout)
+        self.stderr += err or b""

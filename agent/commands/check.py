@@ -1,21 +1,29 @@
-"""`trackd check [--sample FILE]`: validate the config and test-parse sample lines (SPEC §6)."""
+"""`trackd check [--sample FILE]`: validate the config and test-parse sample lines (SPEC §6).
+
+Per source: the match rate on the sample (the first lines of `--sample FILE`, else of the
+source's first non-empty file), the first unparsed lines with the reason, and the fields of the
+first parsed line, masked as SPEC §8 requires (`masking.py`). Lines continuing a multi-line app
+entry are counted apart: they are neither parsed nor failed.
+"""
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.commands.masking import RecordMasker
 from agent.config import Config, FileSinkConfig
-from agent.parse import AccessParser, AppParser, build_access_parser, build_app_parser
-from agent.parse.cookies import parse_cookie_header
-from agent.records import AppRecord, Continuation
+from agent.parse import AccessParser, AppParser, build_parser
+from agent.records import Continuation
 from agent.sources.discovery import expand
 
 SAMPLE_LINES = 1000
 SHOW_UNPARSED = 5
+_COMPRESSED = ((b"\x1f\x8b", gzip), (b"BZh", bz2), (b"\xfd7zXZ\x00", lzma))
 
 
 @dataclass
@@ -53,45 +61,54 @@ class SourceReport:
 
 
 def _read_sample(path: str, limit: int) -> list[bytes]:
-    opener: Any = gzip.open if path.endswith(".gz") else open
+    """The first `limit` lines of a plain, gzip, bzip2 or xz file (detected by content), each
+    without its newline (a `\\r` before it is removed, as the pipeline does)."""
+    with open(path, "rb") as probe:
+        magic = probe.read(6)
+    opener: Any = open
+    for prefix, module in _COMPRESSED:
+        if magic.startswith(prefix):
+            opener = module.open
     lines: list[bytes] = []
     with opener(path, "rb") as fh:
         for raw in fh:
-            lines.append(raw.rstrip(b"\n"))
+            line = raw[:-1] if raw.endswith(b"\n") else raw
+            lines.append(line[:-1] if line.endswith(b"\r") else line)
             if len(lines) >= limit:
                 break
     return lines
 
 
-def _mask(value: str) -> str:
-    if len(value) <= 4:
-        return "****"
-    return value[:2] + "…" + f"({len(value)} chars)"
-
-
-def record_fields(rec: Any) -> dict[str, Any]:
-    """The fields of a parsed record as `check` shows them: cookie values masked."""
-    out: dict[str, Any] = {}
-    if isinstance(rec, AppRecord):
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.ts))
-        return {"time": f"{stamp}Z", **rec.fields}
-    for name in rec._fields:
-        value = getattr(rec, name)
-        if name == "ts":
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(value))
-            frac = f".{round((value % 1) * 1000):03d}" if rec.precision < 1 else ""
-            out["time"] = f"{stamp}{frac}Z"
-        elif name == "precision":
+def _sample_source(
+    rep: SourceReport, parser: AccessParser | AppParser, lines: list[bytes], config: Config
+) -> None:
+    """Parse sample lines as the pipeline does (same skips, same decoding) into the report."""
+    is_app = rep.kind == "app"
+    masker = RecordMasker(config)
+    for n, raw in enumerate(lines, 1):
+        rep.lines += 1
+        reason: str | None = None
+        if len(raw) > config.max_line_bytes:
+            reason = f"longer than max_line_bytes ({len(raw):,} > {config.max_line_bytes:,} bytes)"
+        elif is_app:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                reason = f"not UTF-8 (byte {exc.start + 1}): an app entry must be text"
+        else:
+            text = raw.decode("utf-8", "replace")
+        rec = None if reason is not None else parser(text)
+        if rec is None:
+            if len(rep.unparsed) < SHOW_UNPARSED:
+                rep.unparsed.append((n, reason or parser.explain(text)))
             continue
-        elif name == "cookie_header":
-            jar = parse_cookie_header(value)
-            out["cookie"] = {k: _mask(v) for k, v in jar.items()}
-        elif name == "cookies":
-            if value:
-                out["cookie"] = {**out.get("cookie", {}), **{k: _mask(v) for k, v in value.items()}}
-        elif value not in (None, "", {}):
-            out[name] = value
-    return out
+        if isinstance(rec, Continuation):
+            rep.continuations += 1
+            rep.lines -= 1
+            continue
+        rep.parsed += 1
+        if rep.first_fields is None:
+            rep.first_fields = masker(rec)
 
 
 def check_sources(config: Config, sample: str | None) -> list[SourceReport]:
@@ -110,36 +127,14 @@ def check_sources(config: Config, sample: str | None) -> list[SourceReport]:
         path = sample or next((f.path for f in found if f.size > 0), None)
         if path is not None:
             rep.sample_from = path
-            parser: AccessParser | AppParser = (
-                build_app_parser(
-                    src.format,
-                    time_field=src.time_field,
-                    time_format=src.time_format,
-                    timezone=src.timezone,
-                )
-                if src.kind == "app"
-                else build_access_parser(src.format, src.log_format)
-            )
             try:
                 lines = _read_sample(path, SAMPLE_LINES)
-            except OSError as exc:
-                rep.warnings.append(f"cannot read sample {path}: {exc.strerror}")
+            except (OSError, EOFError, lzma.LZMAError) as exc:
+                detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                rep.warnings.append(f"cannot read sample {path}: {detail}")
                 lines = []
-            for n, raw in enumerate(lines, 1):
-                text = raw.rstrip(b"\r").decode("utf-8", "replace")
-                rep.lines += 1
-                rec = parser(text)
-                if rec is None:
-                    if len(rep.unparsed) < SHOW_UNPARSED:
-                        rep.unparsed.append((n, parser.explain(text)))
-                    continue
-                if isinstance(rec, Continuation):
-                    rep.continuations += 1
-                    rep.lines -= 1
-                    continue
-                rep.parsed += 1
-                if rep.first_fields is None:
-                    rep.first_fields = record_fields(rec)
+            # The config was validated, so the parser builds (a bad format failed validation).
+            _sample_source(rep, build_parser(src), lines, config)
         reports.append(rep)
     return reports
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 from agent.config.schema import Config
 from agent.config.yamlmarks import Path
 
-SUPPORTED_ACCESS_FORMATS = frozenset({"combined", "common", "combined_cookie", "nginx"})
-SUPPORTED_APP_FORMATS = frozenset({"json"})
-
 
 def _later(what: str) -> str:
     return f"{what} is not supported yet by this version of trackd"
@@ -20,12 +17,6 @@ def _later(what: str) -> str:
 
 def not_supported_yet(config: Config) -> list[tuple[Path, str]]:
     out: list[tuple[Path, str]] = []
-    for i, src in enumerate(config.sources):
-        if src.kind == "app":
-            if src.format not in SUPPORTED_APP_FORMATS:
-                out.append((("sources", i, "format"), _later(f"app format: {src.format}")))
-        elif src.format not in SUPPORTED_ACCESS_FORMATS:
-            out.append((("sources", i, "format"), _later(f"format: {src.format}")))
     if config.sink.type != "file":
         out.append((("sink", "type"), _later(f"sink type {config.sink.type!r}")))
     if config.identity.store != "sqlite":

@@ -140,8 +140,12 @@ def _interpolate(
             return env[name]
         if default is not None:
             return default
+        hint = ""
+        if path[-1:] in (("log_format",), ("regex",)):
+            # nginx's braced variables look like ours: `${status}` is read as an env reference.
+            hint = f"; for nginx's variable write $${{{name}}} or ${name}"
         findings.append(
-            (path, f"environment variable {name} is not set (referenced as ${{{name}}})")
+            (path, f"environment variable {name} is not set (referenced as ${{{name}}}){hint}")
         )
         return ""
 

@@ -22,9 +22,6 @@ from pydantic import (
 
 from agent.config.units import Duration, Size
 
-ACCESS_FORMATS = ("combined", "common", "combined_cookie", "nginx", "apache", "json", "regex")
-APP_FORMATS = ("json", "logfmt", "regex")
-
 DEFAULT_SKIP_EXTENSIONS = (
     "css js mjs map png jpg jpeg gif webp avif svg ico bmp woff woff2 ttf otf eot txt xml json "
     "pdf mp4 webm mp3 wasm webmanifest"

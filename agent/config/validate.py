@@ -9,10 +9,13 @@ from __future__ import annotations
 import re
 import zoneinfo
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from agent.config.schema import ACCESS_FORMATS, APP_FORMATS
 from agent.config.yamlmarks import Path
+from agent.parse import FormatError, build_parser
+from agent.parse.registry import ACCESS_FORMATS, APP_FORMATS
+from agent.parse.timefmt import TIME_FORMATS, check_strftime
 
 Finding = tuple[Path, str]
 
@@ -27,7 +30,6 @@ _ACCESS_FIELD_RX = re.compile(
 _TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
 _FIELD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-@]*$")
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_TIME_FORMATS = ("iso8601", "unix", "unix_ms")
 _LISTEN = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 
 
@@ -121,14 +123,21 @@ def _sources(sources: list[Any], kinds: dict[str, str]) -> Iterator[Finding]:
                 if isinstance(p, str) and not p.strip():
                     yield (*base, "paths", j), "empty path"
         tz = src.get("timezone")
-        if isinstance(tz, str) and tz != "UTC":
-            try:
-                zoneinfo.ZoneInfo(tz)
-            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-                yield (
-                    (*base, "timezone"),
-                    f"unknown time zone {tz!r} (use an IANA name like Europe/Paris)",
-                )
+        if isinstance(tz, str) and not _valid_zone(tz):
+            yield (
+                (*base, "timezone"),
+                f"unknown time zone {tz!r} (use an IANA name like Europe/Paris)",
+            )
+
+
+def _valid_zone(tz: Any) -> bool:
+    if tz == "UTC":
+        return True
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        return False
+    return True
 
 
 def _format_options(src: dict[str, Any], base: Path, kind: str, fmt: str) -> Iterator[Finding]:
@@ -153,29 +162,68 @@ def _format_options(src: dict[str, Any], base: Path, kind: str, fmt: str) -> Ite
                 (*base, "regex"),
                 "required for format regex (a regular expression with named groups)",
             )
-        else:
-            try:
-                compiled = re.compile(rx)
-            except re.error as exc:
-                yield (*base, "regex"), f"invalid regular expression: {exc}"
-            else:
-                if not compiled.groupindex:
-                    yield (*base, "regex"), "the regular expression has no named groups (?P<name>…)"
     elif rx is not None:
         yield (*base, "regex"), f"only used by the regex format, not {fmt!r}"
     if src.get("fields") is not None and not (kind == "access" and fmt == "json"):
         yield (*base, "fields"), "only used by access sources in the json format"
     time_format = src.get("time_format")
-    if isinstance(time_format, str) and time_format not in _TIME_FORMATS and "%" not in time_format:
-        yield (
-            (*base, "time_format"),
-            f"unknown time format {time_format!r} (expected iso8601, unix, unix_ms or a strftime "
-            "pattern like '%Y-%m-%d %H:%M:%S')",
-        )
+    if isinstance(time_format, str) and time_format not in TIME_FORMATS:
+        if "%" not in time_format:
+            yield (
+                (*base, "time_format"),
+                f"unknown time format {time_format!r} (expected iso8601, unix, unix_ms or a "
+                "strftime pattern like '%Y-%m-%d %H:%M:%S')",
+            )
+        try:
+            check_strftime(time_format)
+        except ValueError as exc:
+            yield (*base, "time_format"), str(exc)
     if kind == "access":
         for key in ("time_field", "time_format"):
             if src.get(key) is not None and fmt not in ("json", "regex"):
                 yield (*base, key), "only used by app sources and the json/regex access formats"
+    yield from _compile(src, base, kind, fmt)
+
+
+@dataclass(frozen=True, slots=True)
+class _RawSource:
+    """The parser-relevant keys of a raw source mapping (a `SourceSpec`)."""
+
+    kind: str
+    format: str
+    log_format: str | None
+    regex: str | None
+    fields: dict[str, str] | None
+    time_field: str | None
+    time_format: str | None
+    timezone: str
+
+
+def _compile(src: dict[str, Any], base: Path, kind: str, fmt: str) -> Iterator[Finding]:
+    """Build the source's parser as `run` will, so that a log_format, regex, fields or
+    time_format that cannot work is an error now, at its YAML path, not a failure at start."""
+    allowed = ACCESS_FORMATS if kind == "access" else APP_FORMATS
+    values = {k: src.get(k) for k in ("log_format", "regex", "time_field", "time_format")}
+    fields = src.get("fields")
+    if fmt not in allowed or not all(v is None or isinstance(v, str) for v in values.values()):
+        return  # reported above, or a type error pydantic reports
+    if fmt in ("nginx", "apache") and not (values["log_format"] or "").strip():
+        return
+    if fmt == "regex" and values["regex"] is None:
+        return
+    if fields is not None and not (
+        isinstance(fields, dict) and all(isinstance(x, str) for kv in fields.items() for x in kv)
+    ):
+        return
+    tz = src.get("timezone", "UTC")
+    if not _valid_zone(tz):
+        tz = "UTC"  # reported at sources[i].timezone; check the rest as if it were UTC
+    spec = _RawSource(kind, fmt, fields=fields, timezone=tz, **values)
+    try:
+        build_parser(spec)
+    except FormatError as exc:
+        key, _, sub = (exc.key or "format").partition(".")
+        yield ((*base, key, sub) if sub else (*base, key)), str(exc)
 
 
 def _cookie_names(value: Any, path: Path) -> Iterator[Finding]:

@@ -18,22 +18,27 @@ def builtin_patterns() -> list[str]:
 
 
 class BotDetector:
-    """Callable: user agent -> True when it is a crawler."""
+    """Callable: user agent -> True when it is a crawler.
 
-    __slots__ = ("_cache", "_count", "_rx")
+    The built-in patterns are joined into one regex; `bot_patterns` are compiled one by one, so
+    that a pattern with its own flags (`(?i)crawler`) keeps them (Python refuses global flags
+    in the middle of a joined pattern). Patterns are searched for anywhere in the agent."""
+
+    __slots__ = ("_cache", "_count", "_extra", "_rx")
 
     def __init__(self, *, builtin: bool = True, extra: tuple[str, ...] = ()) -> None:
-        patterns = (builtin_patterns() if builtin else []) + list(extra)
-        self._count = len(patterns)
+        patterns = builtin_patterns() if builtin else []
+        self._count = len(patterns) + len(extra)
         self._rx = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+        self._extra = tuple(re.compile(p) for p in extra)
         self._cache: dict[str, bool] = {}
 
     def __call__(self, user_agent: str) -> bool:
-        if self._rx is None:
-            return False
         hit = self._cache.get(user_agent)
         if hit is None:
-            hit = self._rx.search(user_agent) is not None
+            hit = (self._rx is not None and self._rx.search(user_agent) is not None) or any(
+                rx.search(user_agent) is not None for rx in self._extra
+            )
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
             self._cache[user_agent] = hit

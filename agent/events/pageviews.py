@@ -7,6 +7,7 @@ import re
 
 from agent.config.schema import PageviewsConfig
 from agent.events.bots import BotDetector
+from agent.parse.request import split_target
 from agent.records import AccessRecord
 
 
@@ -24,16 +25,7 @@ def status_set(specs: tuple[str, ...]) -> frozenset[int]:
 
 def path_of(target: str) -> str:
     """The path of a request target: without query or fragment; absolute-form URLs reduced."""
-    if target.startswith(("http://", "https://")):
-        rest = target.split("://", 1)[1]
-        slash = rest.find("/")
-        target = rest[slash:] if slash >= 0 else "/"
-    end = len(target)
-    for sep in ("?", "#"):
-        i = target.find(sep)
-        if 0 <= i < end:
-            end = i
-    return target[:end]
+    return split_target(target)[0]
 
 
 class PageviewFilter:

@@ -1,8 +1,12 @@
 """Cookie headers as browsers send them (RFC 6265 §5.4: `name=value; name2=value2`).
 
 Only the cookie names trackd needs are extracted (CONVENTIONS.md, "cookie parsing only for the
-cookie names configured"). The first occurrence of a name wins, as servers read it. Values come back
-raw (quotes and `%XX` intact): identity normalisation (SPEC §1.1) decodes them exactly once.
+cookie names configured"). Names are case-sensitive; the first occurrence of a name wins, as
+servers read it; a value runs to the next `;` (it may hold `=`); whitespace around names and
+values is dropped; pieces without a name (Chrome sends a nameless cookie as its bare value) are
+skipped; anything else odd is tolerated, never an error. Values come back raw (RFC 6265's
+surrounding quotes and `%XX` intact): identity normalisation (SPEC §1.1) decodes them exactly
+once, and `accessor.cookie_value` does the same for rules.
 """
 
 from __future__ import annotations

@@ -4,73 +4,123 @@ Operators paste what their nginx.conf says — either the format string alone
 (`$remote_addr - $remote_user [$time_local] "$request" …`) or the whole directive
 (`log_format main escape=json '…' '…';`) — and get a parser for exactly that layout.
 
-Hand-written because no maintained library compiles nginx formats to a fast matcher: the format is
-turned into one anchored regex, with a typed pattern for each variable whose values have a known
-shape (status, sizes, times, addresses) and, for the rest, a pattern chosen from the context: a
-quoted variable runs to the closing quote (nginx escapes `"` inside values as `\\x22`, or `\\"`
-with `escape=json`), an unquoted one matches lazily up to what follows it.
+Hand-written because no maintained library compiles nginx formats to a fast matcher. This module
+knows nginx: which variables feed which record field, and the shape of the values nginx writes
+(status, sizes, times, addresses, the comma/colon lists of `$upstream_*`); `layout.py` turns
+that into one anchored regex and a generated assembler. Every variable compiles: unknown ones
+(`$http_*`, `$sent_http_*`, `$arg_*`, module variables) are captured as extras by name.
+
+nginx writes a value it does not have as `-`; with the default escaping it writes `"`, `\\`,
+control bytes and bytes >= 0x7F as `\\xHH`, with `escape=json` JSON escapes, with `escape=none`
+nothing. Known limit: an unquoted `$uri` (decoded, so it may hold a space) is matched up to
+the first space or `?`; `$request`/`$request_uri` have no such limit.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from agent.parse.escapes import unescape
-from agent.parse.fields import dash, to_float, to_int
-from agent.parse.request import split_request
-from agent.parse.timefmt import ClfTime, IsoTime, parse_msec
-from agent.records import AccessRecord
+from agent.parse.layout import Capture, CompiledParser, FormatError, Token, compile_layout
 
 _VAR = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
-_DIRECTIVE_TOKEN = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"|([^\s'\";]+)|(;)", re.S)
+# A directive's tokens: '…', "…", a bare word, `;`, or a `#` comment (to the end of its line).
+_DIRECTIVE_TOKEN = re.compile(
+    r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"|(#[^\n]*)|([^\s'\";#]+)|(;)", re.S
+)
+# nginx's config reader undoes \" \' \\ and turns \t \r \n into the control characters; any other
+# backslash stays (ngx_conf_read_token).
+_CONF_ESCAPE = re.compile(r"\\([\"'\\trn])")
+_CONF_CHARS = {"t": "\t", "r": "\r", "n": "\n"}
 
-_TYPED = {
-    "status": r"\d{3}|-",
-    "body_bytes_sent": r"\d+|-",
-    "bytes_sent": r"\d+|-",
-    "request_length": r"\d+|-",
-    "connection": r"\d+|-",
-    "connection_requests": r"\d+|-",
-    "pid": r"\d+|-",
-    "remote_port": r"\d+|-",
-    "server_port": r"\d+|-",
-    "request_time": r"\d+(?:\.\d+)?|-",
-    "msec": r"\d+(?:\.\d+)?",
-    "time_local": r"\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}",
-    "time_iso8601": r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[+-]\d{2}:\d{2}|Z)",
-    "remote_addr": r"[^\s\"]+",
-    "realip_remote_addr": r"[^\s\"]+",
+_DIGITS = r"\d+|-"
+_DECIMAL = r"\d+(?:\.\d+)?|-"
+_ADDR = r'[^\s"]+'
+_HOST = r'[^\s"/]*'
+
+
+def _list(item: str) -> str:
+    """`$upstream_*` values: one per upstream tried, `, ` between servers, ` : ` between groups."""
+    return rf"(?:{item})(?:(?:, | : )(?:{item}))*"
+
+
+CLF_PATTERN = r"\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}"
+ISO_PATTERN = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[+-]\d{2}:\d{2}|Z)"
+
+_FIELDS = [
+    # Times, most precise first (the rank): the record takes one, the others become extras.
+    Capture("msec", "ts", 0, r"\d+(?:\.\d+)?", time="msec"),
+    Capture("time_iso8601", "ts", 1, ISO_PATTERN, time="iso"),
+    Capture("time_local", "ts", 2, CLF_PATTERN, time="clf"),
+    Capture("remote_addr", "ip", 0, _ADDR),
+    Capture("realip_remote_addr", "ip", 1, _ADDR),
+    Capture("request", "request"),
+    Capture("request_method", "method", 0, r'[^\s"]*'),
+    Capture("request_uri", "target"),
+    # `$uri` is decoded (it may hold spaces) and ends at a `?` (`$uri$is_args$args`).
+    Capture("uri", "path", 0, r"[^\s?]*", quoted=r'[^"?]*'),
+    Capture("document_uri", "path", 1, r"[^\s?]*", quoted=r'[^"?]*'),
+    # A query is logged raw: no spaces; `-` when the request has none.
+    Capture("args", "query", 0, r'[^\s"]*'),
+    Capture("query_string", "query", 1, r'[^\s"]*'),
+    Capture("server_protocol", "protocol", 0, r'[^\s"]*'),
+    Capture("status", "status", 0, r"\d{3}|-"),
+    Capture("body_bytes_sent", "bytes", 0, _DIGITS),
+    Capture("bytes_sent", "bytes", 1, _DIGITS),
+    Capture("http_referer", "referrer"),
+    Capture("http_user_agent", "user_agent"),
+    Capture("http_cookie", "cookie"),
+    Capture("host", "host", 0, _HOST),
+    Capture("http_host", "host", 1, _HOST),
+    Capture("server_name", "host", 2, _HOST),
+    Capture("request_time", "request_time", 0, _DECIMAL),
+    Capture("http_x_forwarded_for", "forwarded_for", 0),
+    # "$http_x_forwarded_for, $remote_addr": the same client walk (identity/clientip.py).
+    Capture("proxy_add_x_forwarded_for", "forwarded_for", 1),
+]
+_TYPED_EXTRAS = {
+    **dict.fromkeys(
+        "request_length connection connection_requests pid remote_port server_port "
+        "realip_remote_port proxy_protocol_port proxy_protocol_server_port tcpinfo_rtt "
+        "tcpinfo_rttvar tcpinfo_snd_cwnd tcpinfo_rcv_space content_length".split(),
+        _DIGITS,
+    ),
+    **dict.fromkeys(("connection_time", "gzip_ratio"), _DECIMAL),
+    **dict.fromkeys(
+        "upstream_response_time upstream_connect_time upstream_header_time "
+        "upstream_queue_time".split(),
+        _list(r"\d+(?:\.\d+)?|-"),
+    ),
+    **dict.fromkeys(
+        "upstream_response_length upstream_bytes_received upstream_bytes_sent".split(),
+        _list(r"\d+|-"),
+    ),
+    "upstream_status": _list(r"\d{3}|-"),
+    "upstream_addr": _list(r'[^\s,"]+'),
+    "upstream_cache_status": r"[A-Z]+|-",
+    **dict.fromkeys(
+        "server_addr proxy_protocol_addr proxy_protocol_server_addr binary_remote_addr "
+        "ssl_protocol ssl_cipher".split(),
+        _ADDR,
+    ),
+    "hostname": _HOST,
     "scheme": r"[a-z]+|-",
+    "https": r"(?:on)?",
+    "is_args": r"\??",
+    "pipe": r"[p.]",
+    "request_id": r"[0-9a-fA-F]+|-",
+    "request_completion": r"(?:OK)?",
+    "nginx_version": r"[\d.]+",
+}
+_KNOWN = {c.name: c for c in _FIELDS} | {
+    name: Capture(name, None, 0, pattern) for name, pattern in _TYPED_EXTRAS.items()
 }
 TIME_VARIABLES = ("time_local", "time_iso8601", "msec")
-_HOST_VARS = ("host", "http_host", "server_name")
-_ROLE_VARS = frozenset(
-    {
-        *TIME_VARIABLES,
-        *_HOST_VARS,
-        "remote_addr",
-        "realip_remote_addr",
-        "request",
-        "request_method",
-        "request_uri",
-        "uri",
-        "args",
-        "query_string",
-        "server_protocol",
-        "status",
-        "body_bytes_sent",
-        "bytes_sent",
-        "http_referer",
-        "http_user_agent",
-        "http_cookie",
-        "request_time",
-        "http_x_forwarded_for",
-    }
-)
+#: What nginx's variable names feed, for layouts that reuse them (regex groups, JSON keys).
+FEEDS = {c.name: (c.feeds, c.rank) for c in _FIELDS if c.feeds is not None and c.feeds != "ts"}
 
 
-class NginxFormatError(ValueError):
+class NginxFormatError(FormatError):
     """The log_format cannot be compiled; the message says what to change."""
 
 
@@ -87,18 +137,18 @@ def read_log_format(text: str) -> NginxFormat:
     stripped = text.strip()
     if not stripped.startswith("log_format"):
         return NginxFormat(stripped, "default")
-    tokens = [m for m in _DIRECTIVE_TOKEN.finditer(stripped)]
     words: list[str] = []
     strings: list[str] = []
     escape = "default"
-    for m in tokens[1:]:
-        single, double, bare, semi = m.groups()
+    for m in list(_DIRECTIVE_TOKEN.finditer(stripped))[1:]:
+        single, double, comment, bare, semi = m.groups()
         if semi:
             break
+        if comment is not None:
+            continue
         if single is not None or double is not None:
             raw = single if single is not None else double
-            assert raw is not None
-            strings.append(re.sub(r"\\(.)", r"\1", raw))
+            strings.append(_CONF_ESCAPE.sub(lambda e: _CONF_CHARS.get(e[1], e[1]), raw or ""))
         elif bare is not None:
             if strings:
                 strings.append(bare)
@@ -107,225 +157,76 @@ def read_log_format(text: str) -> NginxFormat:
             else:
                 words.append(bare)
     if escape not in ("default", "json", "none"):
-        raise NginxFormatError(f"unknown escape={escape} (nginx knows default, json and none)")
+        raise NginxFormatError(
+            f"unknown escape={escape} in the log_format directive (nginx knows default, json and "
+            "none)"
+        )
     if not strings:
-        raise NginxFormatError("the log_format directive has no format string")
+        raise NginxFormatError(
+            "the log_format directive has no format string (paste it with its quotes: "
+            "log_format main '$remote_addr … [$time_local] \"$request\" …';)"
+        )
     return NginxFormat("".join(strings), escape)
 
 
-def _tokens(template: str) -> list[tuple[str, str]]:
-    """Split a template into ("lit", text) and ("var", name) tokens."""
-    out: list[tuple[str, str]] = []
+def _tokens(template: str) -> list[Token]:
+    """Split a template into literal text and one Capture per `$variable`."""
+    out: list[Token] = []
     pos = 0
     for m in _VAR.finditer(template):
         if m.start() > pos:
-            out.append(("lit", template[pos : m.start()]))
-        out.append(("var", m.group(1) or m.group(2)))
+            out.append(template[pos : m.start()])
+        cap = replace(_capture(m.group(1) or m.group(2)), label=m.group(0))
+        prev = out[-1] if out else None
+        if cap.feeds == "query" and isinstance(prev, Capture) and prev.name == "is_args":
+            # `$uri$is_args$args` writes `/path-` without a query (`$args` is `-`, `$is_args`
+            # empty): after `?` the query, else exactly that `-`, never a piece of the path.
+            cap = replace(cap, pattern=r'(?<=\?)[^\s"]*|-')
+        out.append(cap)
         pos = m.end()
     if pos < len(template):
-        out.append(("lit", template[pos:]))
+        out.append(template[pos:])
     return out
 
 
-def compile_nginx(text: str) -> NginxParser:
+def _capture(name: str) -> Capture:
+    known = _KNOWN.get(name)
+    if known is not None:
+        return known
+    if name.startswith("cookie_") and len(name) > 7:
+        return Capture(name, f"cookie.{name[7:]}")
+    return Capture(name)
+
+
+def compile_nginx(text: str) -> CompiledParser:
     """Compile a log_format (string or directive); raises NginxFormatError with a fix hint."""
     fmt = read_log_format(text)
     tokens = _tokens(fmt.template)
-    names = [v for k, v in tokens if k == "var"]
+    names = {t.name for t in tokens if isinstance(t, Capture)}
     if not names:
-        raise NginxFormatError("the format has no $variables (paste the log_format string)")
-    if not any(t in names for t in TIME_VARIABLES):
+        raise NginxFormatError(
+            "the format has no $variables (paste the log_format string, e.g. "
+            "'$remote_addr - $remote_user [$time_local] \"$request\" $status …')"
+        )
+    if not names.intersection(TIME_VARIABLES):
         raise NginxFormatError(
             "the format has no time variable: trackd needs $time_local, $time_iso8601 or $msec "
-            "to give events their time"
+            "to give events their time (add one to the log_format in nginx.conf and here)"
         )
-    if "request" not in names and "request_uri" not in names and "uri" not in names:
+    if not names.intersection(("request", "request_uri", "uri", "document_uri")):
         raise NginxFormatError(
-            "the format has no request: trackd needs $request (or $request_uri / $uri) for paths"
+            "the format has no request: trackd needs $request (or $request_uri / $uri) for paths "
+            "(add one to the log_format in nginx.conf and here)"
         )
-    parts: list[str] = []
-    seen: set[str] = set()
-    for i, (kind, value) in enumerate(tokens):
-        if kind == "lit":
-            parts.append(re.escape(value))
-            continue
-        if value in seen:
-            parts.append(f"(?P={_group(value)})")
-            continue
-        seen.add(value)
-        before = tokens[i - 1][1] if i > 0 and tokens[i - 1][0] == "lit" else ""
-        after = tokens[i + 1][1] if i + 1 < len(tokens) and tokens[i + 1][0] == "lit" else ""
-        parts.append(f"(?P<{_group(value)}>{_pattern(value, before, after, fmt.escape)})")
-    regex = re.compile("".join(parts) + r"\s*$", re.S)
-    return NginxParser(fmt, regex, names)
+    if fmt.escape == "json":
+        # escape=json writes a value nginx does not have as "" (not `-`): typed fields may be empty.
+        tokens = [_may_be_empty(t) if isinstance(t, Capture) else t for t in tokens]
+    escape = {"default": "default", "json": "backslash", "none": "none"}[fmt.escape]
+    return compile_layout("nginx", fmt.template, tokens, escape)
 
 
-def _group(name: str) -> str:
-    return f"v_{name}"
-
-
-def _pattern(name: str, before: str, after: str, escape: str) -> str:
-    quoted = before.endswith('"') and after.startswith('"')
-    if quoted:
-        if escape == "json":
-            return r'[^"\\]*(?:\\.[^"\\]*)*'
-        if escape == "default":
-            return r'[^"]*'
-        return r".*?"
-    typed = _TYPED.get(name)
-    if typed is not None:
-        return typed
-    if name in ("request_uri", "uri"):
-        return r"\S*"
-    if not after:
-        return r".*?"
-    # Unquoted and untyped: lazily up to what follows; the anchored regex backtracks if a value
-    # happens to contain that text.
-    return r".*?"
-
-
-class NginxParser:
-    """A compiled nginx log_format. Callable: a line in, an AccessRecord (or None) out.
-
-    The per-line assembler (groups -> AccessRecord) is generated as Python source for the exact
-    variables of the format, so the hot path has no per-field lookups or branches for variables
-    the format does not have. Only group indexes and known helper names enter the generated code.
-    """
-
-    __slots__ = ("_assemble", "_fmt", "_regex", "source")
-
-    def __init__(self, fmt: NginxFormat, regex: re.Pattern[str], names: list[str]) -> None:
-        self._fmt = fmt
-        self._regex = regex
-        index = {n: regex.groupindex[_group(n)] - 1 for n in names if _group(n) in regex.groupindex}
-        self.source = _assembler_source(index, fmt.escape != "none")
-        namespace: dict[str, object] = {
-            "_match": regex.match,
-            "_clf": ClfTime(),
-            "_iso": IsoTime(),
-            "_msec": parse_msec,
-            "_u": unescape,
-            "_split": split_request,
-            "_int": to_int,
-            "_float": to_float,
-            "_dash": dash,
-            "_Rec": AccessRecord,
-        }
-        exec(compile(self.source, f"<nginx log_format {fmt.template[:40]!r}>", "exec"), namespace)  # noqa: S102 - generated from group indexes only
-        self._assemble = namespace["parse"]
-
-    @property
-    def regex(self) -> re.Pattern[str]:
-        return self._regex
-
-    def __call__(self, line: str) -> AccessRecord | None:
-        return self._assemble(line)  # type: ignore[no-any-return,operator]
-
-    def explain(self, line: str) -> str:
-        """Why `line` does not match (for `trackd check`): how far the format got."""
-        if self._regex.match(line) is not None:
-            return "unreadable time value"
-        tokens = _tokens(self._fmt.template)
-        best = "the line does not start like the format"
-        for n in range(1, len(tokens) + 1):
-            partial = []
-            for kind, value in tokens[:n]:
-                partial.append(re.escape(value) if kind == "lit" else r".*?")
-            if re.match("".join(partial), line, re.S) is None:
-                kind, value = tokens[n - 1]
-                what = f"${value}" if kind == "var" else repr(value)
-                return f"the line stops matching the format at {what}"
-            best = "the line has extra or missing text at the end"
-        return best
-
-    def __repr__(self) -> str:
-        return f"NginxParser({self._fmt.template!r}, escape={self._fmt.escape})"
-
-
-def _assembler_source(i: dict[str, int], escaped: bool) -> str:
-    """Python source of `parse(line)` for a format whose variables sit at group indexes `i`."""
-
-    def g(name: str) -> str:
-        return f"g[{i[name]}]"
-
-    def u(expr: str) -> str:
-        # Inline the common case (no backslash) to save a call per field.
-        return f'({expr} if "\\\\" not in {expr} else _u({expr}))' if escaped else expr
-
-    def first(*names: str) -> str | None:
-        return next((n for n in names if n in i), None)
-
-    body = ["def parse(line):", "    m = _match(line)", "    if m is None:", "        return None"]
-    body.append("    g = m.groups()")
-    if "time_local" in i:
-        body += [f"    ts = _clf({g('time_local')})", "    precision = 1.0"]
-    elif "time_iso8601" in i:
-        body += [f"    ts = _iso({g('time_iso8601')})", "    precision = 1.0"]
-    else:
-        body += [f"    ts = _msec({g('msec')})", "    precision = 0.001"]
-    body += ["    if ts is None:", "        return None"]
-    if "request" in i:
-        body.append(f"    method, target, protocol = _split({u(g('request'))})")
-    else:
-        method = f"_dash({g('request_method')})" if "request_method" in i else '""'
-        body.append(f"    method = {method}")
-        if "request_uri" in i:
-            body.append(f"    target = {u(g('request_uri'))}")
-        else:
-            body.append(f"    target = {u(g('uri'))}")
-            q = first("args", "query_string")
-            if q is not None:
-                body += [
-                    f"    query = {g(q)}",
-                    '    if query and query != "-":',
-                    f'        target = target + "?" + {u("query")}',
-                ]
-        body.append('    protocol = ""')
-    if "server_protocol" in i:
-        body.append(f"    protocol = _dash({g('server_protocol')})")
-    hosts = [n for n in _HOST_VARS if n in i]
-    if hosts:
-        expr = " or ".join(f"_dash({g(n)})" for n in hosts)
-        body.append(f"    host = {expr}")
-    else:
-        body.append('    host = ""')
-    cookies = [(n.removeprefix("cookie_"), i[n]) for n in i if n.startswith("cookie_")]
-    if cookies:
-        body.append("    cookies = {}")
-        for cname, idx in cookies:
-            body += [
-                f"    v = g[{idx}]",
-                '    if v and v != "-":',
-                f"        cookies[{cname!r}] = {u('v')}",
-            ]
-    else:
-        body.append("    cookies = None")
-    extra = [(n, i[n]) for n in i if n not in _ROLE_VARS and not n.startswith("cookie_")]
-    if extra:
-        items = ", ".join(f"{n!r}: {u(f'g[{idx}]')}" for n, idx in extra)
-        body.append(f"    extra = {{{items}}}")
-    else:
-        body.append("    extra = None")
-
-    ip = first("remote_addr", "realip_remote_addr")
-    size = first("body_bytes_sent", "bytes_sent")
-    fields = [
-        "ts",
-        "precision",
-        g(ip) if ip else '""',
-        "method",
-        "target",
-        "protocol",
-        f"_int({g('status')})" if "status" in i else "0",
-        f"_int({g(size)})" if size else "0",
-        f"_dash({u(g('http_referer'))})" if "http_referer" in i else '""',
-        f"_dash({u(g('http_user_agent'))})" if "http_user_agent" in i else '""',
-        f"_dash({u(g('http_cookie'))})" if "http_cookie" in i else '""',
-        "cookies",
-        "host",
-        f"_float({g('request_time')})" if "request_time" in i else "None",
-        f"_dash({g('http_x_forwarded_for')})" if "http_x_forwarded_for" in i else '""',
-        "extra",
-    ]
-    body.append(f"    return _Rec({', '.join(fields)})")
-    return "\n".join(body) + "\n"
+def _may_be_empty(cap: Capture) -> Capture:
+    if cap.pattern is None:
+        return cap
+    quoted = None if cap.quoted is None else f"(?:{cap.quoted})?"
+    return replace(cap, pattern=f"(?:{cap.pattern})?", quoted=quoted)
