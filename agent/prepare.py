@@ -333,7 +333,7 @@ class Preparer:
                 if raw_user is None:
                     user_state = "no_user"
                 else:
-                    user = self.normalizer.value("named", raw_user)
+                    user = self.normalizer.rendered("named", raw_user)
                     user_state = "ok" if user is not None else "junk_user"
                 device = self._id(spec.device, get, "device")
                 session = self._id(spec.session, get, "session")
@@ -381,4 +381,4 @@ class Preparer:
         if template is None:
             return None
         raw = template.render(get)
-        return None if raw is None else self.normalizer.value(kind, raw)
+        return None if raw is None else self.normalizer.rendered(kind, raw)

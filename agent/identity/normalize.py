@@ -40,6 +40,9 @@ class Normalizer:
         self._lower_emails = lowercase_emails
         self._blocklist = frozenset(b.lower() for b in blocklist)
         self._cache: dict[str, dict[str, str | None]] = {kind: {} for kind in KINDS}
+        # Values rendered by rule templates were decoded by their field already (`query.*`,
+        # `cookie.*`) or were never encoded (app log fields): not percent-decoded again.
+        self._cache.update({f"{kind}:decoded": {} for kind in KINDS})
         #: Junk values discarded, by kind (`trackd_identity_junk_total{kind}`); never the values.
         self.junk: Counter[str] = Counter()
 
@@ -56,6 +59,14 @@ class Normalizer:
         """The normalised identifier of `kind` ("device", "named", "session"); junk counted."""
         return self._get(kind, raw)
 
+    def rendered(self, kind: str, text: str) -> str | None:
+        """Like `value`, for text a rule template rendered: SPEC §1.1's percent-decoding is not
+        applied a second time (decoded exactly once)."""
+        value = self.check(f"{kind}:decoded", text)
+        if value is None:
+            self.junk[kind] += 1
+        return value
+
     def _get(self, kind: str, raw: str) -> str | None:
         value = self.check(kind, raw)
         if value is None:
@@ -68,14 +79,15 @@ class Normalizer:
         try:
             return cache[raw]
         except KeyError:
-            value = self._normalize(kind, raw)
+            base, _, decoded = kind.partition(":")
+            value = self._normalize(base, raw, percent=not decoded)
             if len(cache) >= _CACHE_MAX:
                 cache.clear()
             cache[raw] = value
             return value
 
-    def _normalize(self, kind: str, raw: str) -> str | None:
-        value = percent_decode_once(raw)
+    def _normalize(self, kind: str, raw: str, *, percent: bool = True) -> str | None:
+        value = percent_decode_once(raw) if percent else raw
         if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
             try:
                 decoded = json.loads(value)

@@ -175,8 +175,7 @@ class TestNotSupportedYet:
     def test_unbuilt_feature_is_a_clear_error(self) -> None:
         """A valid key whose feature is not built yet is rejected, never silently ignored."""
         found = _messages(
-            "identity: {store: 'redis://127.0.0.1:6379/0'}\n"
-            "sink: {type: segment, write_key: k}\n"
+            "identity: {store: 'redis://127.0.0.1:6379/0'}\nsink: {type: segment, write_key: k}\n"
         )
         assert "not supported yet" in found["sink.type"]
         assert "not supported yet" in found["identity.store"]

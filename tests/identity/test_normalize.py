@@ -74,3 +74,11 @@ def test_never_raises_and_result_is_clean(raw: str) -> None:
             assert value == value.strip()
             assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
             assert 0 < len(value) <= 255
+
+
+def test_rendered_values_are_not_decoded_twice() -> None:
+    """A rule template's text (already decoded by its field) is not percent-decoded again."""
+    n = Normalizer()
+    assert n.rendered("named", "50%25off@x.com") == "50%25off@x.com"
+    assert n.value("named", "50%25off@x.com") == "50%off@x.com"
+    assert n.rendered("device", "undefined") is None and n.junk["device"] == 1
