@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 from urllib.parse import unquote
 
-from agent.events.pageviews import path_of
+from agent.parse.request import split_target
 
 REDACTED = "REDACTED"
 _CACHE_MAX = 20_000
@@ -51,11 +51,7 @@ class UrlBuilder:
             slash = rest.find("/")
             host = rest[:slash] if slash >= 0 else rest
             scheme = scheme_part
-        path = path_of(target)
-        query = ""
-        q = target.find("?")
-        if q >= 0:
-            query = target[q + 1 :].split("#", 1)[0]
+        path, query = split_target(target)
         search = f"?{self.redact_query(query)}" if query else ""
         if host:
             url: str | None = f"{scheme or self._base_scheme()}://{host}{path}{search}"

@@ -88,3 +88,11 @@ def test_templates_never_raise(text: str, fields: dict[str, str]) -> None:
     """Any template text and any fields render to a string or None."""
     result = Template(text).render(getter(fields))
     assert result is None or isinstance(result, str)
+
+
+def test_url_parts_ignore_a_fragment_before_the_query() -> None:
+    """`/a#b?c` has no query: the fragment ends the target (found by the parsers' review)."""
+    from agent.events.urls import UrlBuilder
+
+    page = UrlBuilder(("token",), "https://ex.com").page("/a#b?c=1", "")
+    assert (page.path, page.search, page.url) == ("/a", "", "https://ex.com/a")
