@@ -22,13 +22,12 @@ from collections.abc import Callable, Iterable, Iterator
 
 import structlog
 
-from agent.config import Config, SourceConfig
+from agent.config import Config
 from agent.emit import Emitter, PipelineStats
 from agent.errors import StateError
 from agent.identity.sqlite_store import SqliteIdentityStore
-from agent.parse import AccessParser, AppParser, build_parser
+from agent.lines import LinePreparer, SourceContext
 from agent.prepare import Prepared, Where
-from agent.records import Continuation
 from agent.sinks.base import Sink
 from agent.sources.fileid import digest16
 from agent.sources.splitter import Split
@@ -38,21 +37,11 @@ from agent.state import outbox
 
 log = structlog.get_logger("trackd.pipeline")
 
+#: A Where for counting lines of a file whose first line is not known yet (nothing is prepared).
+_NOWHERE = Where("", "", "", 0)
 COMMIT_EVERY = 16384
 #: Records resolved together (one identity prefetch per batch).
 BATCH = 2048
-SAMPLE_MAX = 20
-
-
-class SourceContext:
-    """What the pipeline needs per source: its kind and parser."""
-
-    __slots__ = ("is_app", "name", "parser")
-
-    def __init__(self, src: SourceConfig) -> None:
-        self.name = src.name
-        self.is_app = src.kind == "app"
-        self.parser: AccessParser | AppParser = build_parser(src)
 
 
 class Pipeline:
@@ -74,8 +63,7 @@ class Pipeline:
         self.resolver = self.emitter.resolver
         self.preparer = self.emitter.preparer
         self.normalizer = self.preparer.normalizer
-        self.max_line = config.max_line_bytes
-        self.sources = {s.name: SourceContext(s) for s in config.sources}
+        self.lines = LinePreparer(config, self.preparer, self.stats)
         self._clock = clock
         self._advanced: dict[int, tuple[TrackedFile, int, bytes]] = {}
         self._dirty_files: dict[int, TrackedFile] = {}
@@ -102,72 +90,26 @@ class Pipeline:
         #: A sink that is its own outbox (the file sink): delivered inside `commit`.
         self.direct_sink: Sink | None = None
 
+    @property
+    def sources(self) -> dict[str, SourceContext]:
+        return self.lines.sources
+
     # -- parsing ---------------------------------------------------------------------------
 
     def parsed(self, tf: TrackedFile, split: Split) -> Iterator[Prepared]:
         """Parse and prepare a split's lines; yields what can produce messages, counts the rest.
 
-        Lines that produce nothing (static assets, opt-outs, unparsable lines) are not yielded:
-        the split's end moves the file's position past them (`advance`)."""
-        source = tf.row.source
-        ctx = self.sources[source]
-        parser = ctx.parser
-        is_app = ctx.is_app
-        max_line = self.max_line
-        stats = self.stats
-        if split.too_long:
-            self._skip(source, "too_long", "", split.too_long)
-        stats.lines[source] += len(split.lines) + split.too_long
+        Lines that produce nothing are not yielded: the split's end moves the file's position
+        past them (`advance`)."""
         if not split.lines:
+            if split.too_long:
+                self.lines.lines(_NOWHERE._replace(source=tf.row.source), 0, 0, [], split.too_long)
             return
         ref = tf.ref if tf.ref is not None else tf.ensure_ref()
         assert ref is not None  # a complete line exists, so the first line is known
         self._files[tf.row.id] = tf
-        where = Where(source, ref.path, ref.line_fp, tf.row.id)
-        prepare = self.preparer.prepare
-        offset = split.start
-        end_of_split = split.end
-        for line in split.lines:
-            lo = offset
-            offset = lo + len(line) + 1
-            if offset > end_of_split:
-                offset = end_of_split
-            if len(line) > max_line:
-                self._skip(source, "too_long", "")
-                continue
-            body = line[:-1] if line[-1:] == b"\r" else line
-            if is_app:
-                # An app entry whose bytes are not UTF-8 has no trustworthy structure (SPEC §2).
-                try:
-                    text = body.decode("utf-8")
-                except UnicodeDecodeError:
-                    self._skip(source, "encoding", "")
-                    continue
-            else:
-                text = body.decode("utf-8", "replace")
-            rec = parser(text)
-            if rec is None:
-                self._skip(source, "parse_error", text, explain=parser)
-                continue
-            if isinstance(rec, Continuation):
-                stats.continuations[source] += 1
-                continue
-            prepared = prepare(where, lo, offset, line, rec)
-            if prepared is not None:
-                yield prepared
-
-    def _skip(
-        self,
-        source: str,
-        reason: str,
-        text: str,
-        n: int = 1,
-        explain: AccessParser | AppParser | None = None,
-    ) -> None:
-        self.stats.skipped[(source, reason)] += n
-        sample = self.stats.samples.setdefault(source, deque(maxlen=SAMPLE_MAX))
-        if len(sample) < SAMPLE_MAX and explain is not None:
-            sample.append((reason, explain.explain(text)))
+        where = Where(tf.row.source, ref.path, ref.line_fp, tf.row.id)
+        yield from self.lines.lines(where, split.start, split.end, split.lines, split.too_long)
 
     # -- emitting --------------------------------------------------------------------------
 

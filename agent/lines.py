@@ -1,0 +1,108 @@
+"""Lines of one source's block in, prepared records out: decode, parse, prepare, count.
+
+The same code serves the pipeline thread (tailing) and the worker processes of `run --once` and
+backfill (`workers.py`): it keeps no state between blocks but its parsers' caches and counters.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+from agent.config import Config, SourceConfig
+from agent.emit import PipelineStats
+from agent.parse import AccessParser, AppParser, build_parser
+from agent.prepare import Prepared, Preparer, Where
+from agent.records import Continuation
+
+SAMPLE_MAX = 20
+
+
+class SourceContext:
+    """What preparing needs per source: its kind and parser."""
+
+    __slots__ = ("is_app", "name", "parser")
+
+    def __init__(self, src: SourceConfig) -> None:
+        self.name = src.name
+        self.is_app = src.kind == "app"
+        self.parser: AccessParser | AppParser = build_parser(src)
+
+
+class LinePreparer:
+    """Parse and prepare blocks of lines, counting what produces nothing."""
+
+    def __init__(self, config: Config, preparer: Preparer, stats: PipelineStats) -> None:
+        self.sources = {s.name: SourceContext(s) for s in config.sources}
+        self.preparer = preparer
+        self.stats = stats
+        self.max_line = config.max_line_bytes
+
+    def reload_sources(
+        self, sources: tuple[SourceConfig, ...], old: tuple[SourceConfig, ...]
+    ) -> None:
+        """Contexts for added or changed sources; unchanged ones keep theirs (and its caches)."""
+        before = {s.name: s for s in old}
+        self.sources = {
+            s.name: self.sources[s.name] if before.get(s.name) == s else SourceContext(s)
+            for s in sources
+        }
+
+    def lines(
+        self, where: Where, start: int, end: int, lines: list[bytes], too_long: int = 0
+    ) -> Iterator[Prepared]:
+        """The prepared records of consecutive complete lines (without their `\\n`) that start
+        at byte `start`; `end` is the offset just past the last one. Lines that produce nothing
+        (static assets, opt-outs, unparsable lines) are counted, not yielded."""
+        source = where.source
+        ctx = self.sources[source]
+        parser = ctx.parser
+        is_app = ctx.is_app
+        max_line = self.max_line
+        stats = self.stats
+        if too_long:
+            self._skip(source, "too_long", "", too_long)
+        stats.lines[source] += len(lines) + too_long
+        prepare = self.preparer.prepare
+        offset = start
+        for line in lines:
+            lo = offset
+            offset = lo + len(line) + 1
+            if offset > end:
+                offset = end
+            if len(line) > max_line:
+                self._skip(source, "too_long", "")
+                continue
+            body = line[:-1] if line[-1:] == b"\r" else line
+            if is_app:
+                # An app entry whose bytes are not UTF-8 has no trustworthy structure (SPEC §2).
+                try:
+                    text = body.decode("utf-8")
+                except UnicodeDecodeError:
+                    self._skip(source, "encoding", "")
+                    continue
+            else:
+                text = body.decode("utf-8", "replace")
+            rec = parser(text)
+            if rec is None:
+                self._skip(source, "parse_error", text, explain=parser)
+                continue
+            if isinstance(rec, Continuation):
+                stats.continuations[source] += 1
+                continue
+            prepared = prepare(where, lo, offset, line, rec)
+            if prepared is not None:
+                yield prepared
+
+    def _skip(
+        self,
+        source: str,
+        reason: str,
+        text: str,
+        n: int = 1,
+        explain: AccessParser | AppParser | None = None,
+    ) -> None:
+        self.stats.skipped[(source, reason)] += n
+        sample = self.stats.samples.setdefault(source, deque(maxlen=SAMPLE_MAX))
+        if len(sample) < SAMPLE_MAX and explain is not None:
+            sample.append((reason, explain.explain(text)))
