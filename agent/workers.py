@@ -1,0 +1,122 @@
+"""Worker processes for `run --once` and backfill: the pure stage on every core.
+
+Parsing and preparing (`lines.py`, `prepare.py`) need no identity state, so blocks of complete
+lines go to a pool of processes and come back as prepared records, in order per file; the
+pipeline thread merges them by event time and does only the stateful part (identity, assembly,
+the chunk transaction). Workers are started with `forkserver` — the agent is multi-threaded,
+and `fork` would copy locks held by other threads — and build their own parsers once, from the
+config.
+
+Prepared records travel as plain tuples: a NamedTuple is rebuilt field by field on unpickling,
+three times slower.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+from agent.config import Config
+from agent.emit import PipelineStats
+from agent.lines import LinePreparer
+from agent.prepare import Prepared, Preparer, Where
+
+#: Below this many bytes to read, workers cost more to start than they save.
+PARALLEL_MIN_BYTES = 16 << 20
+
+_worker: tuple[LinePreparer, PipelineStats] | None = None
+
+StatsDump = dict[str, Any]
+
+
+def _init(config: Config, secret: bytes) -> None:
+    global _worker
+    stats = PipelineStats()
+    _worker = (LinePreparer(config, Preparer(config, secret, stats.prepare), stats), stats)
+
+
+def _prepare_block(
+    where: Where, start: int, end: int, block: bytes, too_long: int
+) -> tuple[list[tuple[Any, ...]], StatsDump]:
+    """Worker: the prepared records of a block of complete lines (without its last `\\n`)."""
+    assert _worker is not None, "worker used before its initializer ran"
+    lines, stats = _worker
+    records = [tuple(p) for p in lines.lines(where, start, end, block.split(b"\n"), too_long)]
+    return records, dump_stats(stats)
+
+
+def dump_stats(stats: PipelineStats) -> StatsDump:
+    """Take (and reset) the counters a block produced, as plain data for the parent."""
+    out: StatsDump = {
+        "lines": dict(stats.lines),
+        "skipped": dict(stats.skipped),
+        "continuations": dict(stats.continuations),
+        "junk": dict(stats.prepare.junk),
+        "dropped": dict(stats.prepare.dropped),
+        "too_old": dict(stats.prepare.too_old),
+        "samples": {k: list(v) for k, v in stats.samples.items()},
+    }
+    for counter in (
+        stats.lines,
+        stats.skipped,
+        stats.continuations,
+        stats.prepare.junk,
+        stats.prepare.dropped,
+        stats.prepare.too_old,
+    ):
+        counter.clear()
+    stats.samples.clear()
+    return out
+
+
+def absorb_stats(stats: PipelineStats, dump: StatsDump, sample_max: int = 20) -> None:
+    """Add a worker's counters to the pipeline's."""
+    stats.lines.update(Counter(dump["lines"]))
+    stats.skipped.update(Counter(dump["skipped"]))
+    stats.continuations.update(Counter(dump["continuations"]))
+    stats.prepare.junk.update(Counter(dump["junk"]))
+    stats.prepare.dropped.update(Counter(dump["dropped"]))
+    stats.prepare.too_old.update(Counter(dump["too_old"]))
+    for source, items in dump["samples"].items():
+        sample = stats.samples.setdefault(source, deque(maxlen=sample_max))
+        sample.extend(tuple(i) for i in items[: max(0, sample_max - len(sample))])
+
+
+class PreparePool:
+    """A pool of worker processes preparing blocks; results in submission order per file."""
+
+    def __init__(self, config: Config, secret: bytes, processes: int | None = None) -> None:
+        self.processes = processes or max(1, os.cpu_count() or 1)
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_init,
+            initargs=(config, secret),
+        )
+        #: Blocks submitted and not yet taken back (bounds memory across many files).
+        self.in_flight = 0
+        self.max_in_flight = self.processes * 3
+
+    def submit(
+        self, where: Where, start: int, end: int, block: bytes, too_long: int
+    ) -> Future[tuple[list[tuple[Any, ...]], StatsDump]]:
+        self.in_flight += 1
+        return self._pool.submit(_prepare_block, where, start, end, block, too_long)
+
+    def take(
+        self, future: Future[tuple[list[tuple[Any, ...]], StatsDump]], stats: PipelineStats
+    ) -> Iterator[Prepared]:
+        """Wait for a block's result, count its stats, yield its records."""
+        records, dump = future.result()
+        self.in_flight -= 1
+        absorb_stats(stats, dump)
+        make = Prepared._make
+        for record in records:
+            yield make(record)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
