@@ -143,6 +143,16 @@ class Pipeline:
         #: A sink that is its own outbox (the file sink): delivered inside `commit`.
         self.direct_sink: Sink | None = None
 
+    def reload_sources(self, sources: tuple[SourceConfig, ...]) -> None:
+        """SIGHUP (issue 3): contexts for added or changed sources; unchanged ones are kept."""
+        old = {s.name: s for s in self.config.sources}
+        redact = self.config.privacy.redact_params
+        self.sources = {
+            s.name: self.sources[s.name] if old.get(s.name) == s else SourceContext(s, redact)
+            for s in sources
+        }
+        self.config = self.config.model_copy(update={"sources": sources})
+
     # -- parsing ---------------------------------------------------------------------------
 
     def parsed(self, tf: TrackedFile, split: Split, index: int = 0) -> Iterator[Item]:

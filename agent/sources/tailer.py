@@ -1,175 +1,401 @@
-"""Live tailing: discover files, read what was appended, follow renames and truncations.
+"""Live tailing: discover files, read what was appended, follow renames, truncations and deletions.
 
-The tailer is synchronous and runs on the pipeline thread; the supervisor wakes it on watchfiles
-events and on a short timer (watchfiles is a hint, not the clock). Each `poll()` reads at most a
-budget of bytes per file so one busy file cannot starve the others.
+The tailer is synchronous and runs on the pipeline thread. The supervisor calls `poll` on a short
+timer while some file is hot (grew lately, or is a rotated generation being drained), on watchfiles
+hints naming a file, and on a slower sweep of every file (the stat-polling fallback for idle files,
+networked filesystems and lost inotify events): watchfiles is a hint, never the clock.
 
-Rotation by rename: the open descriptor keeps reading the old file while it grows, until it has
-been idle for `rotate_wait`, even when no glob matches its new name; the new file at the path is
-then a new file, read from 0. Truncation (size below the read position): read again from 0.
+- Rename rotation: the open descriptor keeps reading the old file while it grows, until it has been
+  idle for `rotate_wait` (or held for `max_rotated_hold`), even when no glob matches its new name;
+  its final partial line is then flushed. The new file at the path is a new file, read from 0.
+- A file deleted while open is read to its end, then closed.
+- Truncation or an in-place rewrite (size below the read position, or the bytes before it
+  changed): the unread tail is recovered from a rotated copy when one holds it (copytruncate),
+  else counted in `truncation_gap`; the new content is read from 0 (see `catalog.py`).
+- Open descriptors are capped: idle live files are parked (closed) and reopened by identity.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable, Iterator
 
 import structlog
 
 from agent.config import Config
-from agent.sources.discovery import expand
+from agent.sources.catalog import DEFER, Catalog
+from agent.sources.compressed import compression_of
+from agent.sources.discovery import expand, watch_dirs
+from agent.sources.fileid import MARKER_MAX, matches_fingerprint, read_at
 from agent.sources.splitter import LineSplitter, Split
-from agent.sources.tracked import PositionStore, TrackedFile, open_found
-from agent.state.files import FileRow
+from agent.sources.tracked import TrackedFile
 
 log = structlog.get_logger("trackd.tailer")
 
-READ_BLOCK = 1 << 20
-PER_FILE_BUDGET = 4 << 20
+#: Bytes read from one file per poll, so one busy file cannot starve the others.
+READ_BUDGET = 4 << 20
+#: A file that grew this recently is polled on the fast timer (seconds).
+HOT_WINDOW = 5.0
+#: How often positions of long-gone files are collected (seconds).
+FORGET_EVERY = 3600.0
+
+FKey = tuple[str, int, int]
+Polled = tuple[TrackedFile, Split]
+
+
+def default_max_open() -> int:
+    """Half the soft descriptor limit (the rest is for the state database, sockets, the sink),
+    at most 1024."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(16, min(1024, soft // 2))
 
 
 class Tailer:
     def __init__(
         self,
         config: Config,
-        store: PositionStore,
-        saved: list[FileRow],
+        catalog: Catalog,
         *,
-        first_start: bool,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        max_open: int | None = None,
     ) -> None:
-        self._config = config
-        self._store = store
-        self._saved = saved
-        self._first_start = first_start
+        self.config = config
+        self.catalog = catalog
         self._clock = clock
-        #: Open files by (dev, inode), with the source they belong to.
-        self.files: dict[tuple[int, int], TrackedFile] = {}
-        #: Files renamed or deleted away from their path: (file, monotonic time of last growth).
-        self.rotated: dict[tuple[int, int], float] = {}
-        self.truncations = 0
+        self._wall = wall
+        self.max_open = max_open or default_max_open()
+        #: Tracked files by (source, device, inode).
+        self.files: dict[FKey, TrackedFile] = {}
+        #: Compressed files already looked at: their size then (read once, never tailed).
+        self._static: dict[FKey, int] = {}
+        self._nudged: set[str] = set()
+        self._recovered = False
+        self._last_forget = float("-inf")
+        #: Lines dropped unread from rotated files held past `max_rotated_hold`.
+        self.dropped_hold = 0
+        #: Some file wants the fast timer (set by each poll).
+        self.hot = False
+        #: Some file still has unread bytes after the last poll (its read budget ran out).
+        self.behind = False
+        #: Seconds the last discovery took (the supervisor spaces discoveries by it).
+        self.discover_seconds = 0.0
+
+    # -- discovery -------------------------------------------------------------------------
 
     def discover(self) -> list[TrackedFile]:
-        """Open files that appeared; returns the newly opened ones."""
-        opened = []
-        for src in self._config.sources:
+        """Open files that appeared; on the first call, also find saved files that were rotated
+        while trackd was stopped. Returns the newly tracked files."""
+        started = self._clock()
+        opened: list[TrackedFile] = []
+        found_keys: set[FKey] = set()
+        for src in self.config.sources:
+            claimed = {(d, i) for (s, d, i) in self.files if s == src.name}
             for found in expand(src.paths, src.exclude):
-                key = (found.dev, found.ino)
-                if key in self.files:
-                    continue
-                tf = open_found(
-                    found,
-                    src.name,
-                    self._saved,
-                    self._store,
-                    first_start=self._first_start,
-                    start_at=self._config.start_at,
-                    max_line_bytes=self._config.max_line_bytes,
-                )
+                fkey = (src.name, found.dev, found.ino)
+                found_keys.add(fkey)
+                tf = self.files.get(fkey)
                 if tf is not None:
-                    self.files[key] = tf
-                    opened.append(tf)
-        self._first_start = False
+                    if tf.packed is None and (not tf.live or tf.path != found.path):
+                        self._relive(tf, found.path)
+                    continue
+                if self._static.get(fkey) == found.size:
+                    continue
+                kind = compression_of(found.path)
+                if kind is not None:
+                    open_rows = {t.row.id for t in self.files.values()}
+                    res = self.catalog.open_packed(
+                        found.path, src.name, kind, (found.dev, found.ino), open_rows
+                    )
+                    if res == DEFER:
+                        continue
+                    self._static[fkey] = found.size
+                    if isinstance(res, TrackedFile):
+                        opened.append(self._register(res))
+                    continue
+                for tf in self.catalog.open_plain(found.path, src.name, claimed):
+                    claimed.add(tf.key)
+                    opened.append(self._register(tf))
+        if not self._recovered:
+            self._recovered = True
+            opened.extend(self._recover())
+        self._mark_gone(found_keys)
+        now = self._clock()
+        if now - self._last_forget >= FORGET_EVERY:
+            self._last_forget = now
+            self.catalog.forget(self._wall() - self.config.state.forget_files_after)
+        self.catalog.first_start = False
+        self._cap(now)
+        self.discover_seconds = self._clock() - started
         return opened
 
-    def poll(self) -> Iterator[tuple[TrackedFile, Split]]:
-        """Read appended complete lines from every open file (bounded per file)."""
-        now = self._clock()
-        for key, tf in list(self.files.items()):
-            try:
-                st = os.fstat(tf.fd)
-            except OSError:
-                self._close(key)
-                continue
-            pos = tf.splitter.offset + tf.splitter.pending_bytes
-            if st.st_size < tf.splitter.offset:
-                self._truncated(tf, st.st_size)
-                pos = 0
-            grew = False
-            budget = PER_FILE_BUDGET
-            while pos < st.st_size and budget > 0:
-                data = os.pread(tf.fd, min(READ_BLOCK, st.st_size - pos, budget), pos)
-                if not data:
-                    break
-                pos += len(data)
-                budget -= len(data)
-                grew = True
-                if tf.grow_fingerprint(pos):
-                    self._store.update(tf.row)
-                split = tf.splitter.feed(data)
-                if split is not None:
-                    yield tf, split
-            self._check_rotation(key, tf, now, grew)
-
-    def _truncated(self, tf: TrackedFile, size: int) -> None:
-        log.warning(
-            "file_truncated",
-            path=tf.path,
-            source=tf.row.source,
-            offset=tf.splitter.offset,
-            size=size,
-        )
-        self.truncations += 1
-        tf.reset_content(LineSplitter(0, self._config.max_line_bytes))
-        self._store.update(tf.row)  # safe: the caller commits after every poll
-
-    def _check_rotation(
-        self, key: tuple[int, int], tf: TrackedFile, now: float, grew: bool
-    ) -> None:
-        try:
-            st = os.stat(tf.path)
-            moved = (st.st_dev, st.st_ino) != key
-        except FileNotFoundError:
-            moved = True
-        except OSError:
-            return
-        if not moved:
-            return
-        if key not in self.rotated:
-            log.info("file_rotated", path=tf.path, source=tf.row.source)
-            self.rotated[key] = now
-        elif grew:
-            self.rotated[key] = now
-        elif now - self.rotated[key] >= self._config.rotate_wait:
-            self._close(key)
-
-    def _close(self, key: tuple[int, int]) -> None:
-        tf = self.files.pop(key, None)
-        self.rotated.pop(key, None)
-        if tf is not None:
-            tf.row.state = "rotated"
-            tf.row.cur_path = None
-            tf.row.gone_since = time.time()
-            self._store.update(tf.row)
-            tf.close()
-            log.info("file_closed", path=tf.path, source=tf.row.source, offset=tf.splitter.offset)
-
-    def lag(self) -> list[tuple[str, str, int]]:
-        """(source, path, unread bytes) per open file."""
+    def _recover(self) -> list[TrackedFile]:
+        """Saved files still being read at the last stop but not found by the globs: look for
+        them among the rotated siblings of their path."""
+        sources = {s.name for s in self.config.sources}
+        open_rows = {tf.row.id for tf in self.files.values()}
         out = []
-        for tf in self.files.values():
-            try:
-                size = os.fstat(tf.fd).st_size
-            except OSError:
+        for row in list(self.catalog.rows.values()):
+            if row.state not in ("live", "rotated") or row.id in open_rows:
                 continue
-            out.append((tf.row.source, tf.path, max(0, size - tf.splitter.offset)))
+            if row.source not in sources:
+                continue
+            claimed = {(d, i) for (s, d, i) in self.files if s == row.source}
+            tf = self.catalog.find_copy(row, claimed)
+            if tf is not None:
+                out.append(self._register(tf))
+                continue
+            log.warning(
+                "file_missing",
+                path=row.cur_path or row.path,
+                source=row.source,
+                offset=row.offset,
+                unread_bytes_seen=max(0, row.size - row.offset),
+                hint="it is not at its path nor among its rotated siblings (.N, -*, .gz/.bz2/.xz); "
+                "if it was moved elsewhere, read it with `trackd backfill`",
+            )
+            self.catalog.retire(row, "done")
         return out
 
-    def watch_dirs(self) -> list[str]:
-        """Existing directories to watch for changes (the fixed prefix of each glob)."""
-        dirs = set()
-        for src in self._config.sources:
-            for pattern in src.paths:
-                d = os.path.dirname(pattern)
-                while d and any(ch in d for ch in "*?["):
-                    d = os.path.dirname(d)
-                if d and os.path.isdir(d):
-                    dirs.add(d)
-        return sorted(dirs)
+    def _mark_gone(self, found_keys: set[FKey]) -> None:
+        for row in self.catalog.rows.values():
+            if row.gone_since is None:
+                fkey = (row.source, row.dev, row.ino)
+                if fkey not in found_keys and fkey not in self.files:
+                    self.catalog.gone(row)
+
+    def _register(self, tf: TrackedFile) -> TrackedFile:
+        self.files[(tf.row.source, tf.row.dev, tf.row.ino)] = tf
+        return tf
+
+    def _relive(self, tf: TrackedFile, path: str) -> None:
+        """A tracked file is (again) at a path its source's globs match."""
+        tf.live, tf.left_at, tf.path = True, None, path
+        self.catalog.seen(tf.row, path, "live")
+
+    def _cap(self, now: float) -> None:
+        """Park idle, fully read live files while more descriptors are open than the cap."""
+        opened = [tf for tf in self.files.values() if tf.fd >= 0]
+        excess = len(opened) - self.max_open
+        if excess <= 0:
+            return
+        idle = [
+            tf for tf in opened if tf.live and now - tf.grew_at >= HOT_WINDOW and tf.pos >= tf.size
+        ]
+        idle.sort(key=lambda tf: tf.grew_at)
+        for tf in idle[:excess]:
+            tf.close()  # fd = -1: parked; reopened by identity when its path shows growth
+
+    def _unpark(self, tf: TrackedFile) -> bool:
+        """Reopen a parked file if it grew. False when it is not at its path any more (it was
+        rotated while parked: then it is looked for among its siblings)."""
+        try:
+            st = os.stat(tf.path)
+        except OSError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == tf.key:
+            if st.st_size == tf.size:
+                return False
+            try:
+                fd = os.open(tf.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return False
+            st2 = os.fstat(fd)
+            if (st2.st_dev, st2.st_ino) == tf.key and matches_fingerprint(
+                fd, tf.row.fp_len, tf.row.fp_hash
+            ):
+                offset = tf.splitter.offset
+                tf.fd, tf.pos = fd, offset
+                tf.splitter = LineSplitter(offset, self.catalog.max_line_bytes)
+                tf.tail = read_at(fd, max(0, offset - MARKER_MAX), min(offset, MARKER_MAX))
+                return True
+            os.close(fd)
+        # Gone from its path while parked: follow it like a restart would.
+        del self.files[(tf.row.source, *tf.key)]
+        claimed = {(d, i) for (s, d, i) in self.files if s == tf.row.source}
+        found = self.catalog.find_copy(tf.row, claimed)
+        if found is not None:
+            self._register(found)
+        else:
+            self.catalog.retire(tf.row, "done")
+        return False
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def nudge(self, paths: set[str]) -> bool:
+        """watchfiles named these paths. Returns True when one is not a tracked file's (a new
+        file, or a rename target: discovery should run)."""
+        tracked = {tf.path for tf in self.files.values()}
+        self._nudged |= paths & tracked
+        return not paths <= tracked
+
+    def poll(self, sweep: bool) -> Iterator[Polled]:
+        """Read appended complete lines: from every file on a sweep, else from hot and nudged
+        ones. Rotated generations come first (they hold older lines)."""
+        now = self._clock()
+        nudged, self._nudged = self._nudged, set()
+        hot = False
+        self.behind = False
+        for tf in sorted(self.files.values(), key=lambda t: t.live):
+            check = sweep or tf.path in nudged
+            if not (check or not tf.live or now - tf.grew_at < HOT_WINDOW):
+                continue
+            fkey = (tf.row.source, *tf.key)
+            yield from self._poll_one(tf, now, check)
+            if self.files.get(fkey) is tf and (not tf.live or now - tf.grew_at < HOT_WINDOW):
+                hot = True
+        self.hot = hot
+
+    def _poll_one(self, tf: TrackedFile, now: float, check: bool) -> Iterator[Polled]:
+        if tf.packed is not None:
+            yield from self._drain_packed(tf)
+            return
+        if tf.parked and not (check and self._unpark(tf)):
+            return
+        try:
+            st = os.fstat(tf.fd)
+        except OSError:
+            self._close(tf, "done")
+            return
+        size = st.st_size
+        if st.st_nlink == 0 and not tf.deleted:
+            tf.deleted = True
+            log.info("file_deleted", path=tf.path, source=tf.row.source, unread=size - tf.pos)
+            if tf.live:
+                self._left(tf, now)
+        if size < tf.pos or ((size != tf.size or check) and tf.rewritten()):
+            yield from self._truncated(tf, st, now)
+            return
+        tf.size, tf.looked_at = size, now
+        if size > tf.pos:
+            if not tf.live and tf.left_at is not None:
+                if now - tf.left_at >= self.config.max_rotated_hold:
+                    yield from self._drop_held(tf, size)
+                    return
+            tf.grew_at = now
+            for split in tf.read(size, READ_BUDGET):
+                yield tf, split
+            if tf.pos < size:
+                self.behind = True
+            if tf.grow_fingerprint():
+                self.catalog.store.update(tf.row)
+        if tf.live:
+            if check and self._moved(tf):
+                self._left(tf, now)
+            return
+        if tf.pos < size:
+            return  # more to read at the next poll
+        if tf.deleted or now - tf.grew_at >= self.config.rotate_wait:
+            final = tf.flush()
+            if final is not None:
+                yield tf, final
+            self._close(tf, "deleted" if tf.deleted else "done")
+
+    def _drain_packed(self, tf: TrackedFile) -> Iterator[Polled]:
+        for split in tf.read_packed():
+            yield tf, split
+        self._close(tf, "done")
+
+    def _drop_held(self, tf: TrackedFile, size: int) -> Iterator[Polled]:
+        """A rotated file held open past `max_rotated_hold` while behind: drop what is unread
+        (counted as lines), commit its position at its end, close it."""
+        dropped_from = tf.splitter.offset
+        lines, split = tf.drop_unread(size)
+        self.dropped_hold += lines
+        log.warning(
+            "rotated_hold_expired",
+            path=tf.path,
+            source=tf.row.source,
+            dropped_lines=lines,
+            dropped_bytes=split.end - dropped_from,
+            hint="the rotated file was kept open for max_rotated_hold while trackd could not keep "
+            "up (a full outbox); raise max_rotated_hold or fix the sink",
+        )
+        yield tf, split
+        self._close(tf, "done")
+
+    def _truncated(self, tf: TrackedFile, st: os.stat_result, now: float) -> Iterator[Polled]:
+        """The file lost the content being read: recover the unread tail from a copy, count what
+        is lost, read the new content from 0."""
+        row = tf.row
+        log.warning(
+            "file_truncated" if st.st_size < tf.pos else "file_rewritten",
+            path=tf.path,
+            source=row.source,
+            offset=tf.splitter.offset,
+            size=st.st_size,
+        )
+        del self.files[(row.source, *tf.key)]
+        fd, tf.fd = tf.fd, -1  # the descriptor now belongs to the new content
+        claimed = {(d, i) for (s, d, i) in self.files if s == row.source}
+        copy, fresh = self.catalog.truncated(row, tf.path, fd, st, claimed)
+        # Bytes seen in the file but neither read nor in the copy are lost; bytes written after
+        # the copy was taken and before the truncation were never seen and cannot be counted.
+        covered = tf.splitter.offset if copy is None else max(tf.pos, copy.size)
+        if copy is not None and copy.packed is not None:
+            covered = tf.size
+        self.catalog.count_gap(row, tf.size - covered, tf.avg_line(), tf.path)
+        self._register(fresh)
+        if copy is not None:
+            self._register(copy)
+            yield from self._poll_one(copy, now, True)
+        yield from self._poll_one(fresh, now, True)
+
+    def _moved(self, tf: TrackedFile) -> bool:
+        try:
+            st = os.stat(tf.path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) != tf.key
+
+    def _left(self, tf: TrackedFile, now: float) -> None:
+        """The file is no longer at its path (renamed or deleted): a rotated generation now."""
+        tf.live, tf.left_at = False, now
+        tf.grew_at = max(tf.grew_at, now - HOT_WINDOW)  # the rotate_wait clock starts no earlier
+        log.info("file_rotated", path=tf.path, source=tf.row.source, offset=tf.splitter.offset)
+        self.catalog.seen(tf.row, tf.row.cur_path or tf.path, "rotated")
+
+    def _close(self, tf: TrackedFile, state: str) -> None:
+        self.files.pop((tf.row.source, *tf.key), None)
+        tf.close()
+        self.catalog.retire(tf.row, state)
+        log.info(
+            "file_closed", path=tf.path, source=tf.row.source, offset=tf.splitter.offset, as_=state
+        )
+
+    # -- reporting and lifecycle -----------------------------------------------------------
+
+    def lag(self) -> list[tuple[str, str, int]]:
+        """(source, path, bytes seen but not yet read) per tracked file, without a syscall."""
+        return [
+            (tf.row.source, tf.path, max(0, tf.size - tf.splitter.offset))
+            for tf in self.files.values()
+        ]
+
+    def watch_dirs(self) -> tuple[list[str], bool]:
+        """Directories to watch for the configured globs, and whether recursively."""
+        return watch_dirs([p for src in self.config.sources for p in src.paths])
+
+    def rescan(self) -> None:
+        """After a reload: the next discovery also looks for saved files of (re)added sources
+        among rotated siblings, as at start."""
+        self._recovered = False
+        self._static.clear()
+
+    def drop_source(self, name: str) -> None:
+        """A source was removed by a reload: close its files (their positions stay saved)."""
+        for fkey, tf in list(self.files.items()):
+            if fkey[0] == name:
+                del self.files[fkey]
+                tf.close()
 
     def close_all(self) -> None:
         for tf in self.files.values():
             tf.close()
         self.files.clear()
-        self.rotated.clear()

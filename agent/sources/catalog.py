@@ -1,0 +1,380 @@
+"""Known files: tying what is on disk to saved rows, and deciding where reading starts (SPEC §5.3).
+
+A plain file is a saved row's file when their (device, inode) match and its first bytes still
+match the row's fingerprint (an inode reused by another file fails that). It resumes at the saved
+offset — unless it shrank below it or the bytes before it changed (the offset marker): then it was
+truncated or rewritten, and the unread tail is looked for in a copy among its rotated siblings
+before the file is read again from 0 as new content. A saved file no longer at its path is looked
+for among the siblings too, by identity; a compressed file by its decompressed fingerprint and
+marker. Anything else is a new file: read from 0, or from its end at the very first start with
+`start_at: end`.
+
+Rows are written through the PositionStore as soon as a decision is made: such a write only says
+where reading starts or where a file went, never that lines were delivered (the pipeline's chunk
+transaction owns positions, SPEC §5.2), so a crash between the two repeats the same decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+
+from agent.sources.compressed import PackedReader, head_of
+from agent.sources.fileid import (
+    FP_MAX,
+    MARKER_MAX,
+    fingerprint,
+    first_line_fp,
+    last_line_end,
+    marker_ok,
+    matches_fingerprint,
+    read_at,
+)
+from agent.sources.siblings import siblings_of
+from agent.sources.splitter import LineSplitter
+from agent.sources.tracked import Key, TrackedFile
+from agent.state.files import FileRow
+
+log = structlog.get_logger("trackd.sources")
+
+#: A compressed file that continues a row another TrackedFile still reads: look again later.
+DEFER = "defer"
+
+
+class PositionStore(Protocol):
+    """Where file rows persist (the state database)."""
+
+    def insert(self, row: FileRow) -> int: ...
+
+    def update(self, row: FileRow) -> None: ...
+
+    def delete(self, ids: list[int]) -> None: ...
+
+
+class Catalog:
+    """Every saved row, indexed by (device, inode); makes and records the identity decisions."""
+
+    def __init__(
+        self,
+        rows: list[FileRow],
+        store: PositionStore,
+        *,
+        first_start: bool,
+        start_at: str,
+        max_line_bytes: int,
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.first_start = first_start
+        self.start_at = start_at
+        self.max_line_bytes = max_line_bytes
+        self._wall = wall
+        self._clock = clock
+        self.rows: dict[int, FileRow] = {}
+        self._by_key: dict[Key, list[FileRow]] = {}
+        for row in rows:
+            self._add(row)
+        #: Lines lost to truncation (an estimate) per source: trackd_truncation_gap_lines_total.
+        self.gaps: Counter[str] = Counter()
+
+    # -- the index -------------------------------------------------------------------------
+
+    def _add(self, row: FileRow) -> None:
+        self.rows[row.id] = row
+        self._by_key.setdefault((row.dev, row.ino), []).append(row)
+
+    def _move(self, row: FileRow, dev: int, ino: int) -> None:
+        old = self._by_key.get((row.dev, row.ino))
+        if old is not None and row in old:
+            old.remove(row)
+            if not old:
+                del self._by_key[(row.dev, row.ino)]
+        row.dev, row.ino = dev, ino
+        self._by_key.setdefault((dev, ino), []).append(row)
+
+    def forget(self, older_than: float) -> int:
+        """Drop rows of files gone since before `older_than` (wall clock); returns how many."""
+        ids = [r.id for r in self.rows.values() if r.gone_since and r.gone_since < older_than]
+        if ids:
+            self.store.delete(ids)
+            for i in ids:
+                row = self.rows.pop(i)
+                self._by_key[(row.dev, row.ino)].remove(row)
+                if not self._by_key[(row.dev, row.ino)]:
+                    del self._by_key[(row.dev, row.ino)]
+            log.info("file_positions_forgotten", count=len(ids))
+        return len(ids)
+
+    def seen(self, row: FileRow, path: str, state: str) -> None:
+        """The row's file is at `path` now (visible again if it was gone)."""
+        if row.cur_path != path or row.gone_since is not None or row.state != state:
+            row.cur_path, row.gone_since, row.state = path, None, state
+            row.updated = self._wall()
+            self.store.update(row)
+
+    def gone(self, row: FileRow) -> None:
+        """The row's file is nowhere to be seen: start its `forget_files_after` clock."""
+        if row.gone_since is None:
+            row.gone_since = self._wall()
+            self.store.update(row)
+
+    def retire(self, row: FileRow, state: str) -> None:
+        """Reading of the row's file ended (`done`) or its bytes are gone (`deleted`)."""
+        row.state = state
+        if state == "deleted":
+            row.gone_since = row.gone_since or self._wall()
+        row.updated = self._wall()
+        self.store.update(row)
+
+    # -- plain files -----------------------------------------------------------------------
+
+    def match(self, source: str, fd: int, st: os.stat_result) -> FileRow | None:
+        """The saved row of this open file: same (device, inode) and fingerprint; rows still being
+        read win over finished ones, newer over older."""
+        rows = [
+            r
+            for r in self._by_key.get((st.st_dev, st.st_ino), ())
+            if r.source == source and r.state not in ("deleted", "skipped")
+        ]
+        rows.sort(key=lambda r: (r.state == "done", -r.id))
+        for row in rows:
+            if matches_fingerprint(fd, row.fp_len, row.fp_hash):
+                return row
+        return None
+
+    def open_plain(
+        self, path: str, source: str, claimed: set[Key], *, live: bool = True
+    ) -> list[TrackedFile]:
+        """Open a plain file found at `path`: its tracked file(s) — a recovered copy of a truncated
+        file's unread tail first, then the file itself. Empty when it vanished meanwhile."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning(
+                "file_open_failed",
+                path=path,
+                source=source,
+                error=exc.strerror,
+                hint="check the file's permissions; trackd retries at the next discovery",
+            )
+            return []
+        st = os.fstat(fd)
+        row = self.match(source, fd, st)
+        if row is None:
+            offset = 0
+            if self.first_start and self.start_at == "end":
+                offset = last_line_end(fd, st.st_size)
+            return [self.new_plain(source, path, fd, st, offset, live=live)]
+        if st.st_size < row.offset or not marker_ok(fd, row.offset, row.marker_len, row.marker):
+            what = "file_truncated" if st.st_size < row.offset else "file_rewritten"
+            log.warning(what, path=path, source=source, offset=row.offset, size=st.st_size)
+            copy, fresh = self.truncated(row, path, fd, st, claimed)
+            if copy is None:
+                # Stopped meanwhile: only the bytes seen but not read are known to be lost.
+                self.count_gap(row, max(0, row.size - row.offset), 200.0, path)
+            return [copy, fresh] if copy is not None else [fresh]
+        self.seen(row, path, "live" if live else row.state)
+        tf = self._tracked(row, fd, path, row.offset, live=live)
+        tf.size = st.st_size
+        return [tf]
+
+    def new_plain(
+        self, source: str, path: str, fd: int, st: os.stat_result, offset: int, *, live: bool
+    ) -> TrackedFile:
+        """A row for a file seen for the first time (or new content in a truncated file)."""
+        fp_len, fp_hash = fingerprint(read_at(fd, 0, FP_MAX))
+        now = self._wall()
+        row = FileRow(
+            id=0,
+            source=source,
+            path=path,
+            cur_path=path,
+            dev=st.st_dev,
+            ino=st.st_ino,
+            fp_len=fp_len,
+            fp_hash=fp_hash,
+            line_fp=None,
+            offset=offset,
+            marker_len=0,
+            marker=None,
+            size=st.st_size,
+            first_seen=now,
+            updated=now,
+            gone_since=None,
+            state="live" if live else "rotated",
+        )
+        row.id = self.store.insert(row)
+        self._add(row)
+        log.info("file_new", path=path, source=source, offset=offset, size=st.st_size)
+        tf = self._tracked(row, fd, path, offset, live=live)
+        tf.size = st.st_size
+        return tf
+
+    def truncated(
+        self, row: FileRow, path: str, fd: int, st: os.stat_result, claimed: set[Key]
+    ) -> tuple[TrackedFile | None, TrackedFile]:
+        """The row's file at `path` (open as `fd`) lost the row's content. The row moves to a
+        sibling copy holding that content when there is one (its unread tail is read from
+        there), else it is retired; the file's current content becomes a new row read from 0."""
+        copy = self.find_copy(row, claimed | {(st.st_dev, st.st_ino)})
+        if copy is None:
+            self.retire(row, "deleted")
+        fresh = self.new_plain(row.source, path, fd, st, 0, live=True)
+        return copy, fresh
+
+    def count_gap(self, row: FileRow, lost_bytes: int, avg_line: float, path: str) -> None:
+        """Count (and log) lines lost to a truncation, estimated from bytes."""
+        if lost_bytes <= 0:
+            return
+        lines = max(1, round(lost_bytes / max(avg_line, 1.0)))
+        self.gaps[row.source] += lines
+        log.warning(
+            "truncation_gap",
+            path=path,
+            source=row.source,
+            lost_bytes=lost_bytes,
+            lost_lines_estimate=lines,
+            hint="the file was truncated before trackd read these lines and no rotated copy "
+            "holds them (copytruncate's copy window, or a truncation while behind)",
+        )
+
+    # -- rotated siblings ------------------------------------------------------------------
+
+    def find_copy(self, row: FileRow, claimed: set[Key]) -> TrackedFile | None:
+        """The row's content among the rotated siblings of its path (same inode first, then by
+        fingerprint, at least as long as the saved offset, marker intact). The row moves there."""
+        base = row.cur_path or row.path
+        sibs = siblings_of(base)
+        sibs.sort(key=lambda s: (s.dev, s.ino) != (row.dev, row.ino))
+        for sib in sibs:
+            key = (sib.dev, sib.ino)
+            if key in claimed:
+                continue
+            if sib.packed is not None:
+                tf = self._packed_copy(row, sib.path, sib.packed)
+            elif sib.size >= row.offset:
+                tf = self._plain_copy(row, sib.path, key)
+            else:
+                tf = None
+            if tf is not None:
+                self._move(row, sib.dev, sib.ino)
+                self.seen(row, sib.path, "rotated")
+                log.info(
+                    "file_found_rotated",
+                    path=sib.path,
+                    was=base,
+                    source=row.source,
+                    offset=row.offset,
+                    compressed=sib.packed or False,
+                )
+                return tf
+        return None
+
+    def _plain_copy(self, row: FileRow, path: str, key: Key) -> TrackedFile | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if (
+            (st.st_dev, st.st_ino) == key
+            and matches_fingerprint(fd, row.fp_len, row.fp_hash)
+            and st.st_size >= row.offset
+            and marker_ok(fd, row.offset, row.marker_len, row.marker)
+        ):
+            tf = self._tracked(row, fd, path, row.offset, live=False)
+            tf.size = st.st_size
+            tf.left_at = self._clock()
+            return tf
+        os.close(fd)
+        return None
+
+    def _packed_copy(self, row: FileRow, path: str, kind: str) -> TrackedFile | None:
+        head = head_of(path, kind)
+        if head is None or not _head_matches(head, row):
+            return None
+        reader = PackedReader(path, kind)
+        if not reader.seek_checked(row.offset, row.marker_len, row.marker):
+            reader.close()
+            return None
+        if row.line_fp is None:
+            row.line_fp = _line_fp_of(head)
+        tf = self._tracked(row, -1, path, row.offset, live=False)
+        tf.packed = reader
+        tf.left_at = self._clock()
+        return tf
+
+    def open_packed(
+        self, path: str, source: str, kind: str, key: Key, open_rows: set[int]
+    ) -> TrackedFile | str | None:
+        """A compressed file matched by a glob: the generation of a known row (read from that
+        row's offset), a new file (read from 0), or nothing to read (None). DEFER while the row it
+        continues is still read from its plain form."""
+        head = head_of(path, kind)
+        if head is None:
+            return None  # incomplete (still being compressed) or damaged: looked at again later
+        cands = [r for r in self.rows.values() if r.source == source and _head_matches(head, r)]
+        cands.sort(key=lambda r: ((r.dev, r.ino) != key, -r.id))
+        for row in cands:
+            if row.id in open_rows:
+                return DEFER
+            if row.state == "skipped":
+                self._move(row, *key)
+                self.seen(row, path, "skipped")
+                return None
+            reader = PackedReader(path, kind)
+            if reader.seek_checked(row.offset, row.marker_len, row.marker):
+                self._move(row, *key)
+                self.seen(row, path, "rotated")
+                if row.line_fp is None:
+                    row.line_fp = _line_fp_of(head)
+                tf = self._tracked(row, -1, path, row.offset, live=False)
+                tf.packed = reader
+                return tf
+            reader.close()
+        fp_len, fp_hash = fingerprint(head)
+        now = self._wall()
+        skip = self.first_start and self.start_at == "end"
+        row = FileRow(
+            0, source, path, path, *key, fp_len, fp_hash, _line_fp_of(head), 0, 0, None,
+            0, now, now, None, "skipped" if skip else "rotated",
+        )  # fmt: skip
+        row.id = self.store.insert(row)
+        self._add(row)
+        log.info("file_new", path=path, source=source, offset=0, compressed=kind, skipped=skip)
+        if skip:
+            return None
+        reader = PackedReader(path, kind)
+        reader.seek_checked(0, 0, None)
+        tf = self._tracked(row, -1, path, 0, live=False)
+        tf.packed = reader
+        return tf
+
+    def _tracked(self, row: FileRow, fd: int, path: str, offset: int, *, live: bool) -> TrackedFile:
+        tf = TrackedFile(row, fd, path, LineSplitter(offset, self.max_line_bytes), live=live)
+        tf.pos = offset
+        if fd >= 0 and offset:
+            tf.tail = read_at(fd, max(0, offset - MARKER_MAX), min(offset, MARKER_MAX))
+        tf.grew_at = tf.looked_at = self._clock()
+        return tf
+
+
+def _head_matches(head: bytes, row: FileRow) -> bool:
+    return len(head) >= row.fp_len and hashlib.sha256(head[: row.fp_len]).digest() == row.fp_hash
+
+
+def _line_fp_of(head: bytes) -> str:
+    """The messageId fingerprint of a compressed file's first line (the whole head when it has no
+    newline: a compressed file is final, so that is its only line)."""
+    nl = head.find(b"\n")
+    if nl < 0:
+        return first_line_fp(head)
+    line = head[:nl]
+    return first_line_fp(line[:-1] if line.endswith(b"\r") else line)
