@@ -168,10 +168,15 @@ class Catalog:
         st = os.fstat(fd)
         row = self.match(source, fd, st)
         if row is None:
-            offset = 0
-            if self.first_start and self.start_at == "end":
-                offset = last_line_end(fd, st.st_size)
-            return [self.new_plain(source, path, fd, st, offset, live=live)]
+            if self.first_start:
+                offset = last_line_end(fd, st.st_size) if self.start_at == "end" else 0
+                return [self.new_plain(source, path, fd, st, offset, live=live)]
+            before = [r.first_seen for r in self.rows.values() if path in (r.path, r.cur_path)]
+            fresh = self.new_plain(source, path, fd, st, 0, live=live)
+            if not before:
+                return [fresh]
+            claimed = claimed | {(st.st_dev, st.st_ino)}
+            return [*self.unseen_generations(path, source, claimed, max(before)), fresh]
         if st.st_size < row.offset or not marker_ok(fd, row.offset, row.marker_len, row.marker):
             what = "file_truncated" if st.st_size < row.offset else "file_rewritten"
             log.warning(what, path=path, source=source, offset=row.offset, size=st.st_size)
@@ -246,6 +251,43 @@ class Catalog:
         )
 
     # -- rotated siblings ------------------------------------------------------------------
+
+    def unseen_generations(
+        self, path: str, source: str, claimed: set[Key], since: float
+    ) -> list[TrackedFile]:
+        """A new file took the place of a known one at `path`: rotated siblings modified since
+        that one was first seen, whose content no row knows, are generations that came and were
+        rotated away between two looks (or while trackd was stopped): read them from 0."""
+        out = []
+        for sib in reversed(siblings_of(path)):  # oldest first: they hold older lines
+            if (sib.dev, sib.ino) in claimed or sib.mtime < since:
+                continue
+            if sib.packed is not None:
+                head = head_of(sib.path, sib.packed)
+                if head is None or self._known_content(source, head):
+                    continue
+                found = self.open_packed(sib.path, source, sib.packed, (sib.dev, sib.ino), set())
+                if isinstance(found, TrackedFile):
+                    out.append(found)
+                continue
+            try:
+                fd = os.open(sib.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            st = os.fstat(fd)
+            head = read_at(fd, 0, FP_MAX)
+            if self.match(source, fd, st) is not None or self._known_content(source, head):
+                os.close(fd)
+                continue
+            log.warning("file_unseen_generation", path=sib.path, was=path, source=source)
+            tf = self.new_plain(source, sib.path, fd, st, 0, live=False)
+            tf.left_at = self._clock()
+            out.append(tf)
+        return out
+
+    def _known_content(self, source: str, head: bytes) -> bool:
+        """Does a row of `source` start with these bytes (a copy of a file already known)?"""
+        return any(r.source == source and _head_matches(head, r) for r in self.rows.values())
 
     def find_copy(self, row: FileRow, claimed: set[Key]) -> TrackedFile | None:
         """The row's content among the rotated siblings of its path (same inode first, then by

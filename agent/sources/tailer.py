@@ -366,7 +366,11 @@ class Tailer:
         tf.close()
         self.catalog.retire(tf.row, state)
         log.info(
-            "file_closed", path=tf.path, source=tf.row.source, offset=tf.splitter.offset, as_=state
+            "file_closed",
+            path=tf.path,
+            source=tf.row.source,
+            offset=tf.splitter.offset,
+            state=state,
         )
 
     # -- reporting and lifecycle -----------------------------------------------------------
