@@ -29,11 +29,14 @@ READ_TIMER = 0.05
 #: without it (inotify limits, network filesystems).
 SWEEP_INTERVAL = 1.0
 SWEEP_POLLING = 0.25
-#: Globs are expanded at least this often, and never more often than every DISCOVER_MIN_GAP ...
-DISCOVER_INTERVAL = 1.0
+#: Globs are expanded this often while watchfiles works (a safety net: its events trigger
+#: discovery of new paths at once), every DISCOVER_POLLING without it; never more often than
+#: every DISCOVER_MIN_GAP ...
+DISCOVER_WATCHED = 10.0
+DISCOVER_POLLING = 1.0
 DISCOVER_MIN_GAP = 0.2
 #: ... nor for more than this share of the time (a glob over 100k files takes a while).
-DISCOVER_SHARE = 0.05
+DISCOVER_SHARE = 0.02
 PUBLISH_INTERVAL = 1.0
 
 
@@ -83,6 +86,7 @@ class Reader:
             self._discover_wanted = False
             tailer.discover()
             self.rt.mark_started()
+            self._discover_wanted = tailer.incomplete
         n = 0
         for tf, split in tailer.poll(sweep):
             pipeline.feed(tf, split)
@@ -147,7 +151,8 @@ class Reader:
                 if discovered:
                     last_discover = self.progress
                     spacing = self.tailer.discover_seconds / DISCOVER_SHARE
-                    next_discover = last_discover + max(DISCOVER_INTERVAL, spacing)
+                    every = DISCOVER_WATCHED if self._watching else DISCOVER_POLLING
+                    next_discover = last_discover + max(every, spacing)
                     self._check_watch_dirs()
                 self.sources_up.set()
                 if self.tailer.behind:

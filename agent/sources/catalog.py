@@ -16,7 +16,6 @@ transaction owns positions, SPEC §5.2), so a crash between the two repeats the 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import Counter
@@ -30,13 +29,14 @@ from agent.sources.fileid import (
     FP_MAX,
     MARKER_MAX,
     fingerprint,
-    first_line_fp,
+    head_matches,
     last_line_end,
+    line_fp_of_head,
     marker_ok,
     matches_fingerprint,
     read_at,
 )
-from agent.sources.siblings import siblings_of
+from agent.sources.siblings import find_copy, unseen_generations
 from agent.sources.splitter import LineSplitter
 from agent.sources.tracked import Key, TrackedFile
 from agent.state.files import FileRow
@@ -76,7 +76,7 @@ class Catalog:
         self.start_at = start_at
         self.max_line_bytes = max_line_bytes
         self._wall = wall
-        self._clock = clock
+        self.clock = clock
         self.rows: dict[int, FileRow] = {}
         self._by_key: dict[Key, list[FileRow]] = {}
         for row in rows:
@@ -90,7 +90,7 @@ class Catalog:
         self.rows[row.id] = row
         self._by_key.setdefault((row.dev, row.ino), []).append(row)
 
-    def _move(self, row: FileRow, dev: int, ino: int) -> None:
+    def move(self, row: FileRow, dev: int, ino: int) -> None:
         old = self._by_key.get((row.dev, row.ino))
         if old is not None and row in old:
             old.remove(row)
@@ -176,7 +176,7 @@ class Catalog:
             if not before:
                 return [fresh]
             claimed = claimed | {(st.st_dev, st.st_ino)}
-            return [*self.unseen_generations(path, source, claimed, max(before)), fresh]
+            return [*unseen_generations(self, path, source, claimed, max(before)), fresh]
         if st.st_size < row.offset or not marker_ok(fd, row.offset, row.marker_len, row.marker):
             what = "file_truncated" if st.st_size < row.offset else "file_rewritten"
             log.warning(what, path=path, source=source, offset=row.offset, size=st.st_size)
@@ -186,7 +186,7 @@ class Catalog:
                 self.count_gap(row, max(0, row.size - row.offset), 200.0, path)
             return [copy, fresh] if copy is not None else [fresh]
         self.seen(row, path, "live" if live else row.state)
-        tf = self._tracked(row, fd, path, row.offset, live=live)
+        tf = self.tracked(row, fd, path, row.offset, live=live)
         tf.size = st.st_size
         return [tf]
 
@@ -218,7 +218,7 @@ class Catalog:
         row.id = self.store.insert(row)
         self._add(row)
         log.info("file_new", path=path, source=source, offset=offset, size=st.st_size)
-        tf = self._tracked(row, fd, path, offset, live=live)
+        tf = self.tracked(row, fd, path, offset, live=live)
         tf.size = st.st_size
         return tf
 
@@ -228,7 +228,7 @@ class Catalog:
         """The row's file at `path` (open as `fd`) lost the row's content. The row moves to a
         sibling copy holding that content when there is one (its unread tail is read from
         there), else it is retired; the file's current content becomes a new row read from 0."""
-        copy = self.find_copy(row, claimed | {(st.st_dev, st.st_ino)})
+        copy = find_copy(self, row, claimed | {(st.st_dev, st.st_ino)})
         if copy is None:
             self.retire(row, "deleted")
         fresh = self.new_plain(row.source, path, fd, st, 0, live=True)
@@ -250,108 +250,7 @@ class Catalog:
             "holds them (copytruncate's copy window, or a truncation while behind)",
         )
 
-    # -- rotated siblings ------------------------------------------------------------------
-
-    def unseen_generations(
-        self, path: str, source: str, claimed: set[Key], since: float
-    ) -> list[TrackedFile]:
-        """A new file took the place of a known one at `path`: rotated siblings modified since
-        that one was first seen, whose content no row knows, are generations that came and were
-        rotated away between two looks (or while trackd was stopped): read them from 0."""
-        out = []
-        for sib in reversed(siblings_of(path)):  # oldest first: they hold older lines
-            if (sib.dev, sib.ino) in claimed or sib.mtime < since:
-                continue
-            if sib.packed is not None:
-                head = head_of(sib.path, sib.packed)
-                if head is None or self._known_content(source, head):
-                    continue
-                found = self.open_packed(sib.path, source, sib.packed, (sib.dev, sib.ino), set())
-                if isinstance(found, TrackedFile):
-                    out.append(found)
-                continue
-            try:
-                fd = os.open(sib.path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue
-            st = os.fstat(fd)
-            head = read_at(fd, 0, FP_MAX)
-            if self.match(source, fd, st) is not None or self._known_content(source, head):
-                os.close(fd)
-                continue
-            log.warning("file_unseen_generation", path=sib.path, was=path, source=source)
-            tf = self.new_plain(source, sib.path, fd, st, 0, live=False)
-            tf.left_at = self._clock()
-            out.append(tf)
-        return out
-
-    def _known_content(self, source: str, head: bytes) -> bool:
-        """Does a row of `source` start with these bytes (a copy of a file already known)?"""
-        return any(r.source == source and _head_matches(head, r) for r in self.rows.values())
-
-    def find_copy(self, row: FileRow, claimed: set[Key]) -> TrackedFile | None:
-        """The row's content among the rotated siblings of its path (same inode first, then by
-        fingerprint, at least as long as the saved offset, marker intact). The row moves there."""
-        base = row.cur_path or row.path
-        sibs = siblings_of(base)
-        sibs.sort(key=lambda s: (s.dev, s.ino) != (row.dev, row.ino))
-        for sib in sibs:
-            key = (sib.dev, sib.ino)
-            if key in claimed:
-                continue
-            if sib.packed is not None:
-                tf = self._packed_copy(row, sib.path, sib.packed)
-            elif sib.size >= row.offset:
-                tf = self._plain_copy(row, sib.path, key)
-            else:
-                tf = None
-            if tf is not None:
-                self._move(row, sib.dev, sib.ino)
-                self.seen(row, sib.path, "rotated")
-                log.info(
-                    "file_found_rotated",
-                    path=sib.path,
-                    was=base,
-                    source=row.source,
-                    offset=row.offset,
-                    compressed=sib.packed or False,
-                )
-                return tf
-        return None
-
-    def _plain_copy(self, row: FileRow, path: str, key: Key) -> TrackedFile | None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        st = os.fstat(fd)
-        if (
-            (st.st_dev, st.st_ino) == key
-            and matches_fingerprint(fd, row.fp_len, row.fp_hash)
-            and st.st_size >= row.offset
-            and marker_ok(fd, row.offset, row.marker_len, row.marker)
-        ):
-            tf = self._tracked(row, fd, path, row.offset, live=False)
-            tf.size = st.st_size
-            tf.left_at = self._clock()
-            return tf
-        os.close(fd)
-        return None
-
-    def _packed_copy(self, row: FileRow, path: str, kind: str) -> TrackedFile | None:
-        head = head_of(path, kind)
-        if head is None or not _head_matches(head, row):
-            return None
-        reader = PackedReader(path, kind)
-        if not reader.seek_checked(row.offset, row.marker_len, row.marker):
-            reader.close()
-            return None
-        if row.line_fp is None:
-            row.line_fp = _line_fp_of(head)
-        tf = self._tracked(row, -1, path, row.offset, live=False)
-        tf.packed = reader
-        tf.left_at = self._clock()
-        return tf
+    # -- compressed files --------------------------------------------------------------------
 
     def open_packed(
         self, path: str, source: str, kind: str, key: Key, open_rows: set[int]
@@ -362,22 +261,26 @@ class Catalog:
         head = head_of(path, kind)
         if head is None:
             return None  # incomplete (still being compressed) or damaged: looked at again later
-        cands = [r for r in self.rows.values() if r.source == source and _head_matches(head, r)]
+        cands = [
+            r
+            for r in self.rows.values()
+            if r.source == source and head_matches(head, r.fp_len, r.fp_hash)
+        ]
         cands.sort(key=lambda r: ((r.dev, r.ino) != key, -r.id))
         for row in cands:
             if row.id in open_rows:
                 return DEFER
             if row.state == "skipped":
-                self._move(row, *key)
+                self.move(row, *key)
                 self.seen(row, path, "skipped")
                 return None
             reader = PackedReader(path, kind)
             if reader.seek_checked(row.offset, row.marker_len, row.marker):
-                self._move(row, *key)
+                self.move(row, *key)
                 self.seen(row, path, "rotated")
                 if row.line_fp is None:
-                    row.line_fp = _line_fp_of(head)
-                tf = self._tracked(row, -1, path, row.offset, live=False)
+                    row.line_fp = line_fp_of_head(head)
+                tf = self.tracked(row, -1, path, row.offset, live=False)
                 tf.packed = reader
                 return tf
             reader.close()
@@ -385,7 +288,7 @@ class Catalog:
         now = self._wall()
         skip = self.first_start and self.start_at == "end"
         row = FileRow(
-            0, source, path, path, *key, fp_len, fp_hash, _line_fp_of(head), 0, 0, None,
+            0, source, path, path, *key, fp_len, fp_hash, line_fp_of_head(head), 0, 0, None,
             0, now, now, None, "skipped" if skip else "rotated",
         )  # fmt: skip
         row.id = self.store.insert(row)
@@ -395,28 +298,14 @@ class Catalog:
             return None
         reader = PackedReader(path, kind)
         reader.seek_checked(0, 0, None)
-        tf = self._tracked(row, -1, path, 0, live=False)
+        tf = self.tracked(row, -1, path, 0, live=False)
         tf.packed = reader
         return tf
 
-    def _tracked(self, row: FileRow, fd: int, path: str, offset: int, *, live: bool) -> TrackedFile:
+    def tracked(self, row: FileRow, fd: int, path: str, offset: int, *, live: bool) -> TrackedFile:
         tf = TrackedFile(row, fd, path, LineSplitter(offset, self.max_line_bytes), live=live)
         tf.pos = offset
         if fd >= 0 and offset:
             tf.tail = read_at(fd, max(0, offset - MARKER_MAX), min(offset, MARKER_MAX))
-        tf.grew_at = tf.looked_at = self._clock()
+        tf.grew_at = tf.looked_at = self.clock()
         return tf
-
-
-def _head_matches(head: bytes, row: FileRow) -> bool:
-    return len(head) >= row.fp_len and hashlib.sha256(head[: row.fp_len]).digest() == row.fp_hash
-
-
-def _line_fp_of(head: bytes) -> str:
-    """The messageId fingerprint of a compressed file's first line (the whole head when it has no
-    newline: a compressed file is final, so that is its only line)."""
-    nl = head.find(b"\n")
-    if nl < 0:
-        return first_line_fp(head)
-    line = head[:nl]
-    return first_line_fp(line[:-1] if line.endswith(b"\r") else line)

@@ -92,3 +92,18 @@ def last_line_end(fd: int, size: int) -> int:
             return pos - step + nl + 1
         pos -= step
     return 0
+
+
+def head_matches(head: bytes, fp_len: int, fp_hash: bytes) -> bool:
+    """Do these first bytes (of a decompressed file, say) carry the fingerprint?"""
+    return len(head) >= fp_len and hashlib.sha256(head[:fp_len]).digest() == fp_hash
+
+
+def line_fp_of_head(head: bytes) -> str:
+    """The messageId fingerprint of a compressed file's first line (the whole head when it has no
+    newline: a compressed file is final, so that is its only line)."""
+    nl = head.find(b"\n")
+    if nl < 0:
+        return first_line_fp(head)
+    line = head[:nl]
+    return first_line_fp(line[:-1] if line.endswith(b"\r") else line)

@@ -29,8 +29,9 @@ from agent.sources.catalog import DEFER, Catalog
 from agent.sources.compressed import compression_of
 from agent.sources.discovery import expand, watch_dirs
 from agent.sources.fileid import MARKER_MAX, matches_fingerprint, read_at
+from agent.sources.siblings import find_copy, recover_saved
 from agent.sources.splitter import LineSplitter, Split
-from agent.sources.tracked import TrackedFile
+from agent.sources.tracked import Key, TrackedFile
 
 log = structlog.get_logger("trackd.tailer")
 
@@ -80,6 +81,8 @@ class Tailer:
         self.dropped_hold = 0
         #: Some file wants the fast timer (set by each poll).
         self.hot = False
+        #: The last discovery stopped at the descriptor cap: run another one soon.
+        self.incomplete = False
         #: Some file still has unread bytes after the last poll (its read budget ran out).
         self.behind = False
         #: Seconds the last discovery took (the supervisor spaces discoveries by it).
@@ -93,8 +96,10 @@ class Tailer:
         started = self._clock()
         opened: list[TrackedFile] = []
         found_keys: set[FKey] = set()
+        room = self._room(started)
+        self.incomplete = False
         for src in self.config.sources:
-            claimed = {(d, i) for (s, d, i) in self.files if s == src.name}
+            claimed = self._claimed(src.name)
             for found in expand(src.paths, src.exclude):
                 fkey = (src.name, found.dev, found.ino)
                 found_keys.add(fkey)
@@ -104,6 +109,11 @@ class Tailer:
                         self._relive(tf, found.path)
                     continue
                 if self._static.get(fkey) == found.size:
+                    continue
+                if room <= 0:
+                    # At the descriptor cap: the rest waits for the next pass (soon), once
+                    # what was just opened is read and parked.
+                    self.incomplete = True
                     continue
                 kind = compression_of(found.path)
                 if kind is not None:
@@ -120,6 +130,7 @@ class Tailer:
                 for tf in self.catalog.open_plain(found.path, src.name, claimed):
                     claimed.add(tf.key)
                     opened.append(self._register(tf))
+                    room -= 1
         if not self._recovered:
             self._recovered = True
             opened.extend(self._recover())
@@ -129,37 +140,19 @@ class Tailer:
             self._last_forget = now
             self.catalog.forget(self._wall() - self.config.state.forget_files_after)
         self.catalog.first_start = False
-        self._cap(now)
         self.discover_seconds = self._clock() - started
         return opened
 
     def _recover(self) -> list[TrackedFile]:
-        """Saved files still being read at the last stop but not found by the globs: look for
-        them among the rotated siblings of their path."""
+        """Saved files still being read at the last stop but not found by the globs."""
         sources = {s.name for s in self.config.sources}
         open_rows = {tf.row.id for tf in self.files.values()}
-        out = []
-        for row in list(self.catalog.rows.values()):
-            if row.state not in ("live", "rotated") or row.id in open_rows:
-                continue
-            if row.source not in sources:
-                continue
-            claimed = {(d, i) for (s, d, i) in self.files if s == row.source}
-            tf = self.catalog.find_copy(row, claimed)
-            if tf is not None:
-                out.append(self._register(tf))
-                continue
-            log.warning(
-                "file_missing",
-                path=row.cur_path or row.path,
-                source=row.source,
-                offset=row.offset,
-                unread_bytes_seen=max(0, row.size - row.offset),
-                hint="it is not at its path nor among its rotated siblings (.N, -*, .gz/.bz2/.xz); "
-                "if it was moved elsewhere, read it with `trackd backfill`",
-            )
-            self.catalog.retire(row, "done")
-        return out
+        found = recover_saved(self.catalog, sources, open_rows, self._claimed)
+        return [self._register(tf) for tf in found]
+
+    def _claimed(self, source: str) -> set[Key]:
+        """(device, inode) of the files a source is reading now."""
+        return {(d, i) for (s, d, i) in self.files if s == source}
 
     def _mark_gone(self, found_keys: set[FKey]) -> None:
         for row in self.catalog.rows.values():
@@ -177,18 +170,18 @@ class Tailer:
         tf.live, tf.left_at, tf.path = True, None, path
         self.catalog.seen(tf.row, path, "live")
 
-    def _cap(self, now: float) -> None:
-        """Park idle, fully read live files while more descriptors are open than the cap."""
+    def _room(self, now: float) -> int:
+        """Park fully read live files, least recently grown first, until an eighth of the
+        descriptor cap is free for new files; returns how many may be opened now."""
         opened = [tf for tf in self.files.values() if tf.fd >= 0]
-        excess = len(opened) - self.max_open
-        if excess <= 0:
-            return
-        idle = [
-            tf for tf in opened if tf.live and now - tf.grew_at >= HOT_WINDOW and tf.pos >= tf.size
-        ]
-        idle.sort(key=lambda tf: tf.grew_at)
-        for tf in idle[:excess]:
-            tf.close()  # fd = -1: parked; reopened by identity when its path shows growth
+        excess = len(opened) - (self.max_open - self.max_open // 8)
+        if excess > 0:
+            idle = [tf for tf in opened if tf.live and tf.pos >= tf.size and tf.grew_at < now]
+            idle.sort(key=lambda tf: tf.grew_at)
+            for tf in idle[:excess]:
+                tf.close()  # fd = -1: parked; reopened by identity when its path shows growth
+            opened = [tf for tf in opened if tf.fd >= 0]
+        return self.max_open - len(opened)
 
     def _unpark(self, tf: TrackedFile) -> bool:
         """Reopen a parked file if it grew. False when it is not at its path any more (it was
@@ -216,8 +209,7 @@ class Tailer:
             os.close(fd)
         # Gone from its path while parked: follow it like a restart would.
         del self.files[(tf.row.source, *tf.key)]
-        claimed = {(d, i) for (s, d, i) in self.files if s == tf.row.source}
-        found = self.catalog.find_copy(tf.row, claimed)
+        found = find_copy(self.catalog, tf.row, self._claimed(tf.row.source))
         if found is not None:
             self._register(found)
         else:
@@ -331,8 +323,7 @@ class Tailer:
         )
         del self.files[(row.source, *tf.key)]
         fd, tf.fd = tf.fd, -1  # the descriptor now belongs to the new content
-        claimed = {(d, i) for (s, d, i) in self.files if s == row.source}
-        copy, fresh = self.catalog.truncated(row, tf.path, fd, st, claimed)
+        copy, fresh = self.catalog.truncated(row, tf.path, fd, st, self._claimed(row.source))
         # Bytes seen in the file but neither read nor in the copy are lost; bytes written after
         # the copy was taken and before the truncation were never seen and cannot be counted.
         covered = tf.splitter.offset if copy is None else max(tf.pos, copy.size)

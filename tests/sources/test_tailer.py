@@ -1,0 +1,189 @@
+"""The live tailer inside `trackd run` (SCENARIOS.md §A 12, 25-28): tiny files, partial lines,
+hostile bytes, over-long lines, torn writes, deleted files, bursts."""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import scaled
+from tests.helpers import access_line, write_access_log
+from tests.sources.tailing import Agent, assert_exactly_once, file_rows, wait_until
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _metric(port: int, needle: str) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(needle + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{needle} not exported")
+
+
+def _offsets(agent: Agent) -> dict[str, int]:
+    return {Path(r["path"]).name: r["offset"] for r in file_rows(agent.state)}
+
+
+@pytest.mark.timeout(60)
+def test_tiny_files_and_partial_lines_wait_for_newline_or_rotation(tmp_path: Path) -> None:
+    """S12: files under 64 B are read promptly; a line without its newline is held (its bytes
+    not committed) until the newline comes, or until the file is rotated away and idle, when it
+    is flushed as a line of its own."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "tiny.log").write_bytes(b"x\n")
+    (logs / "partial.log").write_bytes(b"abc")
+    agent = Agent(tmp_path, [str(logs / "*.log")]).start()
+    try:
+        wait_until(lambda: _offsets(agent).get("tiny.log") == 2, 10, "tiny.log read")
+        assert _offsets(agent)["partial.log"] == 0
+        with (logs / "partial.log").open("ab") as fh:
+            fh.write(b"def\nghi")
+        wait_until(lambda: _offsets(agent)["partial.log"] == 7, 10, "the completed line")
+        os.replace(logs / "partial.log", tmp_path / "partial.old")
+        wait_until(lambda: _offsets(agent)["partial.log"] == 10, 10, "the flushed partial line")
+        line = access_line(0)
+        (logs / "access.log").write_text(line[:50])
+        wait_until(lambda: "access.log" in _offsets(agent), 10, "access.log discovered")
+        with (logs / "access.log").open("a") as fh:
+            fh.write(line[50:])
+        assert agent.wait_seqs(1) == [0]
+    finally:
+        agent.close()
+
+
+@pytest.mark.timeout(120)
+def test_overlong_lines_are_skipped_counted_and_tailing_goes_on(tmp_path: Path) -> None:
+    """S26: a 1 MiB line and a line of many MiB that has no newline for a while are skipped and
+    counted (too_long); the lines around them are delivered; memory stays bounded."""
+    log = tmp_path / "app.log"
+    port = _free_port()
+    agent = Agent(tmp_path, [str(log)], {"metrics": {"listen": f"127.0.0.1:{port}"}})
+    write_access_log(log, 0, 10)
+    agent.start()
+    try:
+        agent.wait_seqs(10)
+        with log.open("ab") as fh:
+            fh.write(b"A" * (1 << 20) + b"\n")
+            fh.flush()
+            for _ in range(scaled(20, 100)):  # MiB of one line, no newline yet
+                fh.write(b"B" * (1 << 20))
+                fh.flush()
+        too_long = 'trackd_lines_skipped_total{reason="too_long",source="web"}'
+        wait_until(lambda: _metric(port, too_long) >= 1, 30, "the 1 MiB line counted")
+        with log.open("ab") as fh:
+            fh.write(b"\n")  # ends the endless line: it is skipped, what follows is read
+        write_access_log(log, 10, 5)
+        assert_exactly_once(agent.wait_seqs(15, timeout=60), range(15))
+        assert _metric(port, too_long) == 2
+        rss_kib = int(
+            next(
+                line.split()[1]
+                for line in Path(f"/proc/{agent.pid}/status").read_text().splitlines()
+                if line.startswith("VmHWM:")
+            )
+        )
+        assert rss_kib < 200 * 1024, f"peak RSS {rss_kib} KiB"
+    finally:
+        agent.close()
+
+
+@pytest.mark.timeout(60)
+def test_invalid_utf8_nul_crlf_and_lone_cr_never_drop_the_event(tmp_path: Path) -> None:
+    """S27: invalid UTF-8 and NUL bytes inside a field become U+FFFD, CRLF lines lose the CR,
+    a lone CR stays data: every one of these lines is delivered."""
+    log = tmp_path / "app.log"
+    lines = [
+        access_line(0).replace("Mozilla", "Moz\xffilla").encode("latin-1"),
+        access_line(1).replace("Mozilla", "Moz\x00illa").encode(),
+        access_line(2).encode()[:-1] + b"\r\n",
+        access_line(3).replace("Mozilla", "Moz\rilla").encode(),
+    ]
+    log.write_bytes(b"".join(lines))
+    agent = Agent(tmp_path, [str(log)]).start()
+    try:
+        assert_exactly_once(agent.wait_seqs(4), range(4))
+        from tests.helpers import read_messages
+
+        uas = [m["context"]["userAgent"] for m in read_messages(agent.out)]
+        assert uas[0].startswith("Moz\ufffdilla")
+        assert "\x00" in uas[1] or "\ufffd" in uas[1]
+        assert not uas[2].endswith("\r")
+        assert uas[3].startswith("Moz\rilla")
+    finally:
+        agent.close()
+
+
+@pytest.mark.timeout(60)
+def test_torn_write_emits_no_fragment(tmp_path: Path) -> None:
+    """S28: a line written with two write() calls split at a 4 KiB boundary, the agent reading
+    in between: it is delivered once, whole, never as a fragment."""
+    log = tmp_path / "app.log"
+    write_access_log(log, 0, 1)
+    agent = Agent(tmp_path, [str(log)]).start()
+    try:
+        agent.wait_seqs(1)
+        pad = 4096 - log.stat().st_size % 4096
+        line = access_line(1, ua="torn/" + "u" * 6000).encode()
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, access_line(2).encode() + line[: pad + 100])
+            agent.wait_seqs(2)  # the agent has read past the first half
+            os.write(fd, line[pad + 100 :])
+        finally:
+            os.close(fd)
+        assert_exactly_once(agent.wait_seqs(3), range(3))
+    finally:
+        agent.close()
+
+
+@pytest.mark.timeout(60)
+def test_file_deleted_while_open_is_read_to_its_end_then_closed(tmp_path: Path) -> None:
+    """A file deleted with unread lines is read to its end through the open descriptor, then
+    closed (its disk space released: no descriptor left on it)."""
+    log = tmp_path / "app.log"
+    write_access_log(log, 0, 10)
+    agent = Agent(tmp_path, [str(log)]).start()
+    try:
+        agent.wait_seqs(10)
+        write_access_log(log, 10, 50_000)
+        log.unlink()
+        assert_exactly_once(agent.wait_seqs(50_010), range(50_010))
+
+        def released() -> bool:
+            fds = Path(f"/proc/{agent.pid}/fd")
+            return not any("app.log" in os.readlink(fds / fd) for fd in os.listdir(fds))
+
+        wait_until(released, 10, "the deleted file closed")
+        assert file_rows(agent.state)[0]["state"] == "deleted"
+    finally:
+        agent.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_burst_into_one_file_loses_nothing_with_bounded_memory(tmp_path: Path) -> None:
+    """S25 (scaled: as fast as Python writes, 400k lines in CI): the agent lags, then delivers
+    every line once; peak memory stays bounded."""
+    log = tmp_path / "app.log"
+    log.touch()
+    agent = Agent(tmp_path, [str(log)]).start()
+    try:
+        total = scaled(400_000, 2_000_000)
+        for first in range(0, total, 100_000):
+            write_access_log(log, first, 100_000)
+        assert_exactly_once(agent.wait_seqs(total, timeout=240), range(total))
+        status = Path(f"/proc/{agent.pid}/status").read_text()
+        hwm = int(next(x.split()[1] for x in status.splitlines() if x.startswith("VmHWM:")))
+        assert hwm < 300 * 1024, f"peak RSS {hwm} KiB"
+    finally:
+        agent.close()
