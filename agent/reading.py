@@ -207,12 +207,13 @@ class Reader:
             )
 
     def _apply_reload(self, plan: ReloadPlan) -> None:
-        """Pipeline thread: close the files of removed or changed sources (their positions stay
-        saved; a changed source's files are found again by identity at the next discovery)."""
+        """Pipeline thread: close the files of removed sources (their positions stay saved);
+        files of other sources stay open — the next discovery closes those the new globs no
+        longer match and opens the new ones."""
         tailer, pipeline = self.tailer, self.rt.pipeline
         assert pipeline is not None
         pipeline.commit()
-        for name in (*plan.removed, *plan.changed):
+        for name in plan.removed:
             tailer.drop_source(name)
         tailer.config = plan.config
         tailer.rescan()

@@ -1,7 +1,8 @@
 """SIGHUP config reload (SPEC §7): what a new config changes, and what of it applies live.
 
-Sources are added, removed or changed live (a changed source's files are closed and found again by
-identity, so nothing is re-read); the tailing timers and state collection apply at once; anything
+Sources are added, removed or changed live: files a source keeps matching stay open and are not
+re-read, files its globs no longer match are closed (positions kept), new matches are opened; the
+tailing timers and state collection apply at once; anything
 else (identity, events, sink, privacy, metrics, log, state_dir) is reported as needing a restart
 and keeps its running value.
 """

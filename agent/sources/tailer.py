@@ -134,6 +134,8 @@ class Tailer:
         if not self._recovered:
             self._recovered = True
             opened.extend(self._recover())
+        if not self.incomplete:
+            self._unwatch(found_keys)
         self._mark_gone(found_keys)
         now = self._clock()
         if now - self._last_forget >= FORGET_EVERY:
@@ -153,6 +155,14 @@ class Tailer:
     def _claimed(self, source: str) -> set[Key]:
         """(device, inode) of the files a source is reading now."""
         return {(d, i) for (s, d, i) in self.files if s == source}
+
+    def _unwatch(self, found_keys: set[FKey]) -> None:
+        """Live files still at their path that the globs no longer match (an exclude or a glob
+        removed by a reload) are closed; their positions stay saved."""
+        for fkey, tf in list(self.files.items()):
+            if tf.live and not tf.deleted and fkey not in found_keys and not self._moved(tf):
+                log.info("file_unwatched", path=tf.path, source=tf.row.source)
+                self._close(tf, "done")
 
     def _mark_gone(self, found_keys: set[FKey]) -> None:
         for row in self.catalog.rows.values():
