@@ -67,7 +67,7 @@ class Reader:
         self._watched: tuple[list[str], bool] = ([], False)
         self.reload_requested = False
         self._published = 0.0
-        self._lag_labels: set[tuple[str, str]] = set()
+        self._lag_labels: dict[tuple[str, str], int] = {}
         self.progress = time.monotonic()
 
     def wake(self, *, rewatch: bool = False) -> None:
@@ -121,13 +121,13 @@ class Reader:
             return
         # Per-file lag at most once a second: a label lookup per file per read adds up.
         self._published = now
-        labels = set()
-        for source, path, lag in tailer.lag():
-            m.file_lag.labels(source, path).set(lag)
-            labels.add((source, path))
-        for stale in self._lag_labels - labels:
+        lags = {(source, path): lag for source, path, lag in tailer.lag()}
+        for key, lag in lags.items():
+            if self._lag_labels.get(key) != lag:  # a label lookup per file adds up: only changes
+                m.file_lag.labels(*key).set(lag)
+        for stale in self._lag_labels.keys() - lags.keys():
             m.file_lag.remove(*stale)
-        self._lag_labels = labels
+        self._lag_labels = lags
 
     async def run(self) -> None:
         next_discover = next_sweep = last_discover = 0.0

@@ -75,6 +75,8 @@ class Tailer:
         #: Compressed files already looked at: their size then (read once, never tailed).
         self._static: dict[FKey, int] = {}
         self._nudged: set[str] = set()
+        #: Files polled on the fast timer between sweeps (hot, rotated, compressed, nudged).
+        self._warm: set[FKey] = set()
         self._recovered = False
         self._last_forget = float("-inf")
         #: Lines dropped unread from rotated files held past `max_rotated_hold`.
@@ -172,7 +174,9 @@ class Tailer:
                     self.catalog.gone(row)
 
     def _register(self, tf: TrackedFile) -> TrackedFile:
-        self.files[(tf.row.source, tf.row.dev, tf.row.ino)] = tf
+        fkey = (tf.row.source, tf.row.dev, tf.row.ino)
+        self.files[fkey] = tf
+        self._warm.add(fkey)
         return tf
 
     def _relive(self, tf: TrackedFile, path: str) -> None:
@@ -231,26 +235,29 @@ class Tailer:
     def nudge(self, paths: set[str]) -> bool:
         """watchfiles named these paths. Returns True when one is not a tracked file's (a new
         file, or a rename target: discovery should run)."""
-        tracked = {tf.path for tf in self.files.values()}
-        self._nudged |= paths & tracked
-        return not paths <= tracked
+        hit = {fkey for fkey, tf in self.files.items() if tf.path in paths}
+        hit_paths = {self.files[fkey].path for fkey in hit}
+        self._warm |= hit
+        self._nudged |= hit_paths
+        return not paths <= hit_paths
 
     def poll(self, sweep: bool) -> Iterator[Polled]:
-        """Read appended complete lines: from every file on a sweep, else from hot and nudged
-        ones. Rotated generations come first (they hold older lines)."""
+        """Read appended complete lines: from every file on a sweep, else from warm ones (hot,
+        rotated, compressed, nudged). Rotated generations come first (they hold older lines)."""
         now = self._clock()
         nudged, self._nudged = self._nudged, set()
-        hot = False
+        keys = list(self.files) if sweep else [k for k in self._warm if k in self.files]
+        todo = sorted((self.files[k] for k in keys), key=lambda t: t.live)
+        warm: set[FKey] = set()
         self.behind = False
-        for tf in sorted(self.files.values(), key=lambda t: t.live):
-            check = sweep or tf.path in nudged
-            if not (check or not tf.live or now - tf.grew_at < HOT_WINDOW):
-                continue
+        for tf in todo:
             fkey = (tf.row.source, *tf.key)
-            yield from self._poll_one(tf, now, check)
+            yield from self._poll_one(tf, now, sweep or tf.path in nudged)
             if self.files.get(fkey) is tf and (not tf.live or now - tf.grew_at < HOT_WINDOW):
-                hot = True
-        self.hot = hot
+                warm.add(fkey)
+        # Files registered while polling (a truncation's new content, a recovered copy) stay warm.
+        self._warm = warm | (self._warm - set(keys))
+        self.hot = bool(self._warm)
 
     def _poll_one(self, tf: TrackedFile, now: float, check: bool) -> Iterator[Polled]:
         if tf.packed is not None:
@@ -269,7 +276,7 @@ class Tailer:
             log.info("file_deleted", path=tf.path, source=tf.row.source, unread=size - tf.pos)
             if tf.live:
                 self._left(tf, now)
-        if size < tf.pos or ((size != tf.size or check) and tf.rewritten()):
+        if size < tf.pos or (size != tf.size and tf.rewritten()):
             yield from self._truncated(tf, st, now)
             return
         tf.size, tf.looked_at = size, now
