@@ -99,7 +99,7 @@ class Tailer:
         opened: list[TrackedFile] = []
         found_keys: set[FKey] = set()
         room = self._room(started)
-        self.incomplete = False
+        self.incomplete = False  # set again below when the cap stops this pass
         for src in self.config.sources:
             claimed = self._claimed(src.name)
             for found in expand(src.paths, src.exclude):
@@ -186,9 +186,11 @@ class Tailer:
 
     def _room(self, now: float) -> int:
         """Park fully read live files, least recently grown first, until an eighth of the
-        descriptor cap is free for new files; returns how many may be opened now."""
+        descriptor cap is free for new files (half while new files wait for room); returns how
+        many may be opened now."""
         opened = [tf for tf in self.files.values() if tf.fd >= 0]
-        excess = len(opened) - (self.max_open - self.max_open // 8)
+        free = self.max_open // 2 if self.incomplete else self.max_open // 8
+        excess = len(opened) - (self.max_open - free)
         if excess > 0:
             idle = [tf for tf in opened if tf.live and tf.pos >= tf.size and tf.grew_at < now]
             idle.sort(key=lambda tf: tf.grew_at)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.sources.catalog import Catalog
+from agent.sources.tailer import Tailer
 from tests.conftest import scaled
-from tests.helpers import access_line, write_access_log
+from tests.helpers import access_line, make_config, write_access_log
 from tests.sources.tailing import Agent, assert_exactly_once, file_rows, wait_until
 
 
@@ -187,3 +189,137 @@ def test_burst_into_one_file_loses_nothing_with_bounded_memory(tmp_path: Path) -
         assert hwm < 300 * 1024, f"peak RSS {hwm} KiB"
     finally:
         agent.close()
+
+
+# -- the Tailer in-process, on an injected clock -------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Rows:
+    """An in-memory PositionStore."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, object] = {}
+
+    def insert(self, row: object) -> int:
+        self.rows[len(self.rows) + 1] = row
+        return len(self.rows)
+
+    def update(self, row: object) -> None:
+        pass
+
+    def delete(self, ids: list[int]) -> None:
+        for i in ids:
+            self.rows.pop(i, None)
+
+
+def _tailer(
+    tmp_path: Path, paths: list[str], max_open: int = 64, **extra: object
+) -> tuple[Tailer, _Clock]:
+    from agent.config import load_config
+
+    cfg = load_config(str(make_config(tmp_path, paths=paths, extra=dict(extra))))
+    clock = _Clock()
+    catalog = Catalog(
+        [], _Rows(), first_start=False, start_at="beginning", max_line_bytes=65536, clock=clock
+    )
+    return Tailer(cfg, catalog, clock=clock, max_open=max_open), clock
+
+
+def _lines(tailer: Tailer, sweep: bool = True) -> list[bytes]:
+    """Poll, committing each split's position as the pipeline's transaction would."""
+    out = []
+    for tf, split in tailer.poll(sweep):
+        out += split.lines
+        tf.row.offset = split.end
+    return out
+
+
+def test_rotated_file_is_read_while_it_grows_then_closed_after_rotate_wait(tmp_path: Path) -> None:
+    """A renamed file keeps being read through its descriptor (no glob matches its new name)
+    while it grows; idle for rotate_wait, its final partial line is flushed and it is closed."""
+    log = tmp_path / "app.log"
+    log.write_bytes(b"one\n")
+    tailer, clock = _tailer(tmp_path, [str(log)], rotate_wait="10s")
+    tailer.discover()
+    assert _lines(tailer) == [b"one"]
+    os.replace(log, tmp_path / "app.log.1")
+    assert _lines(tailer) == []
+    with (tmp_path / "app.log.1").open("ab") as fh:
+        fh.write(b"two\nthr")
+    clock.now += 5
+    assert _lines(tailer, sweep=False) == [b"two"]
+    clock.now += 9
+    assert _lines(tailer, sweep=False) == [] and len(tailer.files) == 1
+    clock.now += 2
+    assert _lines(tailer, sweep=False) == [b"thr"]
+    assert tailer.files == {}
+
+
+def test_rotated_file_held_past_max_rotated_hold_drops_and_counts(tmp_path: Path) -> None:
+    """A rotated file that still has unread lines after max_rotated_hold (the outbox full) is
+    closed; the lines dropped are counted (trackd_dropped_total{reason="rotated_hold"})."""
+    log = tmp_path / "app.log"
+    log.write_bytes(b"a\n")
+    tailer, clock = _tailer(tmp_path, [str(log)], max_rotated_hold="60s")
+    tailer.discover()
+    _lines(tailer)
+    os.replace(log, tmp_path / "app.log.1")
+    _lines(tailer)
+    with (tmp_path / "app.log.1").open("ab") as fh:
+        fh.write(b"b\nc\nd")
+    clock.now += 61
+    splits = list(tailer.poll(True))
+    assert [s.lines for _tf, s in splits] == [[]] and tailer.dropped_hold == 3
+    assert tailer.files == {}
+
+
+def test_descriptor_cap_parks_idle_files_and_reopens_them_by_identity(tmp_path: Path) -> None:
+    """Beyond the cap, idle fully read files are closed (parked); one that grows is reopened
+    and read from where it stopped; one rotated while parked is followed among its siblings."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for i in range(40):
+        (logs / f"f{i:02d}.log").write_bytes(b"x%d\n" % i)
+    tailer, clock = _tailer(tmp_path, [str(logs / "*.log")], max_open=16)
+    seen: list[bytes] = []
+    for _ in range(10):
+        tailer.discover()
+        seen += _lines(tailer)
+        clock.now += 1
+    assert sorted(seen) == sorted(b"x%d" % i for i in range(40))
+    assert sum(1 for tf in tailer.files.values() if tf.fd >= 0) <= 16
+    parked = next(tf for tf in tailer.files.values() if tf.fd < 0)
+    with open(parked.path, "ab") as fh:
+        fh.write(b"more\n")
+    assert _lines(tailer) == [b"more"]
+    other = next(tf for tf in tailer.files.values() if tf.fd < 0 and tf is not parked)
+    os.replace(other.path, other.path + ".1")
+    with open(other.path + ".1", "ab") as fh:
+        fh.write(b"after-rotation\n")
+    _lines(tailer)  # the sweep finds it gone from its path and follows it
+    assert _lines(tailer) == [b"after-rotation"]
+
+
+def test_truncation_while_behind_counts_the_unread_bytes_as_a_gap(tmp_path: Path) -> None:
+    """An in-place truncation of lines trackd saw but had not read yet (no copy holds them) is
+    counted in the truncation gap (lines estimated from the average line length)."""
+    log = tmp_path / "app.log"
+    log.write_bytes(b"l1\nl2\n")
+    tailer, _clock = _tailer(tmp_path, [str(log)])
+    tailer.discover()
+    assert _lines(tailer) == [b"l1", b"l2"]
+    tf = next(iter(tailer.files.values()))
+    with log.open("ab") as fh:
+        fh.write(b"l3\nl4\n")
+    tf.size = log.stat().st_size  # seen by a look, not read yet
+    log.write_bytes(b"n1\n")
+    assert _lines(tailer) == [b"n1"]
+    assert tailer.catalog.gaps == {"web": 2}
