@@ -65,6 +65,7 @@ class Reader:
         self._watching = False
         self._rewatch = asyncio.Event()
         self._watched: tuple[list[str], bool] = ([], False)
+        self._want_dirs: tuple[list[str], bool] = ([], False)
         self.reload_requested = False
         self._published = 0.0
         self._lag_labels: dict[tuple[str, str], int] = {}
@@ -87,6 +88,7 @@ class Reader:
             tailer.discover()
             self.rt.mark_started()
             self._discover_wanted = tailer.incomplete
+            self._want_dirs = tailer.watch_dirs()  # stat calls: here, off the event loop
         n = 0
         for tf, split in tailer.poll(sweep):
             pipeline.feed(tf, split)
@@ -191,7 +193,6 @@ class Reader:
         if self.rt.sender is not None:
             await self.rt.on_sender(self.rt.reopen_sender_sink)
         self.config = plan.config
-        self._check_watch_dirs()
         log.info(
             "config_reloaded",
             config=path,
@@ -222,8 +223,8 @@ class Reader:
 
     def _check_watch_dirs(self) -> None:
         """Restart the watcher when the directories to watch changed (one appeared, a source was
-        added)."""
-        if self.tailer.watch_dirs() != self._watched:
+        added); the last discovery computed them on the pipeline thread."""
+        if self._want_dirs != self._watched:
             self._rewatch.set()
 
     async def watch(self) -> None:
@@ -231,9 +232,10 @@ class Reader:
         directories to watch change; on failure (inotify limits) the sweep polls instead."""
         import watchfiles
 
+        await self.sources_up.wait()  # the first discovery computed the directories
         while not self.stop.is_set():
             self._rewatch.clear()
-            self._watched = self.tailer.watch_dirs()
+            self._watched = self._want_dirs
             dirs, recursive = self._watched
             if not dirs:
                 await self._wait_rewatch(5.0)

@@ -18,7 +18,6 @@ networked filesystems and lost inotify events): watchfiles is a hint, never the 
 from __future__ import annotations
 
 import os
-import resource
 import time
 from collections.abc import Callable, Iterator
 
@@ -28,10 +27,9 @@ from agent.config import Config
 from agent.sources.catalog import DEFER, Catalog
 from agent.sources.compressed import compression_of
 from agent.sources.discovery import expand, watch_dirs
-from agent.sources.fileid import MARKER_MAX, matches_fingerprint, read_at
 from agent.sources.siblings import find_copy, recover_saved
-from agent.sources.splitter import LineSplitter, Split
-from agent.sources.tracked import Key, TrackedFile
+from agent.sources.splitter import Split
+from agent.sources.tracked import Key, TrackedFile, default_max_open
 
 log = structlog.get_logger("trackd.tailer")
 
@@ -44,15 +42,6 @@ FORGET_EVERY = 3600.0
 
 FKey = tuple[str, int, int]
 Polled = tuple[TrackedFile, Split]
-
-
-def default_max_open() -> int:
-    """Half the soft descriptor limit (the rest is for the state database, sockets, the sink),
-    at most 1024."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 1024
-    return max(16, min(1024, soft // 2))
 
 
 class Tailer:
@@ -200,30 +189,11 @@ class Tailer:
         return self.max_open - len(opened)
 
     def _unpark(self, tf: TrackedFile) -> bool:
-        """Reopen a parked file if it grew. False when it is not at its path any more (it was
-        rotated while parked: then it is looked for among its siblings)."""
-        try:
-            st = os.stat(tf.path)
-        except OSError:
-            st = None
-        if st is not None and (st.st_dev, st.st_ino) == tf.key:
-            if st.st_size == tf.size:
-                return False
-            try:
-                fd = os.open(tf.path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return False
-            st2 = os.fstat(fd)
-            if (st2.st_dev, st2.st_ino) == tf.key and matches_fingerprint(
-                fd, tf.row.fp_len, tf.row.fp_hash
-            ):
-                offset = tf.splitter.offset
-                tf.fd, tf.pos = fd, offset
-                tf.splitter = LineSplitter(offset, self.catalog.max_line_bytes)
-                tf.tail = read_at(fd, max(0, offset - MARKER_MAX), min(offset, MARKER_MAX))
-                return True
-            os.close(fd)
-        # Gone from its path while parked: follow it like a restart would.
+        """Reopen a parked file if it grew. A file no longer at its path (rotated while parked)
+        is looked for among its siblings, as at a restart."""
+        reopened = tf.reopen(self.catalog.max_line_bytes)
+        if reopened is not None:
+            return reopened
         del self.files[(tf.row.source, *tf.key)]
         found = find_copy(self.catalog, tf.row, self._claimed(tf.row.source))
         if found is not None:
@@ -283,10 +253,6 @@ class Tailer:
             return
         tf.size, tf.looked_at = size, now
         if size > tf.pos:
-            if not tf.live and tf.left_at is not None:
-                if now - tf.left_at >= self.config.max_rotated_hold:
-                    yield from self._drop_held(tf, size)
-                    return
             tf.grew_at = now
             for split in tf.read(size, READ_BUDGET):
                 yield tf, split
@@ -298,9 +264,21 @@ class Tailer:
             if check and self._moved(tf):
                 self._left(tf, now)
             return
-        if tf.pos < size:
+        held = tf.left_at is not None and now - tf.left_at >= self.config.max_rotated_hold
+        if held and tf.pos < size:
+            yield from self._drop_held(tf, size)
+        elif tf.pos < size:
             return  # more to read at the next poll
-        if tf.deleted or now - tf.grew_at >= self.config.rotate_wait:
+        elif tf.deleted or held or now - tf.grew_at >= self.config.rotate_wait:
+            if held:
+                log.warning(
+                    "rotated_hold_expired",
+                    path=tf.path,
+                    source=tf.row.source,
+                    dropped_lines=0,
+                    hint="the rotated file still grew after max_rotated_hold: lines its writer "
+                    "appends from now on are not read (make the app reopen its log on rotation)",
+                )
             final = tf.flush()
             if final is not None:
                 yield tf, final

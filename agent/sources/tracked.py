@@ -9,6 +9,7 @@ pipeline's chunk transaction (SPEC §5.2).
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from agent.sources.fileid import (
     fingerprint,
     first_line_fp,
     first_line_of,
+    matches_fingerprint,
     read_at,
 )
 from agent.sources.splitter import LineSplitter, Split
@@ -195,6 +197,34 @@ class TrackedFile:
         row.fp_len, row.fp_hash = fingerprint(read_at(self.fd, 0, FP_MAX))
         return True
 
+    def reopen(self, max_line_bytes: int) -> bool | None:
+        """A parked file: reopen it by identity if it grew since it was parked (True; reading
+        resumes at the splitter's offset). False: not grown, or cannot be opened now. None: its
+        path holds another file or none (it was rotated while parked)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        if (st.st_dev, st.st_ino) != self.key:
+            return None
+        if st.st_size == self.size:
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != self.key or not matches_fingerprint(
+            fd, self.row.fp_len, self.row.fp_hash
+        ):
+            os.close(fd)
+            return None
+        offset = self.splitter.offset
+        self.fd, self.pos = fd, offset
+        self.splitter = LineSplitter(offset, max_line_bytes)
+        self.tail = read_at(fd, max(0, offset - MARKER_MAX), min(offset, MARKER_MAX))
+        return True
+
     def close(self) -> None:
         if self.fd >= 0:
             try:
@@ -207,3 +237,12 @@ class TrackedFile:
 
     def __repr__(self) -> str:
         return f"TrackedFile(id={self.row.id}, {self.path!r}, pos={self.pos}, live={self.live})"
+
+
+def default_max_open() -> int:
+    """Half the soft descriptor limit (the rest is for the state database, sockets, the sink),
+    at most 1024."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(16, min(1024, soft // 2))

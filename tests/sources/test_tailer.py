@@ -263,9 +263,13 @@ def test_rotated_file_is_read_while_it_grows_then_closed_after_rotate_wait(tmp_p
     assert tailer.files == {}
 
 
-def test_rotated_file_held_past_max_rotated_hold_drops_and_counts(tmp_path: Path) -> None:
-    """A rotated file that still has unread lines after max_rotated_hold (the outbox full) is
-    closed; the lines dropped are counted (trackd_dropped_total{reason="rotated_hold"})."""
+def test_rotated_file_held_past_max_rotated_hold_drops_and_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotated file still behind after max_rotated_hold (trackd cannot keep up) is closed; the
+    unread lines are dropped and counted (trackd_dropped_total{reason="rotated_hold"})."""
+    import agent.sources.tailer as tailer_module
+
     log = tmp_path / "app.log"
     log.write_bytes(b"a\n")
     tailer, clock = _tailer(tmp_path, [str(log)], max_rotated_hold="60s")
@@ -276,9 +280,30 @@ def test_rotated_file_held_past_max_rotated_hold_drops_and_counts(tmp_path: Path
     with (tmp_path / "app.log.1").open("ab") as fh:
         fh.write(b"b\nc\nd")
     clock.now += 61
-    splits = list(tailer.poll(True))
-    assert [s.lines for _tf, s in splits] == [[]] and tailer.dropped_hold == 3
-    assert tailer.files == {}
+    monkeypatch.setattr(tailer_module, "READ_BUDGET", 2)  # behind: reads only "b\n" this time
+    assert _lines(tailer) == [b"b"]
+    assert tailer.dropped_hold == 2 and tailer.files == {}
+
+
+def test_rotated_file_still_growing_after_max_rotated_hold_is_read_then_closed(
+    tmp_path: Path,
+) -> None:
+    """A rotated file whose writer never lets go is read to its end and closed once
+    max_rotated_hold has passed, nothing dropped."""
+    log = tmp_path / "app.log"
+    log.write_bytes(b"a\n")
+    tailer, clock = _tailer(tmp_path, [str(log)], max_rotated_hold="60s", rotate_wait="10s")
+    tailer.discover()
+    _lines(tailer)
+    os.replace(log, tmp_path / "app.log.1")
+    _lines(tailer)
+    for _ in range(7):  # 7 x 9 s: past the hold at the last one
+        assert tailer.files != {}
+        clock.now += 9
+        with (tmp_path / "app.log.1").open("ab") as fh:
+            fh.write(b"more\n")
+        assert _lines(tailer) == [b"more"]
+    assert tailer.files == {} and tailer.dropped_hold == 0
 
 
 def test_descriptor_cap_parks_idle_files_and_reopens_them_by_identity(tmp_path: Path) -> None:
