@@ -94,6 +94,7 @@ class Reader:
             pipeline.feed(tf, split)
             n += len(split.lines) + split.too_long
         pipeline.commit()
+        tailer.settle()
         now = time.monotonic()
         if n or discover or now - self._published >= PUBLISH_INTERVAL:
             self._publish(now)
@@ -214,6 +215,7 @@ class Reader:
         tailer, pipeline = self.tailer, self.rt.pipeline
         assert pipeline is not None
         pipeline.commit()
+        tailer.settle()
         for name in plan.removed:
             tailer.drop_source(name)
         tailer.config = plan.config

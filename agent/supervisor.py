@@ -112,6 +112,7 @@ def _read_once(rt: Runtime) -> int:
                 if wall - os.fstat(tf.fd).st_mtime >= rt.config.rotate_wait:
                     catalog.retire(tf.row, "done")
     finally:
+        tailer.settle()
         tailer.close_all()
     return len(opened)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import structlog
@@ -36,7 +36,7 @@ from agent.sources.fileid import (
     matches_fingerprint,
     read_at,
 )
-from agent.sources.siblings import find_copy, unseen_generations
+from agent.sources.siblings import find_copy, stale_copies, unseen_generations
 from agent.sources.splitter import LineSplitter
 from agent.sources.tracked import Key, TrackedFile
 from agent.state.files import FileRow
@@ -99,6 +99,10 @@ class Catalog:
         row.dev, row.ino = dev, ino
         self._by_key.setdefault((dev, ino), []).append(row)
 
+    def rows_at(self, key: Key) -> list[FileRow]:
+        """The rows whose file is (or was) at this (device, inode)."""
+        return self._by_key.get(key, [])
+
     def forget(self, older_than: float) -> int:
         """Drop rows of files gone since before `older_than` (wall clock); returns how many."""
         ids = [r.id for r in self.rows.values() if r.gone_since and r.gone_since < older_than]
@@ -150,10 +154,18 @@ class Catalog:
         return None
 
     def open_plain(
-        self, path: str, source: str, claimed: set[Key], *, live: bool = True
+        self,
+        path: str,
+        source: str,
+        claimed: set[Key],
+        reading: Mapping[int, TrackedFile] | None = None,
+        *,
+        live: bool = True,
     ) -> list[TrackedFile]:
         """Open a plain file found at `path`: its tracked file(s) — a recovered copy of a truncated
-        file's unread tail first, then the file itself. Empty when it vanished meanwhile."""
+        file's unread tail first, then the file itself. Empty when it vanished meanwhile, or when
+        it is a copy of a file being read (`reading`: open files by row id) whose lines are still
+        to be read from the original."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -171,6 +183,9 @@ class Catalog:
             if self.first_start:
                 offset = last_line_end(fd, st.st_size) if self.start_at == "end" else 0
                 return [self.new_plain(source, path, fd, st, offset, live=live)]
+            continued = self._copy_of(source, path, fd, st, reading or {}, live)
+            if continued is not None:
+                return continued
             before = [r.first_seen for r in self.rows.values() if path in (r.path, r.cur_path)]
             fresh = self.new_plain(source, path, fd, st, 0, live=live)
             if not before:
@@ -189,6 +204,61 @@ class Catalog:
         tf = self.tracked(row, fd, path, row.offset, live=live)
         tf.size = st.st_size
         return [tf]
+
+    def _copy_of(
+        self,
+        source: str,
+        path: str,
+        fd: int,
+        st: os.stat_result,
+        reading: Mapping[int, TrackedFile],
+        live: bool,
+    ) -> list[TrackedFile] | None:
+        """A file never seen whose first bytes are a known file's may be its copy (copytruncate's
+        `app.log.1` under a glob like `app.log*`, a backup): never read its lines twice. None when
+        it is no copy (a new file, read from 0)."""
+        head = read_at(fd, 0, FP_MAX)
+        key = (st.st_dev, st.st_ino)
+        rows = [
+            r
+            for r in self.rows.values()
+            if r.source == source
+            and r.state != "skipped"
+            and (r.dev, r.ino) != key
+            and head_matches(head, r.fp_len, r.fp_hash)
+        ]
+        for row in sorted(rows, key=lambda r: -r.id):
+            tf = reading.get(row.id)
+            if tf is not None:
+                if tf.fd < 0:
+                    continue
+                size = os.fstat(tf.fd).st_size
+                if size < tf.pos or tf.rewritten():
+                    os.close(fd)  # the original's truncation is handled next: it claims this copy
+                    return []
+                k = min(st.st_size, size)
+                n = min(MARKER_MAX, k)
+                if read_at(fd, k - n, n) != read_at(tf.fd, k - n, n):
+                    continue  # same first bytes, other content (identical headers)
+                if st.st_size <= tf.splitter.offset:
+                    log.info("file_copy_already_read", path=path, source=source, of=tf.path)
+                    return [self.new_plain(source, path, fd, st, st.st_size, live=live)]
+                os.close(fd)  # its unread lines are read from the original
+                return []
+            if st.st_size < row.offset or not marker_ok(fd, row.offset, row.marker_len, row.marker):
+                continue
+            log.info("file_copy_found", path=path, source=source, of=row.cur_path or row.path)
+            if row.state in ("live", "rotated"):  # the original is lost: this file continues it
+                self.move(row, *key)
+                self.seen(row, path, "live" if live else "rotated")
+                tf = self.tracked(row, fd, path, row.offset, live=live)
+                tf.size = st.st_size
+                return [tf]
+            clone = self.new_plain(source, path, fd, st, row.offset, live=live)
+            clone.row.marker_len, clone.row.marker = row.marker_len, row.marker
+            self.store.update(clone.row)
+            return [clone]
+        return None
 
     def new_plain(
         self, source: str, path: str, fd: int, st: os.stat_result, offset: int, *, live: bool
@@ -231,6 +301,7 @@ class Catalog:
         copy = find_copy(self, row, claimed | {(st.st_dev, st.st_ino)})
         if copy is None:
             self.retire(row, "deleted")
+            stale_copies(self, row, claimed | {(st.st_dev, st.st_ino)})
         fresh = self.new_plain(row.source, path, fd, st, 0, live=True)
         return copy, fresh
 

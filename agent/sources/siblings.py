@@ -8,6 +8,8 @@ these, by identity (never by name): the name only narrows the search.
 from __future__ import annotations
 
 import os
+import re
+import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -29,6 +31,10 @@ if TYPE_CHECKING:
     from agent.sources.catalog import Catalog
 
 log = structlog.get_logger("trackd.sources")
+
+_PACKED = re.compile(r"\.(gz|bz2|xz)$")
+#: logrotate's numbered (`.1`) and dateext (`-20261128`, `-20261128-1732780800`) suffixes.
+_ROTATED = re.compile(r"(\.\d+|-\d{8}([-_.]?\d+)?)$")
 
 
 class Sibling(NamedTuple):
@@ -89,11 +95,10 @@ def unseen_generations(
             if isinstance(found, TrackedFile):
                 out.append(found)
             continue
-        try:
-            fd = os.open(sib.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        opened = _open(sib.path)
+        if opened is None:
             continue
-        st = os.fstat(fd)
+        fd, st = opened
         head = read_at(fd, 0, FP_MAX)
         if cat.match(source, fd, st) is not None or _known_content(cat, source, head):
             os.close(fd)
@@ -112,13 +117,40 @@ def _known_content(cat: Catalog, source: str, head: bytes) -> bool:
     )
 
 
+def rotation_base(path: str) -> str:
+    """The live name a rotated name came from: `access.log.2.gz`, `access.log-20261128` ->
+    `access.log` (a name without a rotation suffix is its own base)."""
+    return _ROTATED.sub("", _PACKED.sub("", path))
+
+
+def search_candidates(row: FileRow) -> list[Sibling]:
+    """Where a saved file may be now: the path it was last seen at, then the rotated siblings of
+    that path, of the path it was first seen at, and of their rotation bases; same inode first,
+    then most recently modified."""
+    bases = {p for p in (row.path, row.cur_path) if p}
+    bases |= {rotation_base(p) for p in bases}
+    found: dict[str, Sibling] = {}
+    for base in sorted(bases):
+        for sib in siblings_of(base):
+            found.setdefault(sib.path, sib)
+    if row.cur_path and row.cur_path not in found:
+        try:
+            st = os.stat(row.cur_path)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            packed = compression_of(row.cur_path)
+            found[row.cur_path] = Sibling(
+                row.cur_path, st.st_dev, st.st_ino, st.st_size, st.st_mtime, packed
+            )
+    return sorted(found.values(), key=lambda s: ((s.dev, s.ino) != (row.dev, row.ino), -s.mtime))
+
+
 def find_copy(cat: Catalog, row: FileRow, claimed: set[Key]) -> TrackedFile | None:
-    """The row's content among the rotated siblings of its path (same inode first, then by
+    """The row's content among the places it may be now (same inode first, then by
     fingerprint, at least as long as the saved offset, marker intact). The row moves there."""
     base = row.cur_path or row.path
-    sibs = siblings_of(base)
-    sibs.sort(key=lambda s: (s.dev, s.ino) != (row.dev, row.ino))
-    for sib in sibs:
+    for sib in search_candidates(row):
         key = (sib.dev, sib.ino)
         if key in claimed:
             continue
@@ -206,3 +238,34 @@ def recover_saved(
         )
         cat.retire(row, "done")
     return out
+
+
+def stale_copies(cat: Catalog, row: FileRow, claimed: set[Key]) -> None:
+    """A truncated row had no copy long enough to hold its unread tail; shorter copies made since
+    it was first seen (copytruncate's copy, taken before trackd read past it) hold only lines
+    already read: record them as read, so a glob matching them never reads them again."""
+    for sib in search_candidates(row):
+        key = (sib.dev, sib.ino)
+        if sib.packed or key in claimed or sib.size >= row.offset or sib.mtime < row.first_seen:
+            continue
+        if cat.rows_at(key):
+            continue
+        opened = _open(sib.path)
+        if opened is None:
+            continue
+        fd, st = opened
+        if (st.st_dev, st.st_ino) == key and matches_fingerprint(fd, row.fp_len, row.fp_hash):
+            log.info("file_copy_already_read", path=sib.path, source=row.source, of=row.path)
+            tf = cat.new_plain(row.source, sib.path, fd, st, st.st_size, live=False)
+            cat.retire(tf.row, "done")
+            tf.close()
+        else:
+            os.close(fd)
+
+
+def _open(path: str) -> tuple[int, os.stat_result] | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    return fd, os.fstat(fd)

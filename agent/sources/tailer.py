@@ -30,6 +30,7 @@ from agent.sources.discovery import expand, watch_dirs
 from agent.sources.siblings import find_copy, recover_saved
 from agent.sources.splitter import Split
 from agent.sources.tracked import Key, TrackedFile, default_max_open
+from agent.state.files import FileRow
 
 log = structlog.get_logger("trackd.tailer")
 
@@ -64,6 +65,8 @@ class Tailer:
         #: Compressed files already looked at: their size then (read once, never tailed).
         self._static: dict[FKey, int] = {}
         self._nudged: set[str] = set()
+        #: Rows of files closed since the last commit, and the state they end in.
+        self._closing: list[tuple[FileRow, str]] = []
         #: Files polled on the fast timer between sweeps (hot, rotated, compressed, nudged).
         self._warm: set[FKey] = set()
         self._recovered = False
@@ -91,7 +94,11 @@ class Tailer:
         self.incomplete = False  # set again below when the cap stops this pass
         for src in self.config.sources:
             claimed = self._claimed(src.name)
-            for found in expand(src.paths, src.exclude):
+            reading = {t.row.id: t for t in self.files.values() if t.row.source == src.name}
+            # Files known by (device, inode) first: a copy of one of them is then told apart.
+            found_files = expand(src.paths, src.exclude)
+            found_files.sort(key=lambda f: not self.catalog.rows_at((f.dev, f.ino)))
+            for found in found_files:
                 fkey = (src.name, found.dev, found.ino)
                 found_keys.add(fkey)
                 tf = self.files.get(fkey)
@@ -118,8 +125,9 @@ class Tailer:
                     if isinstance(res, TrackedFile):
                         opened.append(self._register(res))
                     continue
-                for tf in self.catalog.open_plain(found.path, src.name, claimed):
+                for tf in self.catalog.open_plain(found.path, src.name, claimed, reading):
                     claimed.add(tf.key)
+                    reading[tf.row.id] = tf
                     opened.append(self._register(tf))
                     room -= 1
         if not self._recovered:
@@ -187,6 +195,12 @@ class Tailer:
                 tf.close()  # fd = -1: parked; reopened by identity when its path shows growth
             opened = [tf for tf in opened if tf.fd >= 0]
         return self.max_open - len(opened)
+
+    def settle(self) -> None:
+        """After the pipeline committed: record the files closed meanwhile as finished."""
+        closing, self._closing = self._closing, []
+        for row, state in closing:
+            self.catalog.retire(row, state)
 
     def _unpark(self, tf: TrackedFile) -> bool:
         """Reopen a parked file if it grew. A file no longer at its path (rotated while parked)
@@ -291,19 +305,9 @@ class Tailer:
 
     def _drop_held(self, tf: TrackedFile, size: int) -> Iterator[Polled]:
         """A rotated file held open past `max_rotated_hold` while behind: drop what is unread
-        (counted as lines), commit its position at its end, close it."""
-        dropped_from = tf.splitter.offset
+        (counted, logged), commit its position at its end, close it."""
         lines, split = tf.drop_unread(size)
         self.dropped_hold += lines
-        log.warning(
-            "rotated_hold_expired",
-            path=tf.path,
-            source=tf.row.source,
-            dropped_lines=lines,
-            dropped_bytes=split.end - dropped_from,
-            hint="the rotated file was kept open for max_rotated_hold while trackd could not keep "
-            "up (a full outbox); raise max_rotated_hold or fix the sink",
-        )
         yield tf, split
         self._close(tf, "done")
 
@@ -350,9 +354,11 @@ class Tailer:
         self.catalog.seen(tf.row, tf.row.cur_path or tf.path, "rotated")
 
     def _close(self, tf: TrackedFile, state: str) -> None:
+        """Close a finished file. Its row is retired by `settle`, after the commit of the lines
+        read last (a crash before that commit must find it still being read)."""
         self.files.pop((tf.row.source, *tf.key), None)
         tf.close()
-        self.catalog.retire(tf.row, state)
+        self._closing.append((tf.row, state))
         log.info(
             "file_closed",
             path=tf.path,

@@ -164,6 +164,15 @@ class TrackedFile:
         start = self.splitter.offset
         if pos > start and read_at(self.fd, pos - 1, 1) != b"\n":
             lines += 1  # the final partial line
+        log.warning(
+            "rotated_hold_expired",
+            path=self.path,
+            source=self.row.source,
+            dropped_lines=lines,
+            dropped_bytes=pos - start,
+            hint="the rotated file was kept open for max_rotated_hold while trackd could not keep "
+            "up (a full outbox); raise max_rotated_hold or fix the sink",
+        )
         self.splitter.take_partial()
         marker = read_at(self.fd, max(0, pos - MARKER_MAX), min(pos, MARKER_MAX))
         self.splitter.offset = self.pos = pos

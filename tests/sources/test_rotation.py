@@ -203,3 +203,30 @@ def test_copytruncate_recovers_the_unread_tail_from_the_copy(tmp_path: Path) -> 
         assert _gap_counted(agent) == 0
     finally:
         agent.close()
+
+
+@pytest.mark.timeout(120)
+def test_copytruncate_copies_matched_by_the_glob_are_not_read_again(tmp_path: Path) -> None:
+    """S5+S7: with `paths: [app.log*]` the copies copytruncate makes (`app.log.1`, then `.2`...)
+    are recognised as copies of lines already read — live under a writer, and for a rotation
+    made while the agent was stopped — so no line is delivered twice."""
+    log = tmp_path / "app.log"
+    log.touch()
+    agent = Agent(tmp_path, [str(tmp_path / "app.log*")]).start()
+    try:
+        writer = Writer(log, 1000, reopen=False).start()
+        for _ in range(3):
+            mark = writer.next
+            wait_until(lambda m=mark: agent.delivered() > m + 500, 30, "lines before rotating")
+            logrotate(tmp_path, log, "copytruncate")
+        total = writer.stop()
+        wait_until(lambda: max(agent.seqs(), default=-1) == total - 1, 30, "the last line")
+        assert agent.stop() == 0
+        write_access_log(log, total, 300)
+        logrotate(tmp_path, log, "copytruncate")
+        write_access_log(log, total + 300, 10)
+        agent.start()
+        wait_until(lambda: max(agent.seqs(), default=-1) == total + 309, 30, "the last line")
+        assert_exactly_once(agent.seqs(), range(total + 310), allow_missing=6)
+    finally:
+        agent.close()

@@ -239,6 +239,7 @@ def _lines(tailer: Tailer, sweep: bool = True) -> list[bytes]:
     for tf, split in tailer.poll(sweep):
         out += split.lines
         tf.row.offset = split.end
+    tailer.settle()
     return out
 
 
