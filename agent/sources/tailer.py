@@ -201,6 +201,7 @@ class Tailer:
         closing, self._closing = self._closing, []
         for row, state in closing:
             self.catalog.retire(row, state)
+            self.catalog.gone(row)  # until a glob finds it again (then it is seen anew)
 
     def _unpark(self, tf: TrackedFile) -> bool:
         """Reopen a parked file if it grew. A file no longer at its path (rotated while parked)

@@ -139,6 +139,19 @@ def assert_exactly_once(
     return missing
 
 
+def assert_copy_window_losses(missing: set[int], rotations: int, longest: int = 50) -> None:
+    """copytruncate loses what the writer appends between the copy and the truncation (trackd
+    never sees those bytes): allow at most one short run of consecutive lines per rotation."""
+    runs: list[list[int]] = []
+    for seq in sorted(missing):
+        if runs and seq == runs[-1][-1] + 1:
+            runs[-1].append(seq)
+        else:
+            runs.append([seq])
+    assert len(runs) <= rotations, f"{len(runs)} separate losses for {rotations} rotations: {runs}"
+    assert all(len(run) <= longest for run in runs), f"a loss longer than {longest}: {runs}"
+
+
 def assert_state_consistent(tmp: Path) -> None:
     """After a kill: nothing twice in the committed output or outbox, nothing in both."""
     committed = committed_length(tmp / "state", tmp / "out.jsonl") or 0

@@ -349,3 +349,30 @@ def test_truncation_while_behind_counts_the_unread_bytes_as_a_gap(tmp_path: Path
     log.write_bytes(b"n1\n")
     assert _lines(tailer) == [b"n1"]
     assert tailer.catalog.gaps == {"web": 2}
+
+
+@pytest.mark.timeout(60)
+def test_appended_lines_are_delivered_within_100_ms(tmp_path: Path) -> None:
+    """A line appended to a tailed file is in the sink's file within 100 ms (median of 20; the
+    read timer and watchfiles' wake-up, not a slow poll, set the pace)."""
+    import statistics
+    import time
+
+    log = tmp_path / "app.log"
+    log.touch()
+    agent = Agent(tmp_path, [str(log)]).start()
+    try:
+        took = []
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+        try:
+            for seq in range(20):
+                written = time.monotonic()
+                os.write(fd, access_line(seq).encode())
+                wait_until(lambda s=seq: agent.delivered() > s, 5, f"line {seq}", every=0.002)
+                took.append(time.monotonic() - written)
+        finally:
+            os.close(fd)
+        assert statistics.median(took) < 0.1, took
+        assert agent.seqs() == list(range(20))
+    finally:
+        agent.close()
