@@ -43,6 +43,10 @@ from agent.state.files import FileRow
 
 log = structlog.get_logger("trackd.sources")
 
+TRUNCATED = (
+    "its unread tail is read from a rotated copy when one holds it (else counted as a gap); "
+    "the new content is read from 0"
+)
 #: A compressed file that continues a row another TrackedFile still reads: look again later.
 DEFER = "defer"
 
@@ -194,7 +198,9 @@ class Catalog:
             return [*unseen_generations(self, path, source, claimed, max(before)), fresh]
         if st.st_size < row.offset or not marker_ok(fd, row.offset, row.marker_len, row.marker):
             what = "file_truncated" if st.st_size < row.offset else "file_rewritten"
-            log.warning(what, path=path, source=source, offset=row.offset, size=st.st_size)
+            log.warning(
+                what, path=path, source=source, offset=row.offset, size=st.st_size, hint=TRUNCATED
+            )
             copy, fresh = self.truncated(row, path, fd, st, claimed)
             if copy is None:
                 # Stopped meanwhile: only the bytes seen but not read are known to be lost.

@@ -103,7 +103,13 @@ def unseen_generations(
         if cat.match(source, fd, st) is not None or _known_content(cat, source, head):
             os.close(fd)
             continue
-        log.warning("file_unseen_generation", path=sib.path, was=path, source=source)
+        log.warning(
+            "file_unseen_generation",
+            path=sib.path,
+            was=path,
+            source=source,
+            hint="rotated away before trackd saw it at its path: read from 0",
+        )
         tf = cat.new_plain(source, sib.path, fd, st, 0, live=False)
         tf.left_at = cat.clock()
         out.append(tf)

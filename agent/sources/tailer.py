@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 import structlog
 
 from agent.config import Config
-from agent.sources.catalog import DEFER, Catalog
+from agent.sources.catalog import DEFER, TRUNCATED, Catalog
 from agent.sources.compressed import compression_of
 from agent.sources.discovery import expand, watch_dirs
 from agent.sources.siblings import find_copy, recover_saved
@@ -322,6 +322,7 @@ class Tailer:
             source=row.source,
             offset=tf.splitter.offset,
             size=st.st_size,
+            hint=TRUNCATED,
         )
         del self.files[(row.source, *tf.key)]
         fd, tf.fd = tf.fd, -1  # the descriptor now belongs to the new content
@@ -360,13 +361,8 @@ class Tailer:
         self.files.pop((tf.row.source, *tf.key), None)
         tf.close()
         self._closing.append((tf.row, state))
-        log.info(
-            "file_closed",
-            path=tf.path,
-            source=tf.row.source,
-            offset=tf.splitter.offset,
-            state=state,
-        )
+        where = {"path": tf.path, "source": tf.row.source, "offset": tf.splitter.offset}
+        log.info("file_closed", **where, state=state)
 
     # -- reporting and lifecycle -----------------------------------------------------------
 
