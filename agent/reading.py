@@ -38,6 +38,7 @@ DISCOVER_MIN_GAP = 0.2
 #: ... nor for more than this share of the time (a glob over 100k files takes a while).
 DISCOVER_SHARE = 0.02
 PUBLISH_INTERVAL = 1.0
+PATH_EVERY = 5
 
 
 class Reader:
@@ -68,6 +69,7 @@ class Reader:
         self._want_dirs: tuple[list[str], bool] = ([], False)
         self.reload_requested = False
         self._published = 0.0
+        self._sweeps = 0
         self._lag_labels: dict[tuple[str, str], int] = {}
         self.progress = time.monotonic()
 
@@ -90,7 +92,7 @@ class Reader:
             self._discover_wanted = tailer.incomplete
             self._want_dirs = tailer.watch_dirs()  # stat calls: here, off the event loop
         n = 0
-        for tf, split in tailer.poll(sweep):
+        for tf, split in tailer.poll(sweep, paths=sweep and self._path_check_due()):
             pipeline.feed(tf, split)
             n += len(split.lines) + split.too_long
         pipeline.commit()
@@ -99,6 +101,13 @@ class Reader:
         if n or discover or now - self._published >= PUBLISH_INTERVAL:
             self._publish(now)
         return n, discover
+
+    def _path_check_due(self) -> bool:
+        """Pipeline thread: whether this sweep also stats every live file's path. watchfiles
+        reports renames and deletions (the paths are nudged), so with it every PATH_EVERY-th
+        sweep is enough; without it, every sweep."""
+        self._sweeps += 1
+        return not self._watching or self._sweeps % PATH_EVERY == 0
 
     def _publish(self, now: float) -> None:
         """Pipeline thread: feed the metrics from the pipeline's and tailer's tallies."""

@@ -228,9 +228,9 @@ class Tailer:
         self._nudged |= hit_paths
         return not paths <= hit_paths
 
-    def poll(self, sweep: bool) -> Iterator[Polled]:
-        """Read appended complete lines: from every file on a sweep, else from warm ones (hot,
-        rotated, compressed, nudged). Rotated generations come first (they hold older lines)."""
+    def poll(self, sweep: bool, paths: bool = True) -> Iterator[Polled]:
+        """Appended complete lines of every file (sweep; `paths`: check each is still at its
+        path) or of warm ones (hot, rotated, nudged); older generations first."""
         now = self._clock()
         nudged, self._nudged = self._nudged, set()
         keys = list(self.files) if sweep else [k for k in self._warm if k in self.files]
@@ -239,14 +239,18 @@ class Tailer:
         self.behind = False
         for tf in todo:
             fkey = (tf.row.source, *tf.key)
-            yield from self._poll_one(tf, now, sweep or tf.path in nudged)
+            nudge = tf.path in nudged
+            yield from self._poll_one(tf, now, sweep or nudge, (sweep and paths) or nudge)
             if self.files.get(fkey) is tf and (not tf.live or now - tf.grew_at < HOT_WINDOW):
                 warm.add(fkey)
         # Files registered while polling (a truncation's new content, a recovered copy) stay warm.
         self._warm = warm | (self._warm - set(keys))
         self.hot = bool(self._warm)
 
-    def _poll_one(self, tf: TrackedFile, now: float, check: bool) -> Iterator[Polled]:
+    def _poll_one(
+        self, tf: TrackedFile, now: float, check: bool, paths: bool = True
+    ) -> Iterator[Polled]:
+        """`check`: a parked file too; `paths`: see whether it left its path."""
         if tf.packed is not None:
             yield from self._drain_packed(tf)
             return
@@ -276,7 +280,7 @@ class Tailer:
             if tf.grow_fingerprint():
                 self.catalog.store.update(tf.row)
         if tf.live:
-            if check and self._moved(tf):
+            if paths and self._moved(tf):
                 self._left(tf, now)
             return
         held = tf.left_at is not None and now - tf.left_at >= self.config.max_rotated_hold
