@@ -94,6 +94,11 @@ class LinePreparer:
             if prepared is not None:
                 yield prepared
 
+    def count_too_long(self, source: str, n: int) -> None:
+        """Over-long lines the splitter dropped while they streamed in (no line to parse)."""
+        self.stats.lines[source] += n
+        self._skip(source, "too_long", "", n)
+
     def _skip(
         self,
         source: str,

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import structlog
 
-from agent.config import Config
+from agent.config import Config, SourceConfig
 from agent.emit import Emitter, PipelineStats
 from agent.errors import StateError
 from agent.identity.sqlite_store import SqliteIdentityStore
@@ -37,8 +37,6 @@ from agent.state import outbox
 
 log = structlog.get_logger("trackd.pipeline")
 
-#: A Where for counting lines of a file whose first line is not known yet (nothing is prepared).
-_NOWHERE = Where("", "", "", 0)
 COMMIT_EVERY = 16384
 #: Records resolved together (one identity prefetch per batch).
 BATCH = 2048
@@ -94,6 +92,12 @@ class Pipeline:
     def sources(self) -> dict[str, SourceContext]:
         return self.lines.sources
 
+    def reload_sources(self, sources: tuple[SourceConfig, ...]) -> None:
+        """SIGHUP: contexts for added or changed sources; unchanged ones keep theirs."""
+        self.lines.reload_sources(sources, self.config.sources)
+        self.preparer.reload_sources(sources)
+        self.config = self.config.model_copy(update={"sources": sources})
+
     # -- parsing ---------------------------------------------------------------------------
 
     def parsed(self, tf: TrackedFile, split: Split) -> Iterator[Prepared]:
@@ -103,7 +107,7 @@ class Pipeline:
         past them (`advance`)."""
         if not split.lines:
             if split.too_long:
-                self.lines.lines(_NOWHERE._replace(source=tf.row.source), 0, 0, [], split.too_long)
+                self.lines.count_too_long(tf.row.source, split.too_long)
             return
         ref = tf.ref if tf.ref is not None else tf.ensure_ref()
         assert ref is not None  # a complete line exists, so the first line is known

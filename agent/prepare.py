@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from agent.config import Config
+from agent.config import Config, SourceConfig
 from agent.events.messages import Timestamps
 from agent.events.msgid import MessageIdPrefix, line_hash
 from agent.events.pageviews import PageviewFilter
@@ -131,14 +131,23 @@ class Preparer:
         pv = config.events.pageviews
         self.pageviews = PageviewFilter(pv) if pv.enabled else None
         self.rules = compile_rules(config.events.rules)
-        self.urls = {
-            s.name: UrlBuilder(config.privacy.redact_params, s.base_url) for s in config.sources
-        }
+        self._redact = config.privacy.redact_params
+        self.urls = {s.name: UrlBuilder(self._redact, s.base_url) for s in config.sources}
         self.timestamps = Timestamps()
         self._intake_cache: dict[
             str, tuple[str | None, str | None, str | None, bool, tuple[str, ...]]
         ] = {}
         self._ids: dict[tuple[str, str], MessageIdPrefix] = {}
+
+    def reload_sources(self, sources: tuple[SourceConfig, ...]) -> None:
+        """URL builders for the sources of a reloaded config (SIGHUP)."""
+        redact = self._redact
+        self.urls = {
+            s.name: self.urls.get(s.name) or UrlBuilder(redact, s.base_url) for s in sources
+        }
+        for s in sources:
+            if self.urls[s.name].base_url != (s.base_url.rstrip("/") if s.base_url else None):
+                self.urls[s.name] = UrlBuilder(redact, s.base_url)
 
     def id_prefix(self, source: str, fp: str) -> MessageIdPrefix:
         key = (source, fp)

@@ -23,9 +23,10 @@ from agent.pipeline import Pipeline
 from agent.sinks.base import Sink
 from agent.sinks.file import FileSink
 from agent.sinks.sender import Sender
+from agent.sources.catalog import Catalog
 from agent.state import meta
 from agent.state.db import StateLock, StatePaths, connect, ensure_state_dir, open_state
-from agent.state.files import FileRow, SqlitePositions, load_files
+from agent.state.files import SqlitePositions, load_files
 
 log = structlog.get_logger("trackd.runtime")
 T = TypeVar("T")
@@ -48,8 +49,7 @@ class Runtime:
         self.pipeline: Pipeline | None = None
         self.sender: Sender | None = None
         self.sink: Sink | None = None
-        self.positions: SqlitePositions | None = None
-        self.saved: list[FileRow] = []
+        self.catalog: Catalog | None = None
         self.first_start = False
         self._pipe_conn: sqlite3.Connection | None = None
         self._send_conn: sqlite3.Connection | None = None
@@ -78,9 +78,14 @@ class Runtime:
         self._pipe_conn = conn
         secret = load_or_create_secret(self.config.identity.secret_file)
         self.pipeline = Pipeline(self.config, conn, secret)
-        self.positions = SqlitePositions(conn)
-        self.saved = load_files(conn)
         self.first_start = meta.get(conn, meta.FIRST_START_DONE) is None
+        self.catalog = Catalog(
+            load_files(conn),
+            SqlitePositions(conn),
+            first_start=self.first_start,
+            start_at=self.config.start_at,
+            max_line_bytes=self.config.max_line_bytes,
+        )
 
     def mark_started(self) -> None:
         """Pipeline thread: from now on, new files are read from 0 whatever `start_at` says."""
@@ -100,6 +105,23 @@ class Runtime:
             conn.execute("ROLLBACK")
             raise
         self.pipeline.direct_sink = sink
+
+    def reopen_sink(self) -> None:
+        """Pipeline thread, SIGHUP: reopen a direct sink's file (moved away by logrotate, say).
+        Another sink is reopened by its sender on the sender thread (`reopen_sender_sink`)."""
+        sink = self.sink
+        if sink is None or not sink.direct or self._pipe_conn is None:
+            return
+        sink.close()
+        self._open_direct(sink)
+        log.info("sink_reopened", sink=sink.name, target=sink.describe())
+
+    def reopen_sender_sink(self) -> None:
+        """Sender thread, SIGHUP: reopen the sink of the sender (a no-op for a direct sink)."""
+        if self.sender is not None:
+            self.sender.sink.close()
+            self.sender.open()
+            log.info("sink_reopened", sink=self.sender.sink.name)
 
     def _open_sender(self, sink: Sink) -> None:
         conn = connect(self.paths.db)

@@ -21,18 +21,12 @@ from agent.config import Config
 from agent.errors import EXIT_OK, EXIT_RUNTIME
 from agent.ops.metrics import Metrics, MetricsServer
 from agent.ops.notify import Notifier
+from agent.reading import Reader
 from agent.runtime import Runtime
-from agent.sources.discovery import expand
-from agent.sources.snapshot import read_splits
 from agent.sources.tailer import Tailer
-from agent.sources.tracked import TrackedFile, open_found
+from agent.sources.tracked import TrackedFile
 
 log = structlog.get_logger("trackd.supervisor")
-
-POLL_INTERVAL = 0.25
-DISCOVER_INTERVAL = 1.0
-#: Identity collection and the trackd_identities gauge (a COUNT over the graph).
-HOUSEKEEPING_INTERVAL = 60.0
 
 
 @dataclass(slots=True)
@@ -99,30 +93,31 @@ async def _deliver_all(rt: Runtime, deadline: float | None) -> int:
 
 
 def _read_once(rt: Runtime) -> int:
-    """Pipeline thread: snapshot every matched file, read each to its snapshot, merged by time."""
-    pipeline, positions = rt.pipeline, rt.positions
-    assert pipeline is not None and positions is not None
-    config = rt.config
-    opened: list[tuple[TrackedFile, int]] = []
-    for src in config.sources:
-        for found in expand(src.paths, src.exclude):
-            tf = open_found(
-                found,
-                src.name,
-                rt.saved,
-                positions,
-                first_start=rt.first_start,
-                start_at=config.start_at,
-                max_line_bytes=config.max_line_bytes,
-            )
-            if tf is not None:
-                opened.append((tf, found.size))
+    """Pipeline thread: snapshot every matched file (and the rotated generations the state says
+    were being read), read each to its snapshot, merged by event time."""
+    pipeline, catalog = rt.pipeline, rt.catalog
+    assert pipeline is not None and catalog is not None
+    # Every matched file at once: no descriptor cap (a snapshot needs each file open).
+    tailer = Tailer(rt.config, catalog, max_open=1 << 30)
+    tailer.discover()
     rt.mark_started()
+    opened: list[tuple[TrackedFile, int]] = []
+    for tf in tailer.files.values():
+        size = os.fstat(tf.fd).st_size if tf.fd >= 0 else 0
+        opened.append((tf, size))
     try:
-        pipeline.run_merged([(tf, read_splits(tf, size)) for tf, size in opened])
+        pipeline.run_merged([(tf, tf.snapshot(size, final=not tf.live)) for tf, size in opened])
+        wall = time.time()
+        for tf, size in opened:
+            if tf.packed is not None:
+                catalog.retire(tf.row, "done")
+            elif not tf.live and tf.pos >= size:
+                # A rotated generation read to its end: finished once idle for rotate_wait.
+                if wall - os.fstat(tf.fd).st_mtime >= rt.config.rotate_wait:
+                    catalog.retire(tf.row, "done")
     finally:
-        for tf, _ in opened:
-            tf.close()
+        tailer.settle()
+        tailer.close_all()
     return len(opened)
 
 
@@ -213,14 +208,9 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.metrics = Metrics(config)
         self.stop = asyncio.Event()
-        self.reading_stopped = asyncio.Event()
-        self.wake_reader = asyncio.Event()
         self.wake_sender = asyncio.Event()
-        self.sources_up = asyncio.Event()
-        self.tailer: Tailer | None = None
+        self.reader: Reader | None = None
         self._signals = 0
-        self._last_housekeeping = 0.0
-        self._progress = time.monotonic()
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -229,14 +219,16 @@ class Daemon:
             os._exit(EXIT_OK)  # state is transactional: quitting here is safe
         log.info("shutdown_requested", signal=signal.Signals(signum).name)
         self.stop.set()
-        self.wake_reader.set()
+        if self.reader is not None:
+            self.reader.wake(rewatch=True)
         self.wake_sender.set()
 
     def _on_hup(self) -> None:
-        log.warning(
-            "reload_not_supported_yet",
-            hint="SIGHUP config reload comes with the tailing work; restart trackd to apply changes",
-        )
+        # Only record intent: the reader applies it between two steps.
+        log.info("reload_requested", config=self.config.config_path)
+        if self.reader is not None:
+            self.reader.reload_requested = True
+            self.reader.wake()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -244,10 +236,10 @@ class Daemon:
             loop.add_signal_handler(sig, self._on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         await self.rt.start()
-        assert self.rt.pipeline is not None and self.rt.positions is not None
+        assert self.rt.pipeline is not None and self.rt.catalog is not None
         self.rt.pipeline.on_commit = lambda: _call_soon(loop, self.wake_sender.set)
-        self.tailer = Tailer(
-            self.config, self.rt.positions, self.rt.saved, first_start=self.rt.first_start
+        self.reader = Reader(
+            self.config, self.rt, Tailer(self.config, self.rt.catalog), self.metrics, self.stop
         )
         server = None
         if self.config.metrics.listen:
@@ -255,34 +247,33 @@ class Daemon:
             await server.start()
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._reader())
+                tg.create_task(self._reading())
                 if self.rt.sender is not None:
                     tg.create_task(self._sender())
                 else:
                     tg.create_task(self._direct_drain_log())
-                tg.create_task(self._watcher())
+                tg.create_task(self.reader.watch())
                 if self.notifier.watchdog_interval:
                     tg.create_task(self._watchdog(self.notifier.watchdog_interval))
                 tg.create_task(self._announce_ready())
         finally:
             if server is not None:
                 await server.close()
-            if self.tailer is not None:
-                await self.rt.on_pipeline(self.tailer.close_all)
+            await self.rt.on_pipeline(self.reader.tailer.close_all)
             await self.rt.close()
         log.info("stopped")
         return EXIT_OK
 
     async def _announce_ready(self) -> None:
         """READY=1 once the first discovery and read pass is done (sources and sink are up)."""
-        waiter = asyncio.ensure_future(self.sources_up.wait())
+        assert self.reader is not None
+        waiter = asyncio.ensure_future(self.reader.sources_up.wait())
         stopper = asyncio.ensure_future(self.stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         stopper.cancel()
-        if self.sources_up.is_set():
-            assert self.tailer is not None
-            files = len(self.tailer.files)
+        if self.reader.sources_up.is_set():
+            files = len(self.reader.tailer.files)
             self.notifier.ready(f"tailing {files} file(s) of {len(self.config.sources)} source(s)")
             log.info(
                 "started", sources=len(self.config.sources), files=files, sink=self.config.sink.type
@@ -291,76 +282,19 @@ class Daemon:
     def _health(self) -> tuple[bool, str]:
         return True, "ok"
 
-    def _step(self, discover: bool) -> int:
-        """Pipeline thread: discover (when due), read what was appended, commit."""
-        tailer, pipeline = self.tailer, self.rt.pipeline
-        assert tailer is not None and pipeline is not None
-        if discover:
-            tailer.discover()
-            self.rt.mark_started()
-        n = 0
-        for tf, split in tailer.poll():
-            pipeline.feed(tf, split)
-            n += len(split.lines) + split.too_long
-        pipeline.release()
-        pipeline.commit()
-        now = time.monotonic()
-        if now - self._last_housekeeping >= HOUSEKEEPING_INTERVAL:
-            self._last_housekeeping = now
-            pipeline.collect_identities()
-            for kind, count in pipeline.identity_counts().items():
-                self.metrics.identities.labels(kind).set(count)
-        self._publish()
-        return n
-
-    def _publish(self) -> None:
-        """Pipeline thread: feed the metrics from the pipeline's tallies (cheap; per poll)."""
-        pipeline, tailer = self.rt.pipeline, self.tailer
-        assert pipeline is not None and tailer is not None
-        stats = pipeline.stats
-        sender = self.rt.sender
-        self.metrics.sync(
-            lines=stats.lines,
-            skipped=stats.skipped_all(),
-            messages=stats.messages,
-            dropped=stats.dropped,
-            junk=pipeline.normalizer.junk,
-            rule_skipped=stats.rule_skipped,
-            identity=pipeline.resolver.counts,
-            sent=sender.sent if sender is not None else stats.enqueued,
-            sink=self.config.sink.type,
-        )
-        for source, path, lag in tailer.lag():
-            self.metrics.file_lag.labels(source, path).set(lag)
-
-    async def _reader(self) -> None:
-        last_discover = 0.0
+    async def _reading(self) -> None:
+        assert self.reader is not None
         try:
-            while not self.stop.is_set():
-                now = time.monotonic()
-                due = now - last_discover >= DISCOVER_INTERVAL
-                if due:
-                    last_discover = now
-                self.wake_reader.clear()
-                n = await self.rt.on_pipeline(self._step, due)
-                self._progress = time.monotonic()
-                self.sources_up.set()
-                if n:
-                    continue
-                try:
-                    await asyncio.wait_for(self.wake_reader.wait(), timeout=POLL_INTERVAL)
-                except TimeoutError:
-                    pass
+            await self.reader.run()
         finally:
-            log.info("reading_stopped")
-            self.reading_stopped.set()
+            self.config = self.reader.config  # as reloaded
             self.wake_sender.set()
 
     async def _direct_drain_log(self) -> None:
         """A direct sink delivers in the pipeline's commits: stopping is just the last commit."""
-        await self.reading_stopped.wait()
+        assert self.reader is not None and self.rt.pipeline is not None
+        await self.reader.reading_stopped.wait()
         self.notifier.stopping()
-        assert self.rt.pipeline is not None
         log.info("drained", delivered=self.rt.pipeline.stats.enqueued, left_in_outbox=0)
 
     async def _sender(self) -> None:
@@ -370,7 +304,8 @@ class Daemon:
         while True:
             if self.stop.is_set() and deadline is None:
                 self.notifier.stopping()
-                await self.reading_stopped.wait()
+                assert self.reader is not None
+                await self.reader.reading_stopped.wait()
                 deadline = time.monotonic() + self.config.shutdown_timeout
             # Clear before looking: a commit that lands while we look sets it again (no lost wake).
             self.wake_sender.clear()
@@ -388,29 +323,12 @@ class Daemon:
             except TimeoutError:
                 pass
 
-    async def _watcher(self) -> None:
-        assert self.tailer is not None
-        dirs = self.tailer.watch_dirs()
-        if not dirs:
-            await self.stop.wait()
-            return
-        import watchfiles
-
-        try:
-            async for _changes in watchfiles.awatch(
-                *dirs, stop_event=self.stop, debounce=20, step=10, recursive=True
-            ):
-                self.wake_reader.set()
-        except (OSError, RuntimeError) as exc:
-            log.warning("watch_unavailable", error=str(exc), fallback="polling")
-            await self.stop.wait()
-
     async def _watchdog(self, interval: float) -> None:
         """WATCHDOG=1 every interval while the reader keeps stepping (it steps at least every
-        POLL_INTERVAL, idle or not); withheld when a step has been stuck for a whole interval,
-        so systemd restarts an agent whose pipeline hangs (SPEC §7)."""
+        sweep, idle or not); withheld when a step has been stuck for a whole interval, so
+        systemd restarts an agent whose pipeline hangs (SPEC §7)."""
         while not self.stop.is_set():
-            stuck = time.monotonic() - self._progress
+            stuck = time.monotonic() - (self.reader.progress if self.reader else time.monotonic())
             if stuck < interval:
                 self.notifier.watchdog()
             else:

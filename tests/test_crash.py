@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from tests.helpers import (
     trackd_cmd,
     write_access_log,
 )
+from tests.sources.tailing import Agent, assert_exactly_once
 
 
 def _assert_state_consistent(tmp_path: Path) -> None:
@@ -126,3 +128,59 @@ def test_kill9_with_logins_and_sessions_keeps_every_page_once(tmp_path: Path) ->
     for previous, user in pairs:
         by_epoch.setdefault(previous, set()).add(user)
     assert all(len(users) == 1 for users in by_epoch.values())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("damage", ["nul", "truncated"])
+def test_damaged_state_database_exits_3_or_starts_fresh(tmp_path: Path, damage: str) -> None:
+    """S15: a NUL-filled or truncated state.db fails quick_check at start: it is moved aside and
+    `trackd run` exits 3 saying so; with `state.on_corrupt: reset` it starts fresh instead."""
+    log = tmp_path / "access.log"
+    write_access_log(log, 0, 2000)
+    cfg = make_config(tmp_path, paths=[str(log)])
+    assert run_trackd("run", "--once", "-c", str(cfg)).returncode == 0
+    db = tmp_path / "state" / "state.db"
+    size = db.stat().st_size
+    if damage == "nul":
+        db.write_bytes(b"\0" * size)
+    else:
+        db.write_bytes(db.read_bytes()[: size // 2])
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    proc = run_trackd("run", "-c", str(cfg))
+    assert proc.returncode == 3, proc.stderr
+    assert "is damaged" in proc.stderr and "moved to" in proc.stderr
+    assert list((tmp_path / "state").glob("state.db.corrupt-*"))
+    db.write_bytes(b"\0" * size)
+    cfg = make_config(tmp_path, paths=[str(log)], extra={"state": {"on_corrupt": "reset"}})
+    proc = run_trackd("run", "--once", "-c", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    assert '"event":"state_corrupt"' in proc.stderr
+
+
+@pytest.mark.timeout(90)
+def test_state_database_locked_is_a_loud_stop_without_silent_progress(tmp_path: Path) -> None:
+    """S16: another process holds the state database's write lock past the busy timeout: the
+    daemon says what failed and exits 1; no position moved past what was committed, and once
+    the lock is gone a restart delivers every line exactly once."""
+    log = tmp_path / "access.log"
+    write_access_log(log, 0, 100)
+    agent = Agent(tmp_path, [str(log)]).start()
+    try:
+        agent.wait_seqs(100)
+        holder = sqlite3.connect(tmp_path / "state" / "state.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            write_access_log(log, 100, 100)
+            assert agent.proc is not None
+            assert agent.proc.wait(timeout=60) == 1
+            assert '"event":"state_commit_failed"' in agent.stderr()
+            assert "is the disk full, or the state directory read-only?" in agent.stderr()
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        _assert_state_consistent(tmp_path)
+        agent.start()
+        assert_exactly_once(agent.wait_seqs(200), range(200))
+    finally:
+        agent.close()

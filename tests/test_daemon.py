@@ -8,6 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+import yaml
+
 from tests.helpers import (
     NotifySocket,
     make_config,
@@ -16,6 +19,7 @@ from tests.helpers import (
     trackd_cmd,
     write_access_log,
 )
+from tests.sources.tailing import Agent, assert_exactly_once, wait_until
 
 
 def _wait_for_seqs(out: Path, n: int, timeout: float) -> list[int]:
@@ -151,3 +155,61 @@ def test_watchdog_pings_while_the_pipeline_steps(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         notify.close()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_with_a_backlog_commits_and_exits_then_the_rest_follows(tmp_path: Path) -> None:
+    """S29: SIGTERM while a 300k-line backlog is being read: reading stops, what was read is
+    committed, exit 0 within shutdown_timeout; the next start delivers the rest exactly once."""
+    log = tmp_path / "access.log"
+    write_access_log(log, 0, 300_000)
+    agent = Agent(tmp_path, [str(log)], {"shutdown_timeout": "5s"}).start()
+    try:
+        started = time.monotonic()
+        assert agent.stop() == 0
+        assert time.monotonic() - started < 5 + 2
+        assert '"event":"drained"' in agent.stderr()
+        first = agent.delivered()
+        assert first < 300_000, "the backlog was read before SIGTERM landed"
+        agent.start()
+        assert_exactly_once(agent.wait_seqs(300_000, timeout=90), range(300_000))
+    finally:
+        agent.close()
+
+
+@pytest.mark.timeout(90)
+def test_sighup_adds_and_removes_globs_without_touching_other_files(tmp_path: Path) -> None:
+    """S30: SIGHUP with a glob removed and one added: the files of the removed glob are closed
+    (positions kept), the new glob's files are read from 0, a file matched before and after is
+    neither reopened nor re-read; the sink file is reopened (moved away by its own rotation); an
+    invalid config is logged and the running one kept."""
+    dirs = {name: tmp_path / name for name in ("a", "b", "c")}
+    for i, d in enumerate(dirs.values()):
+        d.mkdir()
+        write_access_log(d / "x.log", i * 1000, 100)
+    agent = Agent(tmp_path, [str(dirs["a"] / "*.log"), str(dirs["b"] / "*.log")]).start()
+    try:
+        agent.wait_seqs(200)
+        cfg = yaml.safe_load(agent.cfg.read_text())
+        cfg["sources"][0]["paths"] = [str(dirs["b"] / "*.log"), str(dirs["c"] / "*.log")]
+        agent.cfg.write_text(yaml.safe_dump(cfg))
+        os.replace(agent.out, tmp_path / "out.jsonl.1")
+        agent.hup()
+        wait_until(lambda: '"event":"config_reloaded"' in agent.stderr(), 10, "the reload")
+        write_access_log(dirs["a"] / "x.log", 100, 10)  # no longer watched
+        write_access_log(dirs["b"] / "x.log", 1100, 10)
+        agent.wait_seqs(110)  # c's 100 lines from 0, then b's 10 new ones
+        agent.cfg.write_text("sources: [ {name: web, kind: nope} ]\n")
+        agent.hup()
+        wait_until(lambda: '"event":"reload_failed"' in agent.stderr(), 10, "the rejection")
+        write_access_log(dirs["b"] / "x.log", 1110, 5)
+        seqs = page_seqs(read_messages(tmp_path / "out.jsonl.1")) + agent.wait_seqs(115)
+        expected = {*range(100), *range(1000, 1115), *range(2000, 2100)}
+        assert_exactly_once(seqs, expected)
+        log_text = agent.stderr()
+        assert log_text.count(f'"path":"{dirs["b"] / "x.log"}"') == 1  # opened once, never again
+        assert '"event":"file_unwatched"' in log_text
+        assert '"event":"sink_reopened"' in log_text
+        assert agent.stop() == 0
+    finally:
+        agent.close()

@@ -78,6 +78,10 @@ class UrlBuilder:
             self._ref_cache[referrer] = hit
         return hit
 
+    @property
+    def base_url(self) -> str | None:
+        return self._base
+
     def _base_scheme(self) -> str:
         if self._base:
             return self._base.split("://", 1)[0]

@@ -47,3 +47,21 @@ def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
         if fnmatch.fnmatchcase(target, pattern):
             return True
     return False
+
+
+def watch_dirs(patterns: list[str]) -> tuple[list[str], bool]:
+    """Existing directories to watch (each glob's fixed prefix, or its nearest existing ancestor),
+    and whether any glob needs a recursive watch (a wildcard or a missing directory on the way)."""
+    dirs: set[str] = set()
+    recursive = False
+    for pattern in patterns:
+        d = os.path.dirname(pattern)
+        while d and glob.has_magic(d):
+            d = os.path.dirname(d)
+            recursive = True
+        while d and not os.path.isdir(d):
+            d = os.path.dirname(d)
+            recursive = True
+        if d:
+            dirs.add(d)
+    return sorted(dirs), recursive

@@ -46,8 +46,24 @@ def marker_ok(fd: int, offset: int, marker_len: int, marker: bytes | None) -> bo
     """Are the bytes before `offset` still the ones the marker was taken of?"""
     if marker_len == 0 or marker is None:
         return True
-    data = read_at(fd, offset - marker_len, marker_len)
-    return len(data) == marker_len and digest16(data) == marker
+    start = max(0, offset - marker_len)
+    return marker_matches(read_at(fd, start, offset - start), marker_len, marker)
+
+
+def marker_matches(before: bytes, marker_len: int, marker: bytes | None) -> bool:
+    """Do the bytes just before an offset (`before`, at least `marker_len` of them) match?
+
+    A position after a flushed partial last line (a rotated file's final line without a newline)
+    was committed with a marker taken as if a newline followed the line: that form is accepted
+    too, so such a file found again is not mistaken for a rewritten one.
+    """
+    if marker_len == 0 or marker is None:
+        return True
+    if len(before) >= marker_len and digest16(before[len(before) - marker_len :]) == marker:
+        return True
+    if len(before) < marker_len - 1 or before.endswith(b"\n"):
+        return False
+    return digest16(before[len(before) - marker_len + 1 :] + b"\n") == marker
 
 
 def first_line_fp(first_line: bytes) -> str:
@@ -76,3 +92,18 @@ def last_line_end(fd: int, size: int) -> int:
             return pos - step + nl + 1
         pos -= step
     return 0
+
+
+def head_matches(head: bytes, fp_len: int, fp_hash: bytes) -> bool:
+    """Do these first bytes (of a decompressed file, say) carry the fingerprint?"""
+    return len(head) >= fp_len and hashlib.sha256(head[:fp_len]).digest() == fp_hash
+
+
+def line_fp_of_head(head: bytes) -> str:
+    """The messageId fingerprint of a compressed file's first line (the whole head when it has no
+    newline: a compressed file is final, so that is its only line)."""
+    nl = head.find(b"\n")
+    if nl < 0:
+        return first_line_fp(head)
+    line = head[:nl]
+    return first_line_fp(line[:-1] if line.endswith(b"\r") else line)

@@ -84,5 +84,12 @@ class LineSplitter:
         data, self._pending = self._pending, b""
         return data
 
+    def take_dropping(self) -> int:
+        """Bytes of an over-long final line that never got its newline (the file is no longer
+        live): the offset moves past them; the caller counts the line as too long."""
+        dropped, self._dropping = self._dropping, 0
+        self.offset += dropped
+        return dropped
+
     def __repr__(self) -> str:
         return f"LineSplitter(offset={self.offset}, pending={self.pending_bytes})"

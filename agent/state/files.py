@@ -1,4 +1,11 @@
-"""Saved file positions (the `files` table): identity, committed offset, offset marker."""
+"""Saved file positions (the `files` table): identity, committed offset, offset marker.
+
+A row's `state`: `live` (at a path its source's globs match), `rotated` (moved away from that
+path, still read while it grows), `done` (read to its end and closed), `deleted` (its bytes are
+gone from its inode: unlinked, or truncated; never matched by inode again, only by content for a
+compressed copy), `skipped` (a compressed file present at the very first start with
+`start_at: end`: never read).
+"""
 
 from __future__ import annotations
 
@@ -92,6 +99,11 @@ def update_file(conn: sqlite3.Connection, row: FileRow) -> None:
     )
 
 
+def delete_files(conn: sqlite3.Connection, ids: list[int]) -> None:
+    """Forget rows (files gone for `state.forget_files_after`)."""
+    conn.executemany("DELETE FROM files WHERE id = ?", [(i,) for i in ids])
+
+
 def update_positions(
     conn: sqlite3.Connection, positions: list[tuple[int, int, bytes | None, int, float, int]]
 ) -> None:
@@ -121,3 +133,6 @@ class SqlitePositions:
 
     def update(self, row: FileRow) -> None:
         update_file(self._conn, row)
+
+    def delete(self, ids: list[int]) -> None:
+        delete_files(self._conn, ids)

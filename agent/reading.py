@@ -1,0 +1,296 @@
+"""The daemon's reading side: the reader loop (discover, poll, commit on the pipeline thread), the
+watchfiles task that wakes it, and SIGHUP config reload.
+
+Timing: a hot file (one that grew lately, or a rotated generation being drained) is read every
+READ_TIMER; every file is looked at on a sweep (SWEEP_INTERVAL with watchfiles working,
+SWEEP_POLLING without); watchfiles events wake the reader early and name the files to look at.
+Nothing here blocks the event loop: file and database work runs on the pipeline thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from agent.config import Config, load_config
+from agent.errors import ConfigError
+from agent.ops.metrics import Metrics
+from agent.reload import ReloadPlan, plan_reload
+from agent.runtime import Runtime
+from agent.sources.tailer import Tailer
+
+log = structlog.get_logger("trackd.reader")
+
+#: While a file is hot, how often it is read: appended lines are seen within 100 ms (SPEC §5.3).
+READ_TIMER = 0.05
+#: How often every file is looked at (idle files, rotation checks) with watchfiles working, and
+#: without it (inotify limits, network filesystems).
+SWEEP_INTERVAL = 1.0
+SWEEP_POLLING = 0.25
+#: Globs are expanded this often while watchfiles works (a safety net: its events trigger
+#: discovery of new paths at once), every DISCOVER_POLLING without it; never more often than
+#: every DISCOVER_MIN_GAP ...
+DISCOVER_WATCHED = 10.0
+DISCOVER_POLLING = 1.0
+DISCOVER_MIN_GAP = 0.2
+#: ... nor for more than this share of the time (a glob over 100k files takes a while).
+DISCOVER_SHARE = 0.02
+PUBLISH_INTERVAL = 1.0
+#: While access hits wait in the hold buffer (SPEC §1.4), how often their release is checked.
+HOLD_TIMER = 0.1
+#: Identity collection and the trackd_identities gauge (a COUNT over the graph).
+HOUSEKEEPING_INTERVAL = 60.0
+PATH_EVERY = 5
+
+
+class Reader:
+    """Owns the tailer and the reader, watcher and reload logic of one daemon."""
+
+    def __init__(
+        self,
+        config: Config,
+        rt: Runtime,
+        tailer: Tailer,
+        metrics: Metrics,
+        stop: asyncio.Event,
+    ) -> None:
+        self.config = config
+        self.rt = rt
+        self.tailer = tailer
+        self.metrics = metrics
+        self.stop = stop
+        self.wake_reader = asyncio.Event()
+        self.sources_up = asyncio.Event()
+        self.reading_stopped = asyncio.Event()
+        #: Paths watchfiles reported since the reader last looked.
+        self._changed: set[str] = set()
+        self._discover_wanted = False
+        self._watching = False
+        self._rewatch = asyncio.Event()
+        self._watched: tuple[list[str], bool] = ([], False)
+        self._want_dirs: tuple[list[str], bool] = ([], False)
+        self.reload_requested = False
+        self._published = 0.0
+        self._sweeps = 0
+        self._lag_labels: dict[tuple[str, str], int] = {}
+        self.progress = time.monotonic()
+        self._housekept = 0.0
+        self._housekept = 0.0
+
+    def wake(self, *, rewatch: bool = False) -> None:
+        if rewatch:
+            self._rewatch.set()
+        self.wake_reader.set()
+
+    def _step(self, discover: bool, sweep: bool, changed: set[str]) -> tuple[int, bool]:
+        """Pipeline thread: discover (when due, or when watchfiles named an unknown path), read
+        what was appended, commit. Returns (lines read, whether discovery ran)."""
+        tailer, pipeline = self.tailer, self.rt.pipeline
+        assert pipeline is not None
+        if changed and tailer.nudge(changed):
+            self._discover_wanted = True
+        if discover:
+            self._discover_wanted = False
+            tailer.discover()
+            self.rt.mark_started()
+            self._discover_wanted = tailer.incomplete
+            self._want_dirs = tailer.watch_dirs()  # stat calls: here, off the event loop
+        n = 0
+        for tf, split in tailer.poll(sweep, paths=sweep and self._path_check_due()):
+            pipeline.feed(tf, split)
+            n += len(split.lines) + split.too_long
+        pipeline.release()
+        pipeline.commit()
+        tailer.settle()
+        now = time.monotonic()
+        if now - self._housekept >= HOUSEKEEPING_INTERVAL:
+            self._housekept = now
+            pipeline.collect_identities()
+            for kind, count in pipeline.identity_counts().items():
+                self.metrics.identities.labels(kind).set(count)
+        if n or discover or now - self._published >= PUBLISH_INTERVAL:
+            self._publish(now)
+        return n, discover
+
+    def _path_check_due(self) -> bool:
+        """Pipeline thread: whether this sweep also stats every live file's path. watchfiles
+        reports renames and deletions (the paths are nudged), so with it every PATH_EVERY-th
+        sweep is enough; without it, every sweep."""
+        self._sweeps += 1
+        return not self._watching or self._sweeps % PATH_EVERY == 0
+
+    def _publish(self, now: float) -> None:
+        """Pipeline thread: feed the metrics from the pipeline's and tailer's tallies."""
+        pipeline, tailer = self.rt.pipeline, self.tailer
+        assert pipeline is not None and tailer is not None
+        stats = pipeline.stats
+        sender = self.rt.sender
+        self.metrics.sync(
+            lines=stats.lines,
+            skipped=stats.skipped_all(),
+            messages=stats.messages,
+            dropped=stats.dropped,
+            junk=pipeline.normalizer.junk,
+            rule_skipped=stats.rule_skipped,
+            identity=pipeline.resolver.counts,
+            sent=sender.sent if sender is not None else stats.enqueued,
+            sink=self.config.sink.type,
+        )
+        m = self.metrics
+        for source, n in tailer.catalog.gaps.items():
+            m.add("truncation_gap", (source,), n, m.truncation_gap)
+        m.add("dropped", ("rotated_hold",), tailer.dropped_hold, m.dropped)
+        if now - self._published < PUBLISH_INTERVAL:
+            return
+        # Per-file lag at most once a second: a label lookup per file per read adds up.
+        self._published = now
+        lags = {(source, path): lag for source, path, lag in tailer.lag()}
+        for key, lag in lags.items():
+            if self._lag_labels.get(key) != lag:  # a label lookup per file adds up: only changes
+                m.file_lag.labels(*key).set(lag)
+        for stale in self._lag_labels.keys() - lags.keys():
+            m.file_lag.remove(*stale)
+        self._lag_labels = lags
+
+    async def run(self) -> None:
+        next_discover = next_sweep = last_discover = 0.0
+        try:
+            while not self.stop.is_set():
+                if self.reload_requested:
+                    self.reload_requested = False
+                    await self._reload()
+                    next_discover = 0.0
+                now = time.monotonic()
+                discover = now >= next_discover or (
+                    self._discover_wanted and now - last_discover >= DISCOVER_MIN_GAP
+                )
+                sweep = now >= next_sweep
+                if sweep:
+                    next_sweep = now + (SWEEP_INTERVAL if self._watching else SWEEP_POLLING)
+                self.wake_reader.clear()
+                changed, self._changed = self._changed, set()
+                _n, discovered = await self.rt.on_pipeline(self._step, discover, sweep, changed)
+                self.progress = time.monotonic()
+                if discovered:
+                    last_discover = self.progress
+                    spacing = self.tailer.discover_seconds / DISCOVER_SHARE
+                    every = DISCOVER_WATCHED if self._watching else DISCOVER_POLLING
+                    next_discover = last_discover + max(every, spacing)
+                    self._check_watch_dirs()
+                self.sources_up.set()
+                if self.tailer.behind:
+                    continue
+                now = time.monotonic()
+                wake = min(next_sweep, next_discover)
+                if self._discover_wanted:
+                    wake = min(wake, last_discover + DISCOVER_MIN_GAP)
+                if self.tailer.hot:
+                    wake = min(wake, now + READ_TIMER)
+                if self.rt.pipeline is not None and self.rt.pipeline.held():
+                    wake = min(wake, now + HOLD_TIMER)  # held hits go once max_hold has passed
+                if wake > now:
+                    try:
+                        await asyncio.wait_for(self.wake_reader.wait(), timeout=wake - now)
+                    except TimeoutError:
+                        pass
+        finally:
+            log.info("reading_stopped")
+            self.reading_stopped.set()
+
+    async def _reload(self) -> None:
+        """SIGHUP: re-read and validate the config; apply source changes without touching the
+        files of unaffected sources; reopen the sink's file. An invalid config changes nothing."""
+        path = self.config.config_path
+        try:
+            new = await asyncio.to_thread(load_config, path)
+        except ConfigError as exc:
+            log.error(
+                "reload_failed",
+                config=path,
+                problems=[str(i) for i in exc.issues],
+                hint="the running config is kept; fix the file (trackd check) and send SIGHUP again",
+            )
+            return
+        plan = plan_reload(self.config, new)
+        await self.rt.on_pipeline(self._apply_reload, plan)
+        if self.rt.sender is not None:
+            await self.rt.on_sender(self.rt.reopen_sender_sink)
+        self.config = plan.config
+        log.info(
+            "config_reloaded",
+            config=path,
+            sources_added=plan.added,
+            sources_removed=plan.removed,
+            sources_changed=plan.changed,
+        )
+        if plan.needs_restart:
+            log.warning(
+                "reload_needs_restart",
+                keys=plan.needs_restart,
+                hint="these settings take effect at the next restart of trackd",
+            )
+
+    def _apply_reload(self, plan: ReloadPlan) -> None:
+        """Pipeline thread: close the files of removed sources (their positions stay saved);
+        files of other sources stay open — the next discovery closes those the new globs no
+        longer match and opens the new ones."""
+        tailer, pipeline = self.tailer, self.rt.pipeline
+        assert pipeline is not None
+        pipeline.commit()
+        tailer.settle()
+        for name in plan.removed:
+            tailer.drop_source(name)
+        tailer.config = plan.config
+        tailer.rescan()
+        pipeline.reload_sources(plan.config.sources)
+        self.rt.reopen_sink()
+
+    def _check_watch_dirs(self) -> None:
+        """Restart the watcher when the directories to watch changed (one appeared, a source was
+        added); the last discovery computed them on the pipeline thread."""
+        if self._want_dirs != self._watched:
+            self._rewatch.set()
+
+    async def watch(self) -> None:
+        """watchfiles hints: wake the reader with the paths that changed. Restarted when the
+        directories to watch change; on failure (inotify limits) the sweep polls instead."""
+        import watchfiles
+
+        await self.sources_up.wait()  # the first discovery computed the directories
+        while not self.stop.is_set():
+            self._rewatch.clear()
+            self._watched = self._want_dirs
+            dirs, recursive = self._watched
+            if not dirs:
+                await self._wait_rewatch(5.0)
+                continue
+            try:
+                self._watching = True
+                async for changes in watchfiles.awatch(
+                    *dirs,
+                    watch_filter=None,
+                    stop_event=self._rewatch,
+                    debounce=50,
+                    step=20,
+                    recursive=recursive,
+                ):
+                    self._changed.update(path for _change, path in changes)
+                    self.wake_reader.set()
+            except (OSError, RuntimeError) as exc:
+                self._watching = False
+                log.warning(
+                    "watch_unavailable",
+                    dirs=dirs,
+                    error=str(exc),
+                    fallback=f"polling every file each {SWEEP_POLLING}s",
+                    hint="raise fs.inotify.max_user_watches, or ignore on network filesystems",
+                )
+                await self._wait_rewatch(30.0)
+
+    async def _wait_rewatch(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._rewatch.wait(), timeout=seconds)
+        except TimeoutError:
+            pass

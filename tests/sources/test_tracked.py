@@ -1,0 +1,62 @@
+"""`run --once` snapshots (SPEC §6): every matched file and every rotated generation the state says
+has unread bytes, read up to its snapshot; a final partial line waits, unless the file is no
+longer live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    access_line,
+    make_config,
+    page_seqs,
+    read_messages,
+    run_trackd,
+    write_access_log,
+)
+from tests.sources.tailing import assert_exactly_once, file_rows, logrotate
+
+
+def _once(cfg: Path) -> list[int]:
+    proc = run_trackd("run", "--once", "-c", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    return page_seqs(read_messages(cfg.parent / "out.jsonl"))
+
+
+@pytest.mark.timeout(60)
+def test_once_reads_the_rotated_generation_with_unread_bytes(tmp_path: Path) -> None:
+    """A generation rotated between two `run --once` (cron style) is read from its saved offset
+    — its final line without a newline too, since it is no longer live — while the live file's
+    partial last line is left for the next run."""
+    log = tmp_path / "access.log"
+    write_access_log(log, 0, 100)
+    cfg = make_config(tmp_path, paths=[str(log)])
+    assert _once(cfg) == list(range(100))
+    write_access_log(log, 100, 50)
+    with log.open("a") as fh:
+        fh.write(access_line(150)[:-1])  # no newline: the app died mid-line, then rotation
+    logrotate(tmp_path, log, "create")
+    write_access_log(log, 151, 20)
+    with log.open("a") as fh:
+        fh.write(access_line(171)[:30])
+    assert_exactly_once(_once(cfg), range(171))
+    with log.open("a") as fh:
+        fh.write(access_line(171)[30:])
+    assert_exactly_once(_once(cfg), range(172))
+
+
+@pytest.mark.timeout(60)
+def test_once_marks_an_idle_rotated_generation_done(tmp_path: Path) -> None:
+    """A rotated generation read to its end and idle for rotate_wait is finished (`done`): later
+    runs no longer look for it."""
+    log = tmp_path / "access.log"
+    write_access_log(log, 0, 10)
+    cfg = make_config(tmp_path, paths=[str(log)], extra={"rotate_wait": "0s"})
+    _once(cfg)
+    logrotate(tmp_path, log, "create")
+    write_access_log(log, 10, 5)
+    assert_exactly_once(_once(cfg), range(15))
+    states = sorted(r["state"] for r in file_rows(tmp_path / "state"))
+    assert states == ["done", "live"]
