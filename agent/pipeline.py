@@ -19,6 +19,8 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from typing import Any
 
 import structlog
 
@@ -34,6 +36,7 @@ from agent.sources.splitter import Split
 from agent.sources.tracked import TrackedFile
 from agent.state import files as files_db
 from agent.state import outbox
+from agent.workers import PreparePool
 
 log = structlog.get_logger("trackd.pipeline")
 
@@ -58,6 +61,7 @@ class Pipeline:
         self.stats = PipelineStats()
         watermarks = dict(conn.execute("SELECT source, newest FROM watermarks").fetchall())
         self.emitter = Emitter(config, self.store, secret, self.stats, watermarks)
+        self.secret = secret
         self.resolver = self.emitter.resolver
         self.preparer = self.emitter.preparer
         self.normalizer = self.preparer.normalizer
@@ -230,9 +234,17 @@ class Pipeline:
 
     # -- driving: run --once / backfill ----------------------------------------------------
 
-    def run_merged(self, streams: list[tuple[TrackedFile, Iterable[Split]]]) -> None:
-        """Merge every file's records by event time (SPEC §1.4) and emit them in that order."""
-        gens = [self._file_items(tf, splits) for tf, splits in streams]
+    def run_merged(
+        self, streams: list[tuple[TrackedFile, Iterable[Split]]], pool: PreparePool | None = None
+    ) -> None:
+        """Merge every file's records by event time (SPEC §1.4) and emit them in that order.
+        With a pool, worker processes parse and prepare; this thread merges, resolves, commits."""
+        gens = [
+            self._pooled_items(tf, splits, pool)
+            if pool is not None
+            else self._file_items(tf, splits)
+            for tf, splits in streams
+        ]
         merged: Iterable[Prepared] = gens[0] if len(gens) == 1 else heapq.merge(*gens)
         batch: list[Prepared] = []
         for item in merged:
@@ -245,6 +257,44 @@ class Pipeline:
         if batch:
             self.consume_batch(batch)
         self.commit()
+
+    def _pooled_items(
+        self, tf: TrackedFile, splits: Iterable[Split], pool: PreparePool
+    ) -> Iterator[Prepared]:
+        """A file's prepared records, in file order, from blocks prepared by the pool (a few
+        blocks ahead, within the pool's in-flight budget)."""
+        pending: deque[tuple[Future[Any] | None, Split]] = deque()
+        it = iter(splits)
+        more = True
+        while True:
+            while more and (not pending or pool.in_flight < pool.max_in_flight):
+                split = next(it, None)
+                if split is None:
+                    more = False
+                    break
+                if not split.lines:
+                    pending.append((None, split))
+                    continue
+                ref = tf.ref if tf.ref is not None else tf.ensure_ref()
+                assert ref is not None  # a complete line exists, so the first line is known
+                self._files[tf.row.id] = tf
+                where = Where(tf.row.source, ref.path, ref.line_fp, tf.row.id)
+                block = b"\n".join(split.lines)
+                pending.append(
+                    (pool.submit(where, split.start, split.end, block, split.too_long), split)
+                )
+                if len(pending) >= 4:
+                    break
+            if not pending:
+                return
+            done, split = pending.popleft()
+            if done is None:
+                if split.too_long:
+                    self.lines.count_too_long(tf.row.source, split.too_long)
+            else:
+                yield from pool.take(done, self.stats)
+            # As in _file_items: every record above was pulled before the position moves.
+            self.advance(tf, split.end, split.marker)
 
     def _file_items(self, tf: TrackedFile, splits: Iterable[Split]) -> Iterator[Prepared]:
         for split in splits:

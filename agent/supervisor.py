@@ -25,6 +25,7 @@ from agent.reading import Reader
 from agent.runtime import Runtime
 from agent.sources.tailer import Tailer
 from agent.sources.tracked import TrackedFile
+from agent.workers import start_pool
 
 log = structlog.get_logger("trackd.supervisor")
 
@@ -105,8 +106,11 @@ def _read_once(rt: Runtime) -> int:
     for tf in tailer.files.values():
         size = os.fstat(tf.fd).st_size if tf.fd >= 0 else 0
         opened.append((tf, size))
+    pool = start_pool(rt.config, pipeline.secret, sum(max(0, s - tf.pos) for tf, s in opened))
     try:
-        pipeline.run_merged([(tf, tf.snapshot(size, final=not tf.live)) for tf, size in opened])
+        pipeline.run_merged(
+            [(tf, tf.snapshot(size, final=not tf.live)) for tf, size in opened], pool
+        )
         wall = time.time()
         for tf, size in opened:
             if tf.packed is not None:
@@ -116,6 +120,8 @@ def _read_once(rt: Runtime) -> int:
                 if wall - os.fstat(tf.fd).st_mtime >= rt.config.rotate_wait:
                     catalog.retire(tf.row, "done")
     finally:
+        if pool is not None:
+            pool.close()
         tailer.settle()
         tailer.close_all()
     return len(opened)

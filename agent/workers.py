@@ -20,10 +20,14 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
+import structlog
+
 from agent.config import Config
 from agent.emit import PipelineStats
 from agent.lines import LinePreparer
 from agent.prepare import Prepared, Preparer, Where
+
+log = structlog.get_logger("trackd.workers")
 
 #: Below this many bytes to read, workers cost more to start than they save.
 PARALLEL_MIN_BYTES = 16 << 20
@@ -120,3 +124,24 @@ class PreparePool:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_pool(config: Config, secret: bytes, unread_bytes: int) -> PreparePool | None:
+    """A pool for a batch read of `unread_bytes`, or None when it would not pay: one core, or
+    too little to read to amortise starting the workers. `TRACKD_WORKERS` overrides the choice:
+    0 reads in process, N starts N workers whatever the size."""
+    forced = os.environ.get("TRACKD_WORKERS", "").strip()
+    if forced:
+        try:
+            count = int(forced)
+        except ValueError:
+            log.warning("bad_trackd_workers", value=forced, hint="an integer; 0 disables workers")
+            count = -1
+        if count == 0:
+            return None
+        if count > 0:
+            return PreparePool(config, secret, processes=count)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if (cpus or 1) < 2 or unread_bytes < PARALLEL_MIN_BYTES:
+        return None
+    return PreparePool(config, secret, processes=cpus)

@@ -44,3 +44,37 @@ def test_pool_results_equal_in_process_results(tmp_path: Path) -> None:
     assert pool_stats.skipped == local_stats.skipped
     assert pool_stats.skipped[("web", "too_long")] == 1
     assert pool_stats.skipped[("web", "parse_error")] == 1
+
+
+@pytest.mark.timeout(180)
+def test_run_once_with_workers_is_byte_identical(tmp_path: Path) -> None:
+    """`run --once` with worker processes (two access files and an app log with logins, merged
+    by time) writes exactly the bytes the in-process path writes."""
+    from tests.helpers import read_messages, run_trackd
+    from tests.identity.world import World
+
+    outputs = []
+    for workers in ("0", "2"):
+        work = tmp_path / f"w{workers}"
+        work.mkdir()
+        w = World(work)
+        for v in range(3000):
+            t = v * 0.7
+            w.hit(t, device=f"dev{v % 300:05d}x", session=f"sess{v % 50:04d}x" if v % 3 else None)
+            if v % 40 == 0:
+                w.login(t + 0.2, f"user{v % 90}@x.com", session=f"sess{v % 50:04d}x")
+        w.write()
+        proc = run_trackd(
+            "run", "--once", "-c", str(w.config()), env={"TRACKD_WORKERS": workers}, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "read 3075 lines" in proc.stderr
+        outputs.append([m for m in read_messages(work / "out.jsonl")])
+    strip = [
+        [
+            {**m, "context": {**m["context"], "source": {**m["context"]["source"], "file": ""}}}
+            for m in out
+        ]
+        for out in outputs
+    ]
+    assert strip[0] == strip[1] and len(strip[0]) > 3000
