@@ -15,6 +15,7 @@ import hashlib
 import uuid
 
 NAMESPACE = uuid.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")
+_VARIANT = {h: "89ab"[int(h, 16) & 3] for h in "0123456789abcdef"}
 
 
 def line_hash(line: bytes) -> bytes:
@@ -35,11 +36,10 @@ class MessageIdPrefix:
     def __call__(self, offset: int, lhash: bytes, slot: bytes) -> str:
         h = self._base.copy()
         h.update(b"%d\n%s\n%s" % (offset, lhash, slot))
-        d = bytearray(h.digest()[:16])
-        d[6] = (d[6] & 0x0F) | 0x50
-        d[8] = (d[8] & 0x3F) | 0x80
-        x = d.hex()
-        return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+        x = h.hexdigest()
+        # UUIDv5 over the first 16 bytes: version nibble 5 at hex digit 12, RFC 4122 variant
+        # (binary 10xx) at hex digit 16.
+        return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
 def message_id(source: str, fp_hex: str, offset: int, line: bytes, slot: str) -> str:

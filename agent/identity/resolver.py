@@ -134,7 +134,19 @@ class Resolver:
         person: str | None = None
         if named is not None:
             person = named
-            events = self._login(dev, ts, named, via_cookie=True, explicit=False)
+            recent = dev.recent_named
+            if (
+                dev.shared_since is None
+                and recent
+                and recent[-1][1] == named
+                and abs(ts - recent[-1][0]) <= _DAY
+                and dev.epoch_at(ts).named == named
+            ):
+                # The same person's km_ni again: exactly what _login would conclude (nothing to
+                # note, nothing to bind), without its work — the hot path of named visitors.
+                events = []
+            else:
+                events = self._login(dev, ts, named, via_cookie=True, explicit=False)
         elif mapped is not None and sess is not None:
             # R2: a hit carrying a mapped session is itself a login for its device; the alias
             # completes the login record's join and takes its ids.
