@@ -91,6 +91,8 @@ class Pipeline:
         self.on_commit: Callable[[], None] | None = None
         #: A sink that is its own outbox (the file sink): delivered inside `commit`.
         self.direct_sink: Sink | None = None
+        #: Commits the state database refused (disk full, read-only, locked).
+        self.state_failures = 0
 
     @property
     def sources(self) -> dict[str, SourceContext]:
@@ -348,10 +350,8 @@ class Pipeline:
             marker = tail[-64:] if tail.endswith(b"\n") else (tail + b"\n")[-64:]
             if end == 0:
                 marker = b""
-            tf.row.offset = end
-            tf.row.marker_len = len(marker)
-            tf.row.marker = digest16(marker) if marker else None
-            positions.append((end, tf.row.marker_len, tf.row.marker, end, now, tf.row.id))
+            digest = digest16(marker) if marker else None
+            positions.append((end, len(marker), digest, end, now, tf.row.id))
         conn = self.conn
         direct = self.direct_sink
         if direct is not None and rows:
@@ -382,11 +382,24 @@ class Pipeline:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            # Nothing of the chunk is lost: its messages, positions and identity changes stay
+            # pending for the next commit; bytes the file sink wrote are cut back off.
+            self.resolver.requeue(changes)
+            if direct is not None and rows:
+                direct.abort()
+            self.state_failures += 1
             log.error("state_commit_failed", error=str(exc), rows=len(rows))
             raise StateError(
                 f"could not commit {len(rows)} messages and positions to the state database: "
-                f"{exc} (is the disk full, or the state directory read-only?)"
+                f"{exc} (is the disk full, the state directory read-only, or the database "
+                "locked by another program?)"
             ) from exc
+        for tf, end, tail in self._advanced.values():
+            row = tf.row
+            marker = tail[-64:] if tail.endswith(b"\n") else (tail + b"\n")[-64:]
+            row.offset = end
+            row.marker_len = len(marker) if end else 0
+            row.marker = digest16(marker) if end else None
         n = len(rows)
         self.stats.enqueued += n
         self.stats.commits += 1

@@ -15,7 +15,7 @@ import time
 import structlog
 
 from agent.config import Config, load_config
-from agent.errors import ConfigError
+from agent.errors import ConfigError, StateError
 from agent.ops.metrics import Metrics
 from agent.reload import ReloadPlan, plan_reload
 from agent.runtime import Runtime
@@ -77,6 +77,8 @@ class Reader:
         self._lag_labels: dict[tuple[str, str], int] = {}
         self.progress = time.monotonic()
         self._housekept = 0.0
+        #: Set while the state database refuses commits (then /healthz answers 503).
+        self.state_error: str | None = None
         self._housekept = 0.0
 
     def wake(self, *, rewatch: bool = False) -> None:
@@ -171,7 +173,11 @@ class Reader:
                     next_sweep = now + (SWEEP_INTERVAL if self._watching else SWEEP_POLLING)
                 self.wake_reader.clear()
                 changed, self._changed = self._changed, set()
-                _n, discovered = await self.rt.on_pipeline(self._step, discover, sweep, changed)
+                try:
+                    _n, discovered = await self.rt.on_pipeline(self._step, discover, sweep, changed)
+                except StateError as exc:
+                    await self._until_state_commits(exc)
+                    continue
                 self.progress = time.monotonic()
                 if discovered:
                     last_discover = self.progress
@@ -198,6 +204,48 @@ class Reader:
         finally:
             log.info("reading_stopped")
             self.reading_stopped.set()
+
+    async def _until_state_commits(self, first: StateError) -> None:
+        """SCENARIOS 16/44: the state database refused a commit (full disk, read-only directory,
+        a lock held elsewhere). Reading stops — nothing goes past what is committed — and the
+        pending chunk is retried with backoff; /healthz says 503 meanwhile. A second signal still
+        quits at once (safely); SIGTERM stops the retries."""
+        self.state_error = str(first)
+        self.metrics.state_write_failures.inc()
+        delay = 1.0
+        while not self.stop.is_set():
+            log.error(
+                "state_unavailable",
+                error=self.state_error,
+                retry_in_s=delay,
+                hint="free disk space, make state_dir writable, or stop what holds the database",
+            )
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            if self.stop.is_set():
+                return
+            try:
+                await self.rt.on_pipeline(self._retry_commit)
+            except StateError as exc:
+                self.state_error = str(exc)
+                self.metrics.state_write_failures.inc()
+                self.progress = time.monotonic()  # waiting on purpose is not being stuck
+                delay = min(delay * 2, 30.0)
+                continue
+            log.info(
+                "state_recovered",
+                after_failures=self.rt.pipeline.state_failures if self.rt.pipeline else 0,
+            )
+            self.state_error = None
+            self.progress = time.monotonic()
+            return
+
+    def _retry_commit(self) -> None:
+        """Pipeline thread: commit the chunk that is still pending."""
+        assert self.rt.pipeline is not None
+        self.rt.pipeline.commit()
 
     async def _reload(self) -> None:
         """SIGHUP: re-read and validate the config; apply source changes without touching the

@@ -286,6 +286,8 @@ class Daemon:
             )
 
     def _health(self) -> tuple[bool, str]:
+        if self.reader is not None and self.reader.state_error is not None:
+            return False, f"state database unavailable: {self.reader.state_error}"
         return True, "ok"
 
     async def _reading(self) -> None:

@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import scaled
 from tests.helpers import (
     committed_length,
+    free_port,
     make_config,
     outbox_bodies,
     page_seqs,
@@ -28,7 +29,7 @@ from tests.helpers import (
     trackd_cmd,
     write_access_log,
 )
-from tests.sources.tailing import Agent, assert_exactly_once
+from tests.sources.tailing import Agent, assert_exactly_once, wait_until
 
 
 def _assert_state_consistent(tmp_path: Path) -> None:
@@ -159,28 +160,48 @@ def test_damaged_state_database_exits_3_or_starts_fresh(tmp_path: Path, damage: 
 
 
 @pytest.mark.timeout(90)
-def test_state_database_locked_is_a_loud_stop_without_silent_progress(tmp_path: Path) -> None:
-    """S16: another process holds the state database's write lock past the busy timeout: the
-    daemon says what failed and exits 1; no position moved past what was committed, and once
-    the lock is gone a restart delivers every line exactly once."""
+def test_state_database_locked_pauses_loudly_then_resumes_exactly_once(tmp_path: Path) -> None:
+    """S16/S44: another process holds the state database's write lock past the busy timeout:
+    the daemon says what failed, counts it, answers 503 on /healthz and moves no position past
+    what is committed; once the lock is gone it resumes by itself and every line is delivered
+    exactly once (the file sink's uncommitted bytes were cut back off)."""
     log = tmp_path / "access.log"
     write_access_log(log, 0, 100)
-    agent = Agent(tmp_path, [str(log)]).start()
+    port = free_port()
+    agent = Agent(tmp_path, [str(log)], {"metrics": {"listen": f"127.0.0.1:{port}"}}).start()
     try:
         agent.wait_seqs(100)
         holder = sqlite3.connect(tmp_path / "state" / "state.db", isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
         try:
             write_access_log(log, 100, 100)
-            assert agent.proc is not None
-            assert agent.proc.wait(timeout=60) == 1
-            assert '"event":"state_commit_failed"' in agent.stderr()
-            assert "is the disk full, or the state directory read-only?" in agent.stderr()
+            wait_until(
+                lambda: '"event":"state_unavailable"' in agent.stderr(), 60, "the loud error"
+            )
+            assert "locked by another program?" in agent.stderr()
+            health = _http_get(port, "/healthz")
+            assert health[0] == 503 and "state database unavailable" in health[1]
+            assert "trackd_state_write_failures_total 1.0" in _http_get(port, "/metrics")[1]
+            committed = committed_length(tmp_path / "state", tmp_path / "out.jsonl")
+            assert (tmp_path / "out.jsonl").stat().st_size == committed  # no silent progress
         finally:
             holder.execute("ROLLBACK")
             holder.close()
+        assert_exactly_once(agent.wait_seqs(200, timeout=90), range(200))
+        assert '"event":"state_recovered"' in agent.stderr()
+        assert _http_get(port, "/healthz")[0] == 200
+        assert agent.stop() == 0
         _assert_state_consistent(tmp_path)
-        agent.start()
-        assert_exactly_once(agent.wait_seqs(200), range(200))
     finally:
         agent.close()
+
+
+def _http_get(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

@@ -441,6 +441,16 @@ class Resolver:
         self._named.clear()
         self._sessions.clear()
 
+    def requeue(self, changes: Changes) -> None:
+        """A commit failed: what `take_changes` handed out is pending again (newer wins)."""
+        for dev in changes.devices:
+            self._dirty_devices.setdefault(dev.device, dev)
+        for entry in changes.named:
+            self._dirty_named.setdefault(entry.named, entry)
+        for sess in changes.sessions:
+            self._dirty_sessions.setdefault(sess.session, sess)
+        self._new_aliases[:0] = changes.aliases
+
     def take_changes(self) -> Changes:
         """What changed since the last call; the caller commits it with the chunk."""
         changes = Changes(

@@ -85,6 +85,11 @@ class Metrics:
         self.dropped = Counter(
             "trackd_dropped", "Records dropped on purpose", ["reason"], registry=r
         )
+        self.state_write_failures = Counter(
+            "trackd_state_write_failures",
+            "Commits the state database refused (reading pauses until one succeeds)",
+            registry=r,
+        )
 
         for s in sources:
             self.lines.labels(s)

@@ -52,6 +52,10 @@ class Sink(Protocol):
 
     def committed(self, conn: sqlite3.Connection) -> None: ...
 
+    def abort(self) -> None:
+        """The transaction after `deliver` failed: undo what can be undone (a direct sink)."""
+        ...
+
     def close(self) -> None: ...
 
     def describe(self) -> str:

@@ -112,6 +112,16 @@ class FileSink:
         )
         self._length = self._pending_length
 
+    def abort(self) -> None:
+        """The commit after `deliver` failed: cut the file back to its committed length, so
+        the retry appends those messages once (stdout cannot take bytes back: at least once)."""
+        if self._fd in (None, 1):
+            return
+        assert self._fd is not None
+        os.ftruncate(self._fd, self._length)
+        os.fsync(self._fd)
+        self._pending_length = self._length
+
     def close(self) -> None:
         if self._fd is not None and self._fd != 1:
             os.close(self._fd)
