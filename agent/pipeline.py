@@ -68,7 +68,6 @@ class Pipeline:
         self.lines = LinePreparer(config, self.preparer, self.stats)
         self._clock = clock
         self._advanced: dict[int, tuple[TrackedFile, int, bytes]] = {}
-        self._dirty_files: dict[int, TrackedFile] = {}
         self._since_commit = 0
         # The hold buffer (tail mode): app sources whose logins/logouts access hits wait for.
         ordering = {
@@ -159,10 +158,6 @@ class Pipeline:
         prev = self._advanced.get(tf.row.id)
         if prev is None or end > prev[1]:
             self._advanced[tf.row.id] = (tf, end, marker_source)
-
-    def mark_dirty(self, tf: TrackedFile) -> None:
-        """The file's row changed beyond its position (fingerprint, path): write it at commit."""
-        self._dirty_files[tf.row.id] = tf
 
     # -- driving: tail mode ----------------------------------------------------------------
 
@@ -336,13 +331,7 @@ class Pipeline:
         emitter = self.emitter
         rows = emitter.rows
         changes = self.resolver.take_changes()
-        if (
-            not rows
-            and not self._advanced
-            and not self._dirty_files
-            and not any(changes)
-            and not emitter.watermarks_dirty
-        ):
+        if not rows and not self._advanced and not any(changes) and not emitter.watermarks_dirty:
             return 0
         now = time.time()
         positions = []
@@ -366,8 +355,6 @@ class Pipeline:
             elif rows:
                 outbox.enqueue(conn, rows, now)
             self.store.save(changes.devices, changes.named, changes.sessions, changes.aliases)
-            for tf in self._dirty_files.values():
-                files_db.update_file(conn, tf.row)
             if positions:
                 files_db.update_positions(conn, positions)
             if emitter.watermarks_dirty:
@@ -406,7 +393,6 @@ class Pipeline:
         emitter.rows = []
         emitter.watermarks_dirty = set()
         self._advanced = {}
-        self._dirty_files = {}
         self._since_commit = 0
         if n and self.on_commit is not None:
             self.on_commit()

@@ -67,13 +67,6 @@ CONTINUATION = Continuation()
 ParseResult: TypeAlias = "AccessRecord | AppRecord | Continuation | None"
 
 
-class SkippedLine(NamedTuple):
-    """A line that produced no record, and why (`trackd_lines_skipped_total{reason}`)."""
-
-    reason: str
-    detail: str
-
-
 class FileRef(NamedTuple):
     """A file as the pipeline knows it: its state row, source, and the ids its messages use."""
 
@@ -83,27 +76,3 @@ class FileRef(NamedTuple):
     path: str
     #: hex(SHA-256 of the first line, at most 1 KiB) — the `fp` of messageIds (SPEC §3.4).
     line_fp: str
-
-
-class LineBlock(NamedTuple):
-    """Complete lines read from one file: the unit a reader hands to the pipeline."""
-
-    file: FileRef
-    #: Byte offset of the first line's first byte (in the decompressed file).
-    start: int
-    #: The lines, without their `\\n` (a `\\r` before it is still there).
-    lines: list[bytes]
-    #: Offset just past the last consumed byte (after the last newline, or after skipped bytes).
-    end: int
-    #: Lines longer than max_line_bytes that were skipped inside this block.
-    too_long: int
-    #: The bytes just before `end` (the offset marker of SPEC §5.3), at most 64.
-    marker: bytes
-
-
-class OutRow(NamedTuple):
-    """One encoded message bound for the outbox."""
-
-    ts: EpochSeconds
-    kind: str
-    body: bytes

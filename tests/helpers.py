@@ -184,10 +184,23 @@ class NotifySocket:
         self._sock.close()
 
 
+class DaemonHandle:
+    """A running `trackd run` subprocess and the sd_notify socket it reports to."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], notify: NotifySocket) -> None:
+        self.proc = proc
+        self.notify = notify
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then wait for the drain; returns the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
 @contextlib.contextmanager
 def running_daemon(
-    cfg: Path, tmp: Path, ready_timeout: float = 20
-) -> Iterator[subprocess.Popen[bytes]]:
+    cfg: Path, tmp: Path, ready_timeout: float = 20, env: dict[str, str] | None = None
+) -> Iterator[DaemonHandle]:
     """`trackd run -c cfg` as a subprocess, yielded once it notified READY=1; killed on exit if
     the test did not stop it."""
     notify = NotifySocket(tmp)
@@ -195,11 +208,11 @@ def running_daemon(
         trackd_cmd("run", "-c", str(cfg)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "NOTIFY_SOCKET": notify.path},
+        env={**os.environ, **(env or {}), "NOTIFY_SOCKET": notify.path},
     )
     try:
         notify.wait_for("READY=1", ready_timeout)
-        yield proc
+        yield DaemonHandle(proc, notify)
     finally:
         if proc.poll() is None:
             proc.kill()

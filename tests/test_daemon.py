@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from tests.helpers import (
-    NotifySocket,
     make_config,
     page_seqs,
     read_messages,
+    running_daemon,
     trackd_cmd,
     write_access_log,
 )
@@ -60,25 +60,12 @@ def test_file_appearing_later_is_read_from_its_start(tmp_path: Path) -> None:
     applies only to files present at the very first start)."""
     cfg = make_config(tmp_path, paths=[str(tmp_path / "logs" / "*.log")], extra={"start_at": "end"})
     (tmp_path / "logs").mkdir()
-    notify = NotifySocket(tmp_path)
-    proc = subprocess.Popen(
-        trackd_cmd("run", "-c", str(cfg)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "NOTIFY_SOCKET": notify.path},
-    )
-    try:
-        assert "READY=1" in notify.wait_for("READY=1", 20)
+    with running_daemon(cfg, tmp_path) as daemon:
         write_access_log(tmp_path / "logs" / "new.log", 0, 7)
         assert _wait_for_seqs(tmp_path / "out.jsonl", 7, 20) == list(range(7))
-        proc.send_signal(signal.SIGTERM)
-        assert "STOPPING=1" in notify.wait_for("STOPPING=1", 20)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        notify.close()
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in daemon.notify.wait_for("STOPPING=1", 20)
+        assert daemon.proc.wait(timeout=30) == 0
 
 
 def test_metrics_endpoint_exports_every_metric_from_start(tmp_path: Path) -> None:
@@ -95,23 +82,12 @@ def test_metrics_endpoint_exports_every_metric_from_start(tmp_path: Path) -> Non
     cfg = make_config(
         tmp_path, paths=[str(log)], extra={"metrics": {"listen": f"127.0.0.1:{port}"}}
     )
-    notify = NotifySocket(tmp_path)
-    proc = subprocess.Popen(
-        trackd_cmd("run", "-c", str(cfg)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "NOTIFY_SOCKET": notify.path},
-    )
-    try:
-        notify.wait_for("READY=1", 20)
+    with running_daemon(cfg, tmp_path) as daemon:
         assert _wait_for_seqs(tmp_path / "out.jsonl", 12, 20) == list(range(12))
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
         assert health.status == 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        notify.close()
+        assert daemon.stop() == 0
     for name in (
         "trackd_lines_total",
         "trackd_lines_skipped_total",
@@ -140,21 +116,10 @@ def test_metrics_endpoint_exports_every_metric_from_start(tmp_path: Path) -> Non
 def test_watchdog_pings_while_the_pipeline_steps(tmp_path: Path) -> None:
     """With WATCHDOG_USEC set, an idle daemon keeps sending WATCHDOG=1."""
     cfg = make_config(tmp_path, paths=[str(tmp_path / "none.log")])
-    notify = NotifySocket(tmp_path)
-    proc = subprocess.Popen(
-        trackd_cmd("run", "-c", str(cfg)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"},
-    )
-    try:
-        notify.wait_for("READY=1", 20)
-        assert "WATCHDOG=1" in notify.wait_for("WATCHDOG=1", 5)
-        assert "WATCHDOG=1" in notify.wait_for("WATCHDOG=1", 5)  # and again, half a second on
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        notify.close()
+    with running_daemon(cfg, tmp_path, env={"WATCHDOG_USEC": "1000000"}) as daemon:
+        assert "WATCHDOG=1" in daemon.notify.wait_for("WATCHDOG=1", 5)
+        assert "WATCHDOG=1" in daemon.notify.wait_for("WATCHDOG=1", 5)  # and again, 0.5 s on
+        assert daemon.stop() == 0
 
 
 @pytest.mark.timeout(120)

@@ -53,7 +53,7 @@ def test_hit_written_before_its_login_line_is_still_attributed(tmp_path: Path) -
     w.login(0.5, "early@x.com", device="devEARLYxx")  # the app log is alive
     cfg = w.write()
     (tmp_path / "access.log").touch()
-    with running_daemon(cfg, tmp_path) as proc:
+    with running_daemon(cfg, tmp_path) as daemon:
         path = w.hit(10, device=D)
         w.write()
         written = time.monotonic()
@@ -64,8 +64,7 @@ def test_hit_written_before_its_login_line_is_still_attributed(tmp_path: Path) -
         assert page is not None, "the held hit was never released"
         assert page["userId"] == "late@x.com"
         assert waited < 4 + 2, f"held {waited:.1f}s, longer than max_hold"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert daemon.stop() == 0
 
 
 def test_held_hits_are_not_lost_on_restart(tmp_path: Path) -> None:
@@ -77,13 +76,13 @@ def test_held_hits_are_not_lost_on_restart(tmp_path: Path) -> None:
     port = free_port()
     cfg.write_text(cfg.read_text().replace("listen: ''", f"listen: 127.0.0.1:{port}"))
     (tmp_path / "access.log").touch()
-    with running_daemon(cfg, tmp_path) as proc:
+    with running_daemon(cfg, tmp_path) as daemon:
         path = w.hit(10, device=D)
         w.write()
         # The hit waits up to 60 s for the app log: once read (the metric says so), kill.
         assert wait_for_metric(port, 'trackd_lines_total{source="web"} 1.0', 15)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        daemon.proc.send_signal(signal.SIGKILL)
+        daemon.proc.wait(timeout=30)
     assert path not in pages(read_messages(tmp_path / "out.jsonl"))
     messages, _ = w.run()
     assert pages(messages)[path]["anonymousId"] == D
