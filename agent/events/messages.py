@@ -20,10 +20,12 @@ class Timestamps:
     """Event time -> `2026-11-28T13:10:42.123Z` (UTC, milliseconds); the date is formatted once
     per day, the time of day by arithmetic."""
 
-    __slots__ = ("_days",)
+    __slots__ = ("_days", "_last")
 
     def __init__(self) -> None:
         self._days: dict[int, str] = {}
+        #: The previous second and its text: consecutive records mostly share a second.
+        self._last: tuple[int, str] = (-1, "")
 
     def __call__(self, ts: float) -> str:
         second = int(ts // 1)
@@ -31,6 +33,9 @@ class Timestamps:
         if millis >= 1000:
             second += 1
             millis -= 1000
+        last_second, head = self._last
+        if second == last_second:
+            return f"{head}.{millis:03d}Z"
         day, rest = divmod(second, 86400)
         date = self._days.get(day)
         if date is None:
@@ -40,7 +45,9 @@ class Timestamps:
             self._days[day] = date
         hours, rest = divmod(rest, 3600)
         minutes, seconds = divmod(rest, 60)
-        return f"{date}T{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}Z"
+        head = f"{date}T{hours:02d}:{minutes:02d}:{seconds:02d}"
+        self._last = (second, head)
+        return f"{head}.{millis:03d}Z"
 
 
 class NamedOut:

@@ -25,6 +25,8 @@ def status_set(specs: tuple[str, ...]) -> frozenset[int]:
 
 def path_of(target: str) -> str:
     """The path of a request target: without query or fragment; absolute-form URLs reduced."""
+    if target[:1] == "/" and "#" not in target:
+        return target.partition("?")[0]  # the common origin-form, without the general splitter
     return split_target(target)[0]
 
 
