@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the agent in the foreground (systemd runs this)",
         description="Tail the configured sources and ship events until stopped (SIGTERM/SIGINT "
         "drain and exit 0; SIGHUP reloads). With --once: read every matched file up to its "
-        "current size, deliver the outbox, print a one-line summary to stderr and exit.",
+        "current size, deliver the outbox, print a one-line summary to stderr and exit. Large "
+        "--once reads parse in worker processes (environment: TRACKD_WORKERS=N forces N, 0 none).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -95,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="replay old (rotated, compressed) logs with their original times",
         description="Replay old log files — plain, .gz, .bz2 or .xz — merged by event time, "
-        "with their original timestamps. Idempotent with what `run` already read.",
+        "with their original timestamps. Idempotent with what `run` already read. "
+        "(Not built yet in this version: it says so and exits 2.)",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -149,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         "deadletters",
         parents=[common],
         help="list, retry or drop messages the endpoint refused",
+        description="Messages an HTTP endpoint refused for good are kept as dead letters: list "
+        "them, send them again, or drop them. (Not built yet in this version: it says so and "
+        "exits 2.)",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -160,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="erase an identifier's person (erasure requests)",
         description="Remove an identifier's person from the identity graph and its undelivered "
-        "messages from the outbox.",
+        "messages from the outbox. (Not built yet in this version: it says so and exits 2.)",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
