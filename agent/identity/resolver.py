@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
 from typing import NamedTuple, TypeVar
 
 import structlog
@@ -355,28 +356,47 @@ class Resolver:
     def prefetch(self, devices: set[str], named: set[str], sessions: set[str]) -> None:
         """Load a batch's identities in one query per kind; ids the store does not know are
         remembered as absent until `end_batch`."""
-        want = [
-            d
-            for d in map(escape_device, devices)
-            if d not in self._devices and d not in self._dirty_devices
-        ]
-        if want:
-            found = self._store.load_devices(want)
-            for dev in found:
-                self._devices.put(dev.device, dev)
-            self._absent.update(("d", d) for d in set(want) - {d.device for d in found})
-        want = [n for n in named if n not in self._named and n not in self._dirty_named]
-        if want:
-            found_n = self._store.load_named_many(want)
-            for entry in found_n:
-                self._named.put(entry.named, entry)
-            self._absent.update(("n", n) for n in set(want) - {e.named for e in found_n})
-        want = [s for s in sessions if s not in self._sessions and s not in self._dirty_sessions]
-        if want:
-            found_s = self._store.load_sessions(want)
-            for sess in found_s:
-                self._sessions.put(sess.session, sess)
-            self._absent.update(("s", s) for s in set(want) - {s.session for s in found_s})
+        self._prefetch(
+            "d",
+            map(escape_device, devices),
+            self._devices,
+            self._dirty_devices,
+            self._store.load_devices,
+            lambda d: d.device,
+        )
+        self._prefetch(
+            "n",
+            named,
+            self._named,
+            self._dirty_named,
+            self._store.load_named_many,
+            lambda e: e.named,
+        )
+        self._prefetch(
+            "s",
+            sessions,
+            self._sessions,
+            self._dirty_sessions,
+            self._store.load_sessions,
+            lambda s: s.session,
+        )
+
+    def _prefetch(
+        self,
+        kind: str,
+        keys: Iterable[str],
+        cache: _Lru[str, V],
+        dirty: dict[str, V],
+        load: Callable[[list[str]], list[V]],
+        key_of: Callable[[V], str],
+    ) -> None:
+        want = [k for k in keys if k not in cache and k not in dirty]
+        if not want:
+            return
+        found = load(want)
+        for item in found:
+            cache.put(key_of(item), item)
+        self._absent.update((kind, k) for k in set(want) - {key_of(i) for i in found})
 
     def end_batch(self) -> None:
         self._absent.clear()
