@@ -248,7 +248,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _tune_gc()
 
     if args.once:
-        return asyncio.run(supervisor.run_once(config, args.deliver_timeout))
+        from agent.pipeline import once
+
+        return asyncio.run(once.run_once_config(config, args.deliver_timeout))
     return asyncio.run(supervisor.run_daemon(config))
 
 

@@ -63,9 +63,6 @@ class Continuation:
 #: The one Continuation value parsers return.
 CONTINUATION = Continuation()
 
-#: What a parser returns for a line: a record, a continuation, or None (not of the format).
-ParseResult: TypeAlias = "AccessRecord | AppRecord | Continuation | None"
-
 
 class FileRef(NamedTuple):
     """A file as the pipeline knows it: its state row, source, and the ids its messages use."""
@@ -76,3 +73,39 @@ class FileRef(NamedTuple):
     path: str
     #: hex(SHA-256 of the first line, at most 1 KiB) — the `fp` of messageIds (SPEC §3.4).
     line_fp: str
+
+
+class Chunk:
+    """SPEC §5.2's unit: what one state transaction commits — the messages made since the last
+    commit, how far each file's lines are done, and the R6 watermarks they moved. (The identity
+    changes of the same transaction are the resolver's; the pipeline takes them at commit.)
+
+    Stages append; the pipeline commits it whole and starts a new one. Nothing in it is applied
+    to a file's in-memory position until the transaction committed."""
+
+    __slots__ = ("advanced", "messages", "records", "watermarks")
+
+    def __init__(self) -> None:
+        #: Encoded messages (SPEC §3.1), in emission order.
+        self.messages: list[bytes] = []
+        #: file id -> (offset every line before which is done, up to 64 bytes just before it).
+        self.advanced: dict[int, tuple[int, bytes]] = {}
+        #: source -> newest event time read (only the sources this chunk moved).
+        self.watermarks: dict[str, float] = {}
+        #: Records resolved into this chunk (the commit cadence).
+        self.records = 0
+
+    def advance(self, file_id: int, end: int, before: bytes) -> None:
+        """Every line of the file before `end` is done (emitted, or produced nothing)."""
+        prev = self.advanced.get(file_id)
+        if prev is None or end > prev[0]:
+            self.advanced[file_id] = (end, before)
+
+    def __bool__(self) -> bool:
+        return bool(self.messages or self.advanced or self.watermarks)
+
+    def __repr__(self) -> str:
+        return (
+            f"Chunk(messages={len(self.messages)}, files={len(self.advanced)}, "
+            f"records={self.records})"
+        )

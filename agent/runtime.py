@@ -1,9 +1,9 @@
-"""What `run`, `run --once` and (later) `backfill` share: the locked state, the two worker threads,
-the pipeline and the sender.
+"""What `run`, `run --once` and (later) `backfill` share: the locked state, the two database
+threads, the identity store, the pipeline, the sink and its sender.
 
 Two single-thread executors keep SQLite connections on their own threads: the pipeline thread
-(reading, parsing, resolving, the chunk transactions) and the sender thread (outbox -> sink). The
-event loop only schedules; CPU and disk work never runs on it.
+(reading, parsing, resolving, the chunk transactions) and the sender thread (the outbox side of
+delivery). The event loop only schedules; CPU and disk work never runs on it.
 """
 
 from __future__ import annotations
@@ -12,44 +12,59 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
-from agent.config import Config, FileSinkConfig
-from agent.errors import StartupError
+from agent.config import Config
 from agent.identity.derived import load_or_create_secret
-from agent.pipeline import Pipeline
-from agent.sinks.base import Sink
-from agent.sinks.file import FileSink
+from agent.identity.graph import IdentityStore
+from agent.identity.sqlite_store import SqliteIdentityStore
+from agent.pipeline.core import Pipeline
+from agent.sinks.backoff import Clock
+from agent.sinks.registry import SinkParts, build_sink
 from agent.sinks.sender import Sender
 from agent.sources.catalog import Catalog
-from agent.state import meta
-from agent.state.db import StateLock, StatePaths, connect, ensure_state_dir, open_state
+from agent.state import meta, outbox
+from agent.state.db import StateLock, StatePaths, connect, ensure_state_dir, open_state, transaction
 from agent.state.files import SqlitePositions, load_files
 
 log = structlog.get_logger("trackd.runtime")
 T = TypeVar("T")
 
+#: Builds the identity store over the pipeline thread's connection (`identity.store`).
+StoreFactory = Callable[[Config, sqlite3.Connection], IdentityStore]
+#: Builds the sink from the config (tests pass scripted sinks).
+SinkFactory = Callable[[Config], SinkParts]
 
-def build_sink(config: Config) -> Sink:
-    sink = config.sink
-    if isinstance(sink, FileSinkConfig):
-        return FileSink(sink.path)
-    raise StartupError(f"sink type {sink.type!r} is not supported yet by this version of trackd")
+
+def default_store(config: Config, conn: sqlite3.Connection) -> IdentityStore:
+    return SqliteIdentityStore(conn)
 
 
 class Runtime:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        sink_factory: SinkFactory = build_sink,
+        store_factory: StoreFactory = default_store,
+        clock: Clock | None = None,
+    ) -> None:
         self.config = config
         self.paths = StatePaths(config.state_dir)
         self.lock = StateLock(self.paths)
+        self._sink_factory = sink_factory
+        self._store_factory = store_factory
+        self._clock = clock
         self._pipe = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trackd-pipeline")
         self._send = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trackd-sender")
         self.pipeline: Pipeline | None = None
         self.sender: Sender | None = None
-        self.sink: Sink | None = None
+        self.sink: SinkParts | None = None
         self.catalog: Catalog | None = None
+        #: The outbox's fill (HTTP sinks): the pipeline adds, the sender removes.
+        self.level: outbox.Level | None = None
         self.first_start = False
         self._pipe_conn: sqlite3.Connection | None = None
         self._send_conn: sqlite3.Connection | None = None
@@ -57,27 +72,43 @@ class Runtime:
     async def on_pipeline(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pipe, fn, *args)
 
-    async def on_sender(self, fn: Callable[..., T], *args: object) -> T:
+    async def on_sender(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._send, fn, *args)
 
     async def start(self) -> None:
-        """Lock the state, open it, build the pipeline and open the sink (on the pipeline thread
-        for a direct sink, else with a sender on its own thread)."""
+        """Lock the state, open it, build the sink and the pipeline (and the sender of an HTTP
+        sink, with its own connection on the sender thread)."""
         ensure_state_dir(self.config.state_dir)
         self.lock.acquire()
-        await self.on_pipeline(self._open_pipeline)
-        sink = build_sink(self.config)
-        self.sink = sink
-        if sink.direct:
-            await self.on_pipeline(self._open_direct, sink)
-        else:
-            await self.on_sender(self._open_sender, sink)
+        self.sink = self._sink_factory(self.config)
+        await self.on_pipeline(self._open_pipeline, self.sink)
+        if self.sink.http is not None:
+            self._send_conn = await self.on_sender(connect, self.paths.db)
+            sink_cfg = self.config.sink
+            self.sender = Sender(
+                self.sink.http,
+                self._send_conn,
+                self.on_sender,
+                batch=sink_cfg.batch,
+                retry=sink_cfg.retry,
+                concurrency=sink_cfg.concurrency,
+                clock=self._clock,
+            )
 
-    def _open_pipeline(self) -> None:
+    def _open_pipeline(self, sink: SinkParts) -> None:
         conn = open_state(self.config.state_dir, on_corrupt=self.config.state.on_corrupt)
         self._pipe_conn = conn
         secret = load_or_create_secret(self.config.identity.secret_file)
-        self.pipeline = Pipeline(self.config, conn, secret)
+        store = self._store_factory(self.config, conn)
+        self.pipeline = Pipeline(
+            self.config, conn, store, secret, direct_sink=sink.direct, stamper=sink.stamper
+        )
+        self.pipeline.open_direct_sink()
+        if sink.http is not None:
+            self.level = outbox.Level(outbox.depth(conn))
+            self.pipeline.level = self.level
+        if sink.stamper is not None:
+            sink.stamper.load(conn)
         self.first_start = meta.get(conn, meta.FIRST_START_DONE) is None
         self.catalog = Catalog(
             load_files(conn),
@@ -87,62 +118,38 @@ class Runtime:
             max_line_bytes=self.config.max_line_bytes,
         )
 
+    def outbox_oldest(self) -> float | None:
+        """Pipeline thread: enqueue time of the oldest outbox message."""
+        assert self._pipe_conn is not None
+        return outbox.oldest(self._pipe_conn)
+
     def mark_started(self) -> None:
         """Pipeline thread: from now on, new files are read from 0 whatever `start_at` says."""
         assert self._pipe_conn is not None
         if self.first_start:
-            meta.put(self._pipe_conn, meta.FIRST_START_DONE, "1")
+            with transaction(self._pipe_conn):
+                meta.put(self._pipe_conn, meta.FIRST_START_DONE, "1")
             self.first_start = False
 
-    def _open_direct(self, sink: Sink) -> None:
-        assert self._pipe_conn is not None and self.pipeline is not None
-        conn = self._pipe_conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            sink.open(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        self.pipeline.direct_sink = sink
-
     def reopen_sink(self) -> None:
-        """Pipeline thread, SIGHUP: reopen a direct sink's file (moved away by logrotate, say).
-        Another sink is reopened by its sender on the sender thread (`reopen_sender_sink`)."""
-        sink = self.sink
-        if sink is None or not sink.direct or self._pipe_conn is None:
-            return
-        sink.close()
-        self._open_direct(sink)
-        log.info("sink_reopened", sink=sink.name, target=sink.describe())
-
-    def reopen_sender_sink(self) -> None:
-        """Sender thread, SIGHUP: reopen the sink of the sender (a no-op for a direct sink)."""
-        if self.sender is not None:
-            self.sender.sink.close()
-            self.sender.open()
-            log.info("sink_reopened", sink=self.sender.sink.name)
-
-    def _open_sender(self, sink: Sink) -> None:
-        conn = connect(self.paths.db)
-        self._send_conn = conn
-        self.sender = Sender(sink, conn)
-        self.sender.open()
+        """Pipeline thread, SIGHUP: reopen a direct sink's file (moved away by logrotate, say)."""
+        if self.pipeline is not None:
+            self.pipeline.reopen_direct_sink()
 
     async def close(self) -> None:
         def close_pipe() -> None:
-            if self.sink is not None and self.sink.direct:
-                self.sink.close()
+            if self.sink is not None and self.sink.direct is not None:
+                self.sink.direct.close()
             if self._pipe_conn is not None:
                 self._pipe_conn.close()
 
         def close_send() -> None:
-            if self.sender is not None:
-                self.sender.close()
             if self._send_conn is not None:
                 self._send_conn.close()
 
         try:
+            if self.sink is not None and self.sink.http is not None:
+                await self.sink.http.aclose()
             await self.on_pipeline(close_pipe)
             await self.on_sender(close_send)
         finally:

@@ -181,7 +181,7 @@ def test_state_database_locked_pauses_loudly_then_resumes_exactly_once(tmp_path:
             assert "locked by another program?" in agent.stderr()
             health = _http_get(port, "/healthz")
             assert health[0] == 503 and "state database unavailable" in health[1]
-            assert "trackd_state_write_failures_total 1.0" in _http_get(port, "/metrics")[1]
+            assert 'trackd_dropped_total{reason="state_unavailable"} 1.0' in _http_get(port, "/metrics")[1]
             committed = committed_length(tmp_path / "state", tmp_path / "out.jsonl")
             assert (tmp_path / "out.jsonl").stat().st_size == committed  # no silent progress
         finally:

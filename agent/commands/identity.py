@@ -9,10 +9,10 @@ import sqlite3
 import time
 from typing import Any
 
-import orjson
-
 from agent.config import Config
 from agent.errors import StartupError
+from agent.identity.graph import Device, IdentityStore
+from agent.identity.sqlite_store import SqliteIdentityStore
 from agent.state.db import StatePaths, connect
 
 
@@ -29,60 +29,48 @@ def collect(config: Config, ident: str) -> dict[str, Any]:
         raise StartupError(f"no state database at {paths.db} yet: trackd has not run here")
     conn = connect(paths.db, readonly=True)
     try:
-        return _collect(conn, ident)
+        return _collect(SqliteIdentityStore(conn), ident)
     except sqlite3.DatabaseError as exc:
         raise StartupError(f"cannot read state database {paths.db}: {exc}") from None
     finally:
         conn.close()
 
 
-def _device(conn: sqlite3.Connection, device: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT state, last_seen FROM id_devices WHERE device = ?", (device,)
-    ).fetchone()
-    if row is None:
-        return None
-    state = orjson.loads(row[0])
-    epochs = []
-    for index, started, named, bound_at, contested in sorted(state["e"], key=lambda e: e[1]):
-        epochs.append(
-            {
-                "epoch": device if index == 0 else f"{device}~{index}",
-                "started": _iso(started),
-                "bound_to": named,
-                "bound_at": _iso(bound_at),
-                "contested": bool(contested),
-            }
-        )
+def _device(dev: Device) -> dict[str, Any]:
+    epochs = [
+        {
+            "epoch": e.epoch_id(dev.device),
+            "started": _iso(e.started),
+            "bound_to": e.named,
+            "bound_at": _iso(e.bound_at),
+            "contested": e.contested,
+        }
+        for e in sorted(dev.epochs, key=lambda e: e.started)
+    ]
     return {
-        "device": device,
-        "last_seen": _iso(row[1]),
-        "shared_since": _iso(state.get("s")),
+        "device": dev.device,
+        "last_seen": _iso(dev.last_seen),
+        "shared_since": _iso(dev.shared_since),
         "epochs": epochs,
         "conflicts": sum(1 for e in epochs if e["contested"]),
     }
 
 
-def _collect(conn: sqlite3.Connection, ident: str) -> dict[str, Any]:
+def _collect(store: IdentityStore, ident: str) -> dict[str, Any]:
     device_key = ident.rsplit("~", 1)[0] if "~" in ident else ident
     devices: list[dict[str, Any]] = []
     named_ids: set[str] = set()
-    found = _device(conn, device_key)
+    found = store.load_device(device_key)
     if found is not None:
-        devices.append(found)
-        named_ids |= {e["bound_to"] for e in found["epochs"] if e["bound_to"]}
-    row = conn.execute("SELECT state FROM id_named WHERE named = ?", (ident,)).fetchone()
-    if row is not None:
+        devices.append(_device(found))
+        named_ids |= {e.named for e in found.epochs if e.named}
+    if store.load_named(ident) is not None:
         named_ids.add(ident)
-    # The person: follow R7 changes forward from every named id found.
-    changes = dict(
-        (old, (new, ts))
-        for old, new, ts in conn.execute("SELECT old_id, new_id, ts FROM id_changes")
-    )
+    changes = store.load_changes()
     people = []
     for named in sorted(named_ids):
-        entry = conn.execute("SELECT state FROM id_named WHERE named = ?", (named,)).fetchone()
-        state = orjson.loads(entry[0]) if entry else {}
+        entry = store.load_named(named)
+        # The person: follow R7 changes forward from every named id found.
         final, hops = named, 0
         while final in changes and hops < 16:
             final, hops = changes[final][0], hops + 1
@@ -90,24 +78,20 @@ def _collect(conn: sqlite3.Connection, ident: str) -> dict[str, Any]:
             {
                 "named": named,
                 "resolves_to": final,
-                "first_seen": _iso(state.get("f")),
-                "devices": state.get("d", []),
-                "changed_to": state.get("c"),
-                "changed_at": _iso(state.get("ca")),
+                "first_seen": _iso(entry.first_seen) if entry else None,
+                "devices": list(entry.devices) if entry else [],
+                "changed_to": entry.changed_to if entry else None,
+                "changed_at": _iso(entry.changed_at) if entry else None,
             }
         )
-        if ident == named:
-            more = (_device(conn, dev) for dev in state.get("d", []) if dev != device_key)
-            devices.extend(d for d in more if d is not None)
+        if ident == named and entry is not None:
+            others = [d for d in entry.devices if d != device_key]
+            loaded = {d.device: d for d in store.load_devices(others)}
+            devices.extend(_device(loaded[d]) for d in others if d in loaded)
     keys = {ident, device_key} | named_ids | {e["epoch"] for d in devices for e in d["epochs"]}
-    marks = ",".join("?" * len(keys))
     aliases = [
         {"previousId": p, "userId": u, "at": _iso(ts)}
-        for p, u, ts in conn.execute(
-            f"SELECT previous, user_id, ts FROM id_aliases WHERE previous IN ({marks}) "  # noqa: S608 - placeholders only
-            f"OR user_id IN ({marks}) ORDER BY ts",
-            [*keys, *keys],
-        )
+        for p, u, ts in store.aliases_touching(sorted(keys))
     ]
     return {
         "id": ident,

@@ -12,7 +12,10 @@ from typing import Any
 
 from agent.config import Config
 from agent.errors import StartupError
+from agent.identity.sqlite_store import SqliteIdentityStore
+from agent.state import deadletters, outbox, sinkfile
 from agent.state.db import StateLock, StatePaths, connect
+from agent.state.files import load_files
 
 
 def collect(config: Config) -> dict[str, Any]:
@@ -33,50 +36,45 @@ def collect(config: Config) -> dict[str, Any]:
 def _collect(conn: sqlite3.Connection, paths: StatePaths, config: Config) -> dict[str, Any]:
     now = time.time()
     files = []
-    for source, path, cur_path, offset, state, updated in conn.execute(
-        "SELECT source, path, cur_path, offset, state, updated FROM files ORDER BY source, path"
-    ):
+    rows = sorted(load_files(conn), key=lambda r: (r.source, r.path))
+    for row in rows:
         size = None
-        if cur_path:
+        if row.cur_path:
             try:
-                size = os.stat(cur_path).st_size
+                size = os.stat(row.cur_path).st_size
             except OSError:
                 size = None
         files.append(
             {
-                "source": source,
-                "path": cur_path or path,
-                "first_path": path,
-                "offset": offset,
+                "source": row.source,
+                "path": row.cur_path or row.path,
+                "first_path": row.path,
+                "offset": row.offset,
                 "size": size,
-                "lag_bytes": max(0, size - offset) if size is not None else None,
-                "state": state,
-                "updated_ago_s": round(now - updated, 1),
+                "lag_bytes": max(0, size - row.offset) if size is not None else None,
+                "state": row.state,
+                "updated_ago_s": round(now - row.updated, 1),
             }
         )
-    count, size, oldest = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0), MIN(enqueued) FROM outbox"
-    ).fetchone()
-    dead = conn.execute("SELECT COUNT(*) FROM deadletters").fetchone()[0]
-    identities = {
-        "device": conn.execute("SELECT COUNT(*) FROM id_devices").fetchone()[0],
-        "named": conn.execute("SELECT COUNT(*) FROM id_named").fetchone()[0],
-        "aliases": conn.execute("SELECT COUNT(*) FROM id_aliases").fetchone()[0],
-    }
-    sink_row = conn.execute("SELECT path, length FROM sink_file").fetchall()
+    depth = outbox.depth(conn)
+    dead = deadletters.by_reason(conn)
+    counts = SqliteIdentityStore(conn).counts()
     return {
         "state_dir": config.state_dir,
         "running": StateLock(paths).held_by_other(),
         "files": files,
         "outbox": {
-            "messages": count,
-            "bytes": size,
-            "oldest_age_s": round(now - oldest, 1) if oldest is not None else None,
+            "messages": depth.messages,
+            "bytes": depth.bytes,
+            "oldest_age_s": round(now - depth.oldest, 1) if depth.oldest is not None else None,
         },
-        "dead_letters": dead,
-        "identities": identities,
+        "dead_letters": sum(dead.values()),
+        "dead_letters_by_reason": dict(sorted(dead.items())),
+        "identities": {k: counts[k] for k in ("device", "named", "aliases")},
         "sink": config.sink.type,
-        "sink_files": [{"path": p, "committed_bytes": n} for p, n in sink_row],
+        "sink_files": [
+            {"path": r.path, "committed_bytes": r.length} for r in sinkfile.load_all(conn)
+        ],
     }
 
 
@@ -95,7 +93,8 @@ def render_text(data: dict[str, Any]) -> str:
     ob = data["outbox"]
     age = "" if ob["oldest_age_s"] is None else f", oldest {ob['oldest_age_s']}s old"
     out.append(f"  outbox: {ob['messages']:,} messages, {ob['bytes']:,} bytes{age}")
-    out.append(f"  dead letters: {data['dead_letters']:,}")
+    reasons = ", ".join(f"{n:,} {r}" for r, n in data["dead_letters_by_reason"].items())
+    out.append(f"  dead letters: {data['dead_letters']:,}" + (f" ({reasons})" if reasons else ""))
     ids = data["identities"]
     out.append(
         f"  identities: {ids['device']:,} devices, {ids['named']:,} named, "

@@ -17,8 +17,6 @@ def _later(what: str) -> str:
 
 def not_supported_yet(config: Config) -> list[tuple[Path, str]]:
     out: list[tuple[Path, str]] = []
-    if config.sink.type != "file":
-        out.append((("sink", "type"), _later(f"sink type {config.sink.type!r}")))
     if config.identity.store != "sqlite":
         out.append((("identity", "store"), _later("a Redis identity store")))
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 def escape_device(value: str) -> str:
@@ -99,8 +99,30 @@ class Session:
         return None
 
 
+class Changes(NamedTuple):
+    """What the resolver changed since the last commit: saved in the chunk's transaction."""
+
+    devices: list[Device]
+    named: list[Named]
+    sessions: list[Session]
+    #: (previousId, userId, event time) of each alias claimed.
+    aliases: list[tuple[str, str, float]]
+
+
 class IdentityStore(Protocol):
-    """Where the graph persists. Writes happen inside the pipeline's chunk transaction."""
+    """Where the graph persists (SQLite today, Redis for a fleet; `memory_store` in tests).
+
+    Cache contract: the resolver caches what it loads (LRU) and is the only writer through this
+    store on its host. A store that other writers change too (Redis, shared by a fleet) must make
+    `claim_alias` atomic across them — the one decision that must never be taken twice — and may
+    serve the resolver stale devices and named ids otherwise: a binding another host made shows
+    up once the entry is evicted or reloaded, and R2's conflict rule keeps a stale view from ever
+    merging two people (the claim fails, no alias is sent).
+    """
+
+    #: Resolutions made from the local cache alone because the store was unreachable
+    #: (`trackd_identity_degraded_total`; always 0 for a local store).
+    degraded: int
 
     def load_device(self, device: str) -> Device | None: ...
 
@@ -122,12 +144,26 @@ class IdentityStore(Protocol):
         """Every R7 identity change: old id -> (new id, time). Few; kept in memory."""
         ...
 
-    def save(
-        self,
-        devices: list[Device],
-        named: list[Named],
-        sessions: list[Session],
-        aliases: list[tuple[str, str, float]],
-    ) -> None:
-        """Persist what changed and the aliases newly sent (inside the caller's transaction)."""
+    def claim_alias(self, previous: str, user: str, ts: float) -> bool:
+        """Claim the one alias `previous` may ever have, before its message is emitted: True
+        when this caller may send `alias(previous, user)`, False when an alias for `previous`
+        was already sent (by this host or another). The claim is recorded by the next `save`
+        (for SQLite, in the same transaction as the message)."""
+        ...
+
+    def aliases_touching(self, ids: list[str]) -> list[tuple[str, str, float]]:
+        """Aliases sent whose previousId or userId is one of `ids`, oldest first."""
+        ...
+
+    def save(self, changes: Changes) -> None:
+        """Persist what changed and the aliases claimed (inside the caller's transaction)."""
+        ...
+
+    def collect(self, newest: float, forget_after: float, session_ttl: float) -> tuple[int, int]:
+        """Forget devices unseen for `forget_after` and sessions over for `session_ttl`, measured
+        back from `newest` (the newest event time read). Returns (devices, sessions) removed."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Entries per kind (`device`, `named`, `session`, `aliases`) for metrics and status."""
         ...

@@ -20,6 +20,7 @@ from typing import NamedTuple, TypeVar
 import structlog
 
 from agent.identity.graph import (
+    Changes,
     Device,
     Epoch,
     IdentityStore,
@@ -54,13 +55,6 @@ class IdentityEvent(NamedTuple):
     user: str
     slot: str
     ref: LoginRef | None = None
-
-
-class Changes(NamedTuple):
-    devices: list[Device]
-    named: list[Named]
-    sessions: list[Session]
-    aliases: list[tuple[str, str, float]]
 
 
 class _Lru(OrderedDict[K, V]):
@@ -119,49 +113,68 @@ class Resolver:
         sess = self._session(session) if session is not None else None
         mapped = sess.mapped_at(ts, self._join_window) if sess is not None else None
         if device is None:
-            who = named if named is not None else mapped
-            if who is None:
-                return Attribution(None, None, "none", False), []
-            self._touch_named(who, ts)
-            return Attribution(None, self._final(who, ts), "named", False), []
+            return self._deviceless(ts, named if named is not None else mapped), []
         dev = self._device(escape_device(device), ts)
-        if sess is not None and ts >= sess.last_device_ts:
-            sess.last_device, sess.last_device_ts = dev.device, ts
-            self._dirty_sessions[sess.session] = sess
-        if dev.shared_since is not None and ts - dev.last_seen > self._session_timeout:
-            dev.new_epoch(ts)  # R4: an idle gap on a shared device starts a new epoch
-            self._mark(dev)
+        self._sighting(dev, sess, ts)
         events: list[IdentityEvent] = []
         person: str | None = None
         if named is not None:
             person = named
-            recent = dev.recent_named
-            if (
-                dev.shared_since is None
-                and recent
-                and recent[-1][1] == named
-                and abs(ts - recent[-1][0]) <= _DAY
-                and dev.epoch_at(ts).named == named
-            ):
-                # The same person's km_ni again: exactly what _login would conclude (nothing to
-                # note, nothing to bind), without its work — the hot path of named visitors.
-                events = []
-            else:
-                events = self._login(dev, ts, named, via_cookie=True, explicit=False)
+            events = self._km_ni(dev, ts, named)
         elif mapped is not None and sess is not None:
-            # R2: a hit carrying a mapped session is itself a login for its device; the alias
-            # completes the login record's join and takes its ids.
             person = mapped
-            events = self._login(
-                dev, ts, mapped, via_cookie=False, explicit=False, ref=sess.login_ref
-            )
-            if sess.device is None:
-                sess.device = dev.device
-                self._dirty_sessions[sess.session] = sess
+            events = self._session_login(dev, sess, ts, mapped)
         if ts > dev.last_seen:
             dev.last_seen = ts
             if dev.shared_since is not None or ts - dev.saved_seen > _DAY:
                 self._mark(dev)
+        return self._attribute(dev, ts, person), events
+
+    def _deviceless(self, ts: float, who: str | None) -> Attribution:
+        """R1 without a device: the named id (or the session's person), else nothing."""
+        if who is None:
+            return Attribution(None, None, "none", False)
+        self._touch_named(who, ts)
+        return Attribution(None, self._final(who, ts), "named", False)
+
+    def _sighting(self, dev: Device, sess: Session | None, ts: float) -> None:
+        """The device was seen (with `sess`): R3's last device of the session, and R4's idle gap
+        on a shared device (a new epoch)."""
+        if sess is not None and ts >= sess.last_device_ts:
+            sess.last_device, sess.last_device_ts = dev.device, ts
+            self._dirty_sessions[sess.session] = sess
+        if dev.shared_since is not None and ts - dev.last_seen > self._session_timeout:
+            dev.new_epoch(ts)
+            self._mark(dev)
+
+    def _km_ni(self, dev: Device, ts: float, named: str) -> list[IdentityEvent]:
+        """R2 by cookie: a hit carrying km_ni logs its device in (silently: no alias)."""
+        recent = dev.recent_named
+        if (
+            dev.shared_since is None
+            and recent
+            and recent[-1][1] == named
+            and abs(ts - recent[-1][0]) <= _DAY
+            and dev.epoch_at(ts).named == named
+        ):
+            # The same person's km_ni again: exactly what _login would conclude (nothing to
+            # note, nothing to bind), without its work — the hot path of named visitors.
+            return []
+        return self._login(dev, ts, named, via_cookie=True, explicit=False)
+
+    def _session_login(
+        self, dev: Device, sess: Session, ts: float, mapped: str
+    ) -> list[IdentityEvent]:
+        """R2 by session: a hit carrying a mapped session is itself a login for its device; the
+        alias completes the login record's join and takes its ids."""
+        events = self._login(dev, ts, mapped, via_cookie=False, explicit=False, ref=sess.login_ref)
+        if sess.device is None:
+            sess.device = dev.device
+            self._dirty_sessions[sess.session] = sess
+        return events
+
+    def _attribute(self, dev: Device, ts: float, person: str | None) -> Attribution:
+        """R1 (and R4): the epoch in force at `ts`, and the person the hit belongs to."""
         epoch = dev.epoch_at(ts)
         eid = epoch.epoch_id(dev.device)
         shared = dev.shared_since is not None and ts >= dev.shared_since
@@ -169,15 +182,15 @@ class Resolver:
         if person is not None:
             # Never pair an epoch with a person it is not bound to (a capped or late binding).
             anon = eid if epoch.named == person else None
-            return Attribution(anon, self._final(person, ts), "named", contested), events
+            return Attribution(anon, self._final(person, ts), "named", contested)
         if (
             epoch.named is not None
             and not shared
             and epoch.bound_at is not None
             and epoch.bound_at <= ts
         ):
-            return Attribution(eid, self._final(epoch.named, ts), "named", contested), events
-        return Attribution(eid, None, "device", contested), events
+            return Attribution(eid, self._final(epoch.named, ts), "named", contested)
+        return Attribution(eid, None, "device", contested)
 
     # -- logins (R2), logouts (R3), identity changes (R7) ------------------------------------
 
@@ -244,6 +257,9 @@ class Resolver:
         entry.changed_to, entry.changed_at = new, ts
         self._dirty_named[old] = entry
         self._changes[old] = (new, ts)
+        if not self._store.claim_alias(old, new, ts):
+            self.counts["alias_claims_lost"] += 1
+            return []
         self._new_aliases.append((old, new, ts))
         self.counts["aliases"] += 1
         return [IdentityEvent(old, new, "change")]
@@ -279,14 +295,14 @@ class Resolver:
                 return []
             fresh = dev.new_epoch(ts, contested=True)
             self._bind(dev, fresh, named, ts)
-            return [] if via_cookie else [self._alias(fresh.epoch_id(dev.device), named, ts, ref)]
+            return [] if via_cookie else self._alias(fresh.epoch_id(dev.device), named, ts, ref)
         if epoch.named is None:
             if not self._accept_device(named, dev.device):
                 return []
             self._bind(dev, epoch, named, ts)
             if via_cookie:
                 return []  # the browser library already sent it (R2: km_ni binds silently)
-            return [self._alias(epoch.epoch_id(dev.device), named, ts, ref)]
+            return self._alias(epoch.epoch_id(dev.device), named, ts, ref)
         if epoch.named == named:
             return []
         # R2 conflict (shared computer): never alias this epoch with a second person.
@@ -295,17 +311,23 @@ class Resolver:
             return []
         fresh = dev.new_epoch(ts, contested=True)
         self._bind(dev, fresh, named, ts)
-        return [self._alias(fresh.epoch_id(dev.device), named, ts, ref)]
+        return self._alias(fresh.epoch_id(dev.device), named, ts, ref)
 
     def _bind(self, dev: Device, epoch: Epoch, named: str, ts: float) -> None:
         epoch.named = named
         epoch.bound_at = ts
         self._mark(dev)
 
-    def _alias(self, previous: str, user: str, ts: float, ref: LoginRef | None) -> IdentityEvent:
+    def _alias(
+        self, previous: str, user: str, ts: float, ref: LoginRef | None
+    ) -> list[IdentityEvent]:
+        """The alias to emit, once the store granted the claim (never twice for one epoch)."""
+        if not self._store.claim_alias(previous, user, ts):
+            self.counts["alias_claims_lost"] += 1
+            return []
         self._new_aliases.append((previous, user, ts))
         self.counts["aliases"] += 1
-        return IdentityEvent(previous, user, f"alias:{previous}", ref)
+        return [IdentityEvent(previous, user, f"alias:{previous}", ref)]
 
     def _note_named(self, dev: Device, ts: float, named: str) -> None:
         """R4: mark the device shared at the (max+1)-th distinct named id within 24h."""

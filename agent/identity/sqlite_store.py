@@ -13,10 +13,12 @@ from typing import TypeVar
 
 import orjson
 
-from agent.identity.graph import Device, Epoch, Named, Session
+from agent.identity.graph import Changes, Device, Epoch, Named, Session
+from agent.state.db import transaction
 
 #: Parameters per `IN (…)` query (SQLite allows 32766; smaller keeps statements cheap).
 _IN_MAX = 500
+_CLAIMED_MAX = 200_000
 T = TypeVar("T")
 
 
@@ -78,12 +80,17 @@ def _session_from(session: str, blob: bytes) -> Session:
 
 
 class SqliteIdentityStore:
-    """IdentityStore over the state database connection of the pipeline thread."""
+    """IdentityStore over the state database connection of the pipeline thread (the only
+    writer: the lock on state_dir makes it so)."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_claimed", "_conn", "degraded")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        #: Always 0: the state database is local (a failure there stops reading instead).
+        self.degraded = 0
+        #: previousIds claimed by this process (committed or not yet): claims are never undone.
+        self._claimed: set[str] = set()
 
     def _select_in(self, query: str, keys: list[str], build: Callable[..., T]) -> Iterator[T]:
         """Run `query` (with one `{marks}` for the IN list) over `keys` in bounded chunks."""
@@ -132,13 +139,33 @@ class SqliteIdentityStore:
             for old, new, ts in self._conn.execute("SELECT old_id, new_id, ts FROM id_changes")
         }
 
-    def save(
-        self,
-        devices: list[Device],
-        named: list[Named],
-        sessions: list[Session],
-        aliases: list[tuple[str, str, float]],
-    ) -> None:
+    def claim_alias(self, previous: str, user: str, ts: float) -> bool:
+        if previous in self._claimed:
+            return False
+        row = self._conn.execute(
+            "SELECT 1 FROM id_aliases WHERE previous = ?", (previous,)
+        ).fetchone()
+        if row is not None:
+            return False
+        if len(self._claimed) >= _CLAIMED_MAX:
+            # Bounded memory: the committed claims are in id_aliases (checked above).
+            self._claimed.clear()
+        self._claimed.add(previous)
+        return True
+
+    def aliases_touching(self, ids: list[str]) -> list[tuple[str, str, float]]:
+        found: dict[str, tuple[str, str, float]] = {}
+        for column in ("previous", "user_id"):
+            for row in self._select_in(
+                f"SELECT previous, user_id, ts FROM id_aliases WHERE {column} IN ({{marks}})",  # noqa: S608 (fixed names)
+                ids,
+                lambda p, u, t: (str(p), str(u), float(t)),
+            ):
+                found[row[0]] = row
+        return sorted(found.values(), key=lambda a: a[2])
+
+    def save(self, changes: Changes) -> None:
+        devices, named, sessions, aliases = changes
         conn = self._conn
         if devices:
             conn.executemany(
@@ -155,12 +182,12 @@ class SqliteIdentityStore:
                 "ON CONFLICT (named) DO UPDATE SET state = excluded.state",
                 [(n.named, _named_blob(n)) for n in named],
             )
-            changes = [(n.named, n.changed_to, n.changed_at) for n in named if n.changed_to]
-            if changes:
+            renames = [(n.named, n.changed_to, n.changed_at) for n in named if n.changed_to]
+            if renames:
                 conn.executemany(
                     "INSERT INTO id_changes (old_id, new_id, ts) VALUES (?, ?, ?) "
                     "ON CONFLICT (old_id) DO UPDATE SET new_id = excluded.new_id, ts = excluded.ts",
-                    changes,
+                    renames,
                 )
         if sessions:
             conn.executemany(
@@ -178,25 +205,20 @@ class SqliteIdentityStore:
         back from `newest` (the newest event time read): backfilled history is not collected
         as it is replayed. Returns (devices, sessions) deleted. Runs in its own transaction."""
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             devices = conn.execute(
                 "DELETE FROM id_devices WHERE last_seen < ?", (newest - forget_after,)
             ).rowcount
             sessions = conn.execute(
                 "DELETE FROM id_sessions WHERE until < ?", (newest - session_ttl,)
             ).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return devices, sessions
 
     def counts(self) -> dict[str, int]:
         """Rows per kind, for `trackd_identities{kind}` and `trackd status`."""
-        one = self._conn.execute
+        tables = {"device": "id_devices", "named": "id_named", "session": "id_sessions"}
+        tables["aliases"] = "id_aliases"
         return {
-            "device": one("SELECT COUNT(*) FROM id_devices").fetchone()[0],
-            "named": one("SELECT COUNT(*) FROM id_named").fetchone()[0],
-            "session": one("SELECT COUNT(*) FROM id_sessions").fetchone()[0],
+            kind: int(self._conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608 (fixed names)
+            for kind, table in tables.items()
         }

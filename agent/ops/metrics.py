@@ -11,22 +11,32 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent.config import Config
+from agent.sinks.base import FAILURE_REASONS
 
 log = structlog.get_logger("trackd.metrics")
 
 SKIP_REASONS = ("parse_error", "too_long", "encoding", "too_old", "future")
-SEND_FAILURES = ("connect", "timeout", "http_429", "http_4xx", "http_5xx")
 MESSAGE_TYPES = ("page", "track", "identify", "alias")
 IDENTITY_KINDS = ("device", "named", "derived", "session")
 DROP_REASONS = ("cookieless", "optout", "rotated_hold", "identity_cap", "state_unavailable")
 RULE_SKIP_REASONS = ("no_user", "junk_user", "no_session_or_device")
+
+
+class DeliveryTallies(Protocol):
+    """What a sender counts (agent/sinks/sender.py `SenderStats`)."""
+
+    @property
+    def failures(self) -> Mapping[str, int]: ...
+
+    @property
+    def dead_letters(self) -> int: ...
 
 
 class Metrics:
@@ -82,12 +92,14 @@ class Metrics:
         self.degraded = Counter(
             "trackd_identity_degraded", "Resolutions from the local cache only", registry=r
         )
+        # reason="state_unavailable" counts chunk commits the state database refused: reading
+        # pauses and the chunk is retried, so those lines are held back, never lost.
         self.dropped = Counter(
-            "trackd_dropped", "Records dropped on purpose", ["reason"], registry=r
+            "trackd_dropped", "Records dropped or held back on purpose", ["reason"], registry=r
         )
-        self.state_write_failures = Counter(
-            "trackd_state_write_failures",
-            "Commits the state database refused (reading pauses until one succeeds)",
+        self.km_properties_dropped = Counter(
+            "trackd_km_properties_dropped",
+            "Kissmetrics properties dropped (a `_` name, or a name that cleans to another's)",
             registry=r,
         )
 
@@ -99,7 +111,7 @@ class Metrics:
         for t in MESSAGE_TYPES:
             self.messages.labels(t)
         self.sent.labels(sink)
-        for reason in SEND_FAILURES:
+        for reason in FAILURE_REASONS:
             self.send_failures.labels(sink, reason)
         for kind in IDENTITY_KINDS:
             self.identities.labels(kind)
@@ -131,6 +143,11 @@ class Metrics:
         identity: Mapping[str, int],
         sent: int,
         sink: str,
+        delivery: DeliveryTallies | None = None,
+        outbox_level: tuple[int, float | None] | None = None,
+        km_collapsed: int = 0,
+        km_properties_dropped: int = 0,
+        degraded: int = 0,
     ) -> None:
         """Bring every counter up to the cumulative tallies of the pipeline and sender."""
         for source, n in lines.items():
@@ -149,6 +166,17 @@ class Metrics:
         self.add("conflicts", (), identity.get("conflicts", 0), self.conflicts)
         self.add("dropped", ("identity_cap",), identity.get("identity_cap", 0), self.dropped)
         self.add("sent", (sink,), sent, self.sent)
+        if delivery is not None:
+            for reason, n in delivery.failures.items():
+                self.add("send_failures", (sink, reason), n, self.send_failures)
+            self.add("dead_letters", (), delivery.dead_letters, self.dead_letters)
+        if outbox_level is not None:
+            depth, oldest = outbox_level
+            self.outbox_messages.set(depth)
+            self.outbox_oldest.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+        self.add("km_collapsed", (), km_collapsed, self.km_collapsed)
+        self.add("km_properties_dropped", (), km_properties_dropped, self.km_properties_dropped)
+        self.add("degraded", (), degraded, self.degraded)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -49,11 +49,6 @@ _NOT_OFFERED = frozenset({"cookie", "http_cookie"})
 _CACHE = 4096
 
 
-def path_and_query(target: str) -> tuple[str, str]:
-    """`/a/b?x=1#f` -> ("/a/b", "x=1"); absolute-form targets lose scheme and host."""
-    return split_target(target)
-
-
 @lru_cache(maxsize=_CACHE)
 def query_params(query: str) -> dict[str, str]:
     """Query parameters, decoded once (`+` as space, as browsers encode forms); first wins.

@@ -36,11 +36,6 @@ _CONTINUATION = re.compile(
 _LOGFMT = re.compile(r'([^\s="]+)(?:=(?:"((?:[^"\\]|\\.)*)"|(\S*)))?')
 
 
-def is_continuation(line: str) -> bool:
-    """Does `line` look like the continuation of a multi-line entry (traceback, indent, blank)?"""
-    return _CONTINUATION.match(line) is not None
-
-
 class _AppParser:
     """What the app formats share: the time (`time_field` or the usual keys) and its reading."""
 

@@ -9,12 +9,11 @@ written again. A file replaced meanwhile (rotated away, deleted) is left alone a
 from __future__ import annotations
 
 import os
-import sqlite3
 
 import structlog
 
 from agent.errors import SinkError
-from agent.sinks.base import Delivered, Outcome
+from agent.state.sinkfile import SinkFileRecord
 
 log = structlog.get_logger("trackd.sink")
 
@@ -22,13 +21,11 @@ STDOUT = "-"
 
 
 class FileSink:
-    """Delivered by the pipeline itself: the file is the outbox (SPEC §4 allows it), so a chunk's
-    messages are appended and fsynced, then its positions and the new file length commit in one
-    transaction. No outbox rows, no sender thread."""
+    """A `DirectSink`: the file is the outbox (SPEC §4 allows it), so a chunk's messages are
+    appended and fsynced, then its positions and the new file length commit in one transaction.
+    No outbox rows, no sender."""
 
     name = "file"
-    max_batch = 50_000
-    direct = True
 
     def __init__(self, path: str) -> None:
         self._path = path
@@ -41,51 +38,52 @@ class FileSink:
     def describe(self) -> str:
         return "stdout" if self._path == STDOUT else self._path
 
-    def open(self, conn: sqlite3.Connection) -> None:
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def open(self, recorded: SinkFileRecord | None) -> SinkFileRecord | None:
+        """Open for appending; cut bytes past the `recorded` length (written, never committed).
+        Returns the record to save in the opening transaction (None for stdout)."""
         if self._path == STDOUT:
             self._fd = 1
-            return
+            return None
         try:
             fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         except OSError as exc:
             raise SinkError(f"cannot open sink file {self._path}: {exc.strerror}") from None
         st = os.fstat(fd)
-        row = conn.execute(
-            "SELECT dev, ino, length FROM sink_file WHERE path = ?", (self._path,)
-        ).fetchone()
+        row = recorded
         length = st.st_size
-        if row is not None and (row[0], row[1]) == (st.st_dev, st.st_ino):
-            recorded = int(row[2])
-            if st.st_size > recorded:
+        if row is not None and (row.dev, row.ino) == (st.st_dev, st.st_ino):
+            committed = row.length
+            if st.st_size > committed:
                 # Written but not committed before a crash: those messages are still in the
                 # outbox and will be written again, so cut them off here.
-                os.ftruncate(fd, recorded)
+                os.ftruncate(fd, committed)
                 os.fsync(fd)
                 log.info(
                     "sink_file_truncated_to_committed",
                     path=self._path,
                     size=st.st_size,
-                    committed=recorded,
+                    committed=committed,
                 )
-                length = recorded
-            elif st.st_size < recorded:
+                length = committed
+            elif st.st_size < committed:
                 log.warning(
                     "sink_file_shorter_than_committed",
                     path=self._path,
                     size=st.st_size,
-                    committed=recorded,
+                    committed=committed,
                 )
         elif row is not None:
             log.info("sink_file_replaced", path=self._path, size=st.st_size)
         self._fd, self._dev, self._ino, self._length = fd, st.st_dev, st.st_ino, length
-        conn.execute(
-            "INSERT INTO sink_file (path, dev, ino, length) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (path) DO UPDATE SET dev = excluded.dev, ino = excluded.ino, "
-            "length = excluded.length",
-            (self._path, self._dev, self._ino, self._length),
-        )
+        self._pending_length = length
+        return SinkFileRecord(self._path, st.st_dev, st.st_ino, length)
 
-    def deliver(self, bodies: list[bytes]) -> Outcome:
+    def write(self, bodies: list[bytes]) -> None:
+        """Append and fsync a chunk's messages (before the chunk's transaction)."""
         fd = self._fd
         if fd is None:
             raise SinkError("file sink used before open()")
@@ -101,15 +99,15 @@ class FileSink:
         except OSError as exc:
             raise SinkError(f"cannot write sink file {self.describe()}: {exc.strerror}") from None
         self._pending_length = self._length + len(data)
-        return Delivered()
 
-    def committed(self, conn: sqlite3.Connection) -> None:
+    def pending_record(self) -> SinkFileRecord | None:
+        """The length to commit with the chunk that `write` appended (None for stdout)."""
         if self._fd in (None, 1):
-            return
-        conn.execute(
-            "UPDATE sink_file SET dev = ?, ino = ?, length = ? WHERE path = ?",
-            (self._dev, self._ino, self._pending_length, self._path),
-        )
+            return None
+        return SinkFileRecord(self._path, self._dev, self._ino, self._pending_length)
+
+    def committed(self) -> None:
+        """The chunk's transaction committed: its bytes are delivered."""
         self._length = self._pending_length
 
     def abort(self) -> None:

@@ -383,6 +383,6 @@ class Catalog:
         tf = TrackedFile(row, fd, path, LineSplitter(offset, self.max_line_bytes), live=live)
         tf.pos = offset
         if fd >= 0 and offset:
-            tf.tail = read_at(fd, max(0, offset - MARKER_MAX), min(offset, MARKER_MAX))
-        tf.grew_at = tf.looked_at = self.clock()
+            tf.before = read_at(fd, max(0, offset - MARKER_MAX), min(offset, MARKER_MAX))
+        tf.grew_at = self.clock()
         return tf

@@ -19,7 +19,6 @@ from agent.sources.fileid import FP_MAX, MARKER_MAX, marker_matches
 
 #: Magic numbers: compression is detected by content, never by the file name alone.
 _MAGIC = ((b"\x1f\x8b", "gz"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
-SUFFIXES = (".gz", ".bz2", ".xz")
 BLOCK = 1 << 20
 
 #: What a damaged or still-being-written compressed file raises while it is decompressed.

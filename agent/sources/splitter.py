@@ -21,7 +21,7 @@ class Split(NamedTuple):
     #: Over-long lines that ended inside this feed (dropped while streaming).
     too_long: int
     #: Up to 64 bytes just before `end` (the offset marker, SPEC §5.3).
-    marker: bytes
+    before: bytes
 
 
 class LineSplitter:
@@ -45,7 +45,7 @@ class LineSplitter:
     def feed(self, data: bytes) -> Split | None:
         """Consume `data`; returns the complete lines it finished, or None if it finished none."""
         too_long = 0
-        tail_marker = b""
+        before = b""
         if self._dropping:
             nl = data.find(b"\n")
             if nl < 0:
@@ -54,10 +54,10 @@ class LineSplitter:
             self.offset += self._dropping + nl + 1
             self._dropping = 0
             too_long = 1
-            tail_marker = data[max(0, nl - 63) : nl + 1]
+            before = data[max(0, nl - 63) : nl + 1]
             data = data[nl + 1 :]
             if not data:
-                return Split(self.offset, [], self.offset, too_long, tail_marker)
+                return Split(self.offset, [], self.offset, too_long, before)
         buf = self._pending + data if self._pending else data
         last = buf.rfind(b"\n")
         if last < 0:
@@ -68,7 +68,7 @@ class LineSplitter:
             else:
                 self._pending = buf
             if too_long:
-                return Split(self.offset, [], self.offset, too_long, tail_marker)
+                return Split(self.offset, [], self.offset, too_long, before)
             return None
         start = self.offset
         lines = buf[:last].split(b"\n")

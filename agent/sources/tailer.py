@@ -263,45 +263,59 @@ class Tailer:
             return
         size = st.st_size
         if st.st_nlink == 0 and not tf.deleted:
-            tf.deleted = True
-            log.info("file_deleted", path=tf.path, source=tf.row.source, unread=size - tf.pos)
-            if tf.live:
-                self._left(tf, now)
+            self._deleted(tf, size, now)
         if size < tf.pos or (size != tf.size and tf.rewritten()):
             yield from self._truncated(tf, st, now)
             return
-        tf.size, tf.looked_at = size, now
+        tf.size = size
         if size > tf.pos:
-            tf.grew_at = now
-            for split in tf.read(size, READ_BUDGET):
-                yield tf, split
-            if tf.pos < size:
-                self.behind = True
-            if tf.grow_fingerprint():
-                self.catalog.store.update(tf.row)
+            yield from self._read_grown(tf, size, now)
         if tf.live:
             if paths and self._moved(tf):
                 self._left(tf, now)
             return
+        yield from self._rotated(tf, size, now)
+
+    def _deleted(self, tf: TrackedFile, size: int, now: float) -> None:
+        tf.deleted = True
+        log.info("file_deleted", path=tf.path, source=tf.row.source, unread=size - tf.pos)
+        if tf.live:
+            self._left(tf, now)
+
+    def _read_grown(self, tf: TrackedFile, size: int, now: float) -> Iterator[Polled]:
+        """Read what was appended (at most READ_BUDGET a poll: `behind` says there is more)."""
+        tf.grew_at = now
+        for split in tf.read(size, READ_BUDGET):
+            yield tf, split
+        if tf.pos < size:
+            self.behind = True
+        if tf.grow_fingerprint():
+            self.catalog.store.update(tf.row)
+
+    def _rotated(self, tf: TrackedFile, size: int, now: float) -> Iterator[Polled]:
+        """SPEC §5.3: a rotated generation is read while it grows, closed once idle for
+        `rotate_wait` (or deleted); past `max_rotated_hold` what is still unread is dropped."""
         held = tf.left_at is not None and now - tf.left_at >= self.config.max_rotated_hold
         if held and tf.pos < size:
             yield from self._drop_held(tf, size)
-        elif tf.pos < size:
+            return
+        if tf.pos < size:
             return  # more to read at the next poll
-        elif tf.deleted or held or now - tf.grew_at >= self.config.rotate_wait:
-            if held:
-                log.warning(
-                    "rotated_hold_expired",
-                    path=tf.path,
-                    source=tf.row.source,
-                    dropped_lines=0,
-                    hint="the rotated file still grew after max_rotated_hold: lines its writer "
-                    "appends from now on are not read (make the app reopen its log on rotation)",
-                )
-            final = tf.flush()
-            if final is not None:
-                yield tf, final
-            self._close(tf, "deleted" if tf.deleted else "done")
+        if not (tf.deleted or held or now - tf.grew_at >= self.config.rotate_wait):
+            return
+        if held:
+            log.warning(
+                "rotated_hold_expired",
+                path=tf.path,
+                source=tf.row.source,
+                dropped_lines=0,
+                hint="the rotated file still grew after max_rotated_hold: lines its writer "
+                "appends from now on are not read (make the app reopen its log on rotation)",
+            )
+        final = tf.flush()
+        if final is not None:
+            yield tf, final
+        self._close(tf, "deleted" if tf.deleted else "done")
 
     def _drain_packed(self, tf: TrackedFile) -> Iterator[Polled]:
         for split in tf.read_packed():

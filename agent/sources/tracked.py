@@ -53,15 +53,12 @@ class TrackedFile:
     #: Bytes read so far (the splitter's offset plus what it holds back).
     pos: int = 0
     #: Up to 64 bytes just before `pos`: a live rewrite check (cheaper than a marker hash).
-    tail: bytes = b""
-    #: Size at the last look, and when that was (monotonic).
+    before: bytes = b""
+    #: Size at the last look.
     size: int = 0
-    looked_at: float = 0.0
     #: When the file last grew, and when it left its path (monotonic; None while live).
     grew_at: float = 0.0
     left_at: float | None = None
-    #: Bytes per second appended, smoothed (for the truncation gap estimate).
-    rate: float = 0.0
     #: Lines and bytes read since opened (for bytes-to-lines estimates).
     lines_read: int = 0
     bytes_read: int = 0
@@ -105,7 +102,7 @@ class TrackedFile:
             pos += len(data)
             budget -= len(data)
             self.pos = pos
-            self.tail = (self.tail + data[-MARKER_MAX:])[-MARKER_MAX:]
+            self.before = (self.before + data[-MARKER_MAX:])[-MARKER_MAX:]
             split = feed(data)
             if split is not None:
                 self.lines_read += len(split.lines) + split.too_long
@@ -119,7 +116,7 @@ class TrackedFile:
         try:
             for data in self.packed.blocks():
                 self.pos += len(data)
-                self.tail = (self.tail + data[-MARKER_MAX:])[-MARKER_MAX:]
+                self.before = (self.before + data[-MARKER_MAX:])[-MARKER_MAX:]
                 split = self.splitter.feed(data)
                 if split is not None:
                     yield split
@@ -180,15 +177,15 @@ class TrackedFile:
 
     def rewritten(self) -> bool:
         """Are the bytes before `pos` no longer the ones read (truncated and rewritten past it)?"""
-        if not self.tail or self.fd < 0:
+        if not self.before or self.fd < 0:
             return False
-        return read_at(self.fd, self.pos - len(self.tail), len(self.tail)) != self.tail
+        return read_at(self.fd, self.pos - len(self.before), len(self.before)) != self.before
 
     def flush(self) -> Split | None:
         """The held-back partial last line as a line of its own (the file is no longer live)."""
         start = self.splitter.offset
         if self.splitter.take_dropping():
-            return Split(start, [], self.splitter.offset, 1, self.tail)
+            return Split(start, [], self.splitter.offset, 1, self.before)
         partial = self.splitter.take_partial()
         if not partial:
             return None
@@ -231,7 +228,7 @@ class TrackedFile:
         offset = self.splitter.offset
         self.fd, self.pos = fd, offset
         self.splitter = LineSplitter(offset, max_line_bytes)
-        self.tail = read_at(fd, max(0, offset - MARKER_MAX), min(offset, MARKER_MAX))
+        self.before = read_at(fd, max(0, offset - MARKER_MAX), min(offset, MARKER_MAX))
         return True
 
     def close(self) -> None:

@@ -8,15 +8,17 @@ shared between threads.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import structlog
 
-from agent.errors import StartupError, StateError
+from agent.errors import StartupError
 from agent.state.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = structlog.get_logger("trackd.state")
@@ -111,6 +113,10 @@ def ensure_state_dir(state_dir: str) -> None:
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection with trackd's pragmas; autocommit mode (transactions are explicit)."""
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    if not readonly and not os.path.exists(path):
+        # Created 0600 whatever the umask: the state holds the identity graph. SQLite gives the
+        # -wal and -shm files the database file's mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=True, timeout=10)
     conn.execute("PRAGMA busy_timeout = 10000")
     if not readonly:
@@ -184,15 +190,10 @@ def migrate(conn: sqlite3.Connection) -> None:
             f"({SCHEMA_VERSION}); run the newer trackd, or move the state database aside"
         )
     for number in range(version, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             for statement in _statements(MIGRATIONS[number]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
 
 def _statements(script: str) -> list[str]:
@@ -209,9 +210,18 @@ def _statements(script: str) -> list[str]:
     return out
 
 
-def transaction_error(exc: sqlite3.Error, what: str) -> StateError:
-    """A state write failed: say what and what to check (full disk, read-only directory)."""
-    return StateError(
-        f"state database write failed while {what}: {exc} "
-        "(is the disk full, or the state directory read-only?)"
-    )
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """The one way trackd writes: `BEGIN IMMEDIATE` (the write lock up front, so a busy database
+    waits `busy_timeout` here rather than failing half-way), `COMMIT` on success, `ROLLBACK` on
+    any exception, which propagates. A failed rollback (the connection is already broken) never
+    hides the original error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        # A COMMIT that failed (disk full) can leave the transaction open: roll it back too.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise

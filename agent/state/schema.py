@@ -93,6 +93,37 @@ MIGRATIONS: tuple[str, ...] = (
         ts     REAL NOT NULL                     -- ... from this event time on
     ) WITHOUT ROWID;
     """,
+    # 3: what HTTP delivery needs per outbox row (SPEC §4, §5.2), dead letters you can act on,
+    # Kissmetrics `_t` assignments, and requests other processes leave for the lock holder.
+    """
+    ALTER TABLE outbox ADD COLUMN message_id TEXT;            -- the message's messageId
+    ALTER TABLE outbox ADD COLUMN stamp INTEGER;              -- sink-assigned (Kissmetrics _t)
+    ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN first_attempt REAL;         -- wall clock of the first failure
+
+    ALTER TABLE deadletters ADD COLUMN message_id TEXT;
+    ALTER TABLE deadletters ADD COLUMN stamp INTEGER;
+    ALTER TABLE deadletters ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deadletters ADD COLUMN detail TEXT NOT NULL DEFAULT '';
+    ALTER TABLE deadletters ADD COLUMN enqueued REAL;
+
+    CREATE TABLE km_seconds (
+        person TEXT    NOT NULL,                 -- _p
+        name   TEXT    NOT NULL,                 -- clean(_n), lower-cased; "/s" for set requests
+        second INTEGER NOT NULL,                 -- the _t assigned
+        PRIMARY KEY (person, name, second)
+    ) WITHOUT ROWID;
+    CREATE INDEX km_seconds_by_second ON km_seconds (second);
+
+    CREATE TABLE requests (
+        id      INTEGER PRIMARY KEY,
+        created REAL NOT NULL,
+        kind    TEXT NOT NULL,                   -- deadletters_retry | deadletters_drop | ...
+        args    TEXT NOT NULL,                   -- JSON
+        done    REAL,                            -- when the lock holder applied it
+        result  TEXT                             -- JSON: what it did
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from agent.identity.resolver import Resolver
 from agent.identity.sqlite_store import SqliteIdentityStore
-from agent.state.db import open_state
+from agent.state.db import open_state, transaction
 
 DAY = 86400.0
 
@@ -22,9 +22,8 @@ def test_devices_unseen_for_forget_after_are_collected(tmp_path: Path) -> None:
     for day in range(1, 11):
         r.hit(day * DAY + 1, "dailyDevic", None, None)
         changes = r.take_changes()
-        conn.execute("BEGIN")
-        store.save(changes.devices, changes.named, changes.sessions, changes.aliases)
-        conn.execute("COMMIT")
+        with transaction(conn):
+            store.save(changes)
     deleted = store.collect(newest=10 * DAY + 1, forget_after=5 * DAY, session_ttl=DAY)
     assert deleted == (1, 0)
     assert store.load_device("oldDevice1") is None

@@ -9,7 +9,7 @@ import pytest
 
 from agent.identity.resolver import Resolver
 from agent.identity.sqlite_store import SqliteIdentityStore
-from agent.state.db import open_state
+from agent.state.db import open_state, transaction
 
 
 @pytest.fixture
@@ -23,11 +23,8 @@ def resolver(conn: sqlite3.Connection, **kw: int) -> Resolver:
 
 def commit(r: Resolver, conn: sqlite3.Connection) -> None:
     changes = r.take_changes()
-    conn.execute("BEGIN")
-    SqliteIdentityStore(conn).save(
-        changes.devices, changes.named, changes.sessions, changes.aliases
-    )
-    conn.execute("COMMIT")
+    with transaction(conn):
+        SqliteIdentityStore(conn).save(changes)
 
 
 class TestCookieIdentities:

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from agent.sinks.file import FileSink
-from agent.sinks.sender import Sender
-from agent.state import outbox
-from agent.state.db import open_state
+from agent.state import sinkfile
+from agent.state.db import open_state, transaction
 
 
 @pytest.fixture
@@ -19,50 +18,72 @@ def conn(tmp_path: Path) -> sqlite3.Connection:
     return open_state(str(tmp_path / "state"))
 
 
-def enqueue(conn: sqlite3.Connection, *bodies: bytes) -> None:
-    conn.execute("BEGIN")
-    outbox.enqueue(conn, list(bodies), 0.0)
-    conn.execute("COMMIT")
+def opened(conn: sqlite3.Connection, path: Path) -> FileSink:
+    """Open the sink as the pipeline does: against the recorded length, saving the new one."""
+    sink = FileSink(str(path))
+    with transaction(conn):
+        record = sink.open(sinkfile.load(conn, str(path)))
+        assert record is not None
+        sinkfile.save(conn, record)
+    return sink
 
 
-def test_delivered_rows_leave_the_outbox(tmp_path: Path, conn: sqlite3.Connection) -> None:
-    """A delivered batch is appended to the file and removed from the outbox."""
-    enqueue(conn, b'{"n":1}', b'{"n":2}')
-    sender = Sender(FileSink(str(tmp_path / "out.jsonl")), conn)
-    sender.open()
-    assert sender.step() == 2
-    assert (tmp_path / "out.jsonl").read_bytes() == b'{"n":1}\n{"n":2}\n'
-    assert sender.pending() == 0
+def deliver(conn: sqlite3.Connection, sink: FileSink, *bodies: bytes) -> None:
+    """One chunk: write, then commit the new length."""
+    sink.write(list(bodies))
+    with transaction(conn):
+        record = sink.pending_record()
+        assert record is not None
+        sinkfile.save(conn, record)
+    sink.committed()
+
+
+def test_a_chunk_is_appended_and_its_length_committed(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    """A delivered chunk is appended as JSON lines and its new length is what the state holds."""
+    out = tmp_path / "out.jsonl"
+    sink = opened(conn, out)
+    deliver(conn, sink, b'{"n":1}', b'{"n":2}')
+    assert out.read_bytes() == b'{"n":1}\n{"n":2}\n'
+    record = sinkfile.load(conn, str(out))
+    assert record is not None and record.length == len(b'{"n":1}\n{"n":2}\n')
 
 
 def test_uncommitted_tail_is_cut_on_open(tmp_path: Path, conn: sqlite3.Connection) -> None:
     """Bytes written after the last committed length (a crash between write and commit) are
-    truncated away on the next open, so the re-sent rows appear once."""
+    truncated away on the next open, so the re-sent messages appear once."""
     out = tmp_path / "out.jsonl"
-    enqueue(conn, b'{"n":1}')
-    first = Sender(FileSink(str(out)), conn)
-    first.open()
-    first.step()
+    first = opened(conn, out)
+    deliver(conn, first, b'{"n":1}')
+    first.write([b'{"n":2}'])  # written, then a crash before the transaction
     first.close()
-    enqueue(conn, b'{"n":2}')
-    with out.open("ab") as fh:  # what a crash after write(), before COMMIT, leaves behind
-        fh.write(b'{"n":2}\n')
-    again = Sender(FileSink(str(out)), conn)
-    again.open()
+    again = opened(conn, out)
     assert out.read_bytes() == b'{"n":1}\n'
-    again.step()
+    deliver(conn, again, b'{"n":2}')
+    assert out.read_bytes() == b'{"n":1}\n{"n":2}\n'
+
+
+def test_abort_takes_the_chunk_back(tmp_path: Path, conn: sqlite3.Connection) -> None:
+    """A chunk whose transaction failed is cut off the file, so its retry appends it once."""
+    out = tmp_path / "out.jsonl"
+    sink = opened(conn, out)
+    deliver(conn, sink, b'{"n":1}')
+    sink.write([b'{"n":2}'])
+    sink.abort()
+    deliver(conn, sink, b'{"n":2}')
     assert out.read_bytes() == b'{"n":1}\n{"n":2}\n'
 
 
 def test_replaced_file_is_left_alone(tmp_path: Path, conn: sqlite3.Connection) -> None:
     """A sink file replaced by another (rotated away) is not truncated: it is recorded afresh."""
     out = tmp_path / "out.jsonl"
-    enqueue(conn, b'{"n":1}')
-    sender = Sender(FileSink(str(out)), conn)
-    sender.open()
-    sender.step()
-    sender.close()
+    sink = opened(conn, out)
+    deliver(conn, sink, b'{"n":1}')
+    sink.close()
     out.rename(tmp_path / "out.jsonl.1")
     out.write_bytes(b"someone else's data that is longer than ours\n")
-    Sender(FileSink(str(out)), conn).open()
+    opened(conn, out).close()
     assert out.read_bytes() == b"someone else's data that is longer than ours\n"
+    record = sinkfile.load(conn, str(out))
+    assert record is not None and record.length == out.stat().st_size

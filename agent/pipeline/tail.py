@@ -1,5 +1,5 @@
-"""The daemon's reading side: the reader loop (discover, poll, commit on the pipeline thread), the
-watchfiles task that wakes it, and SIGHUP config reload.
+"""The daemon's tail loop: discover, poll, feed the pipeline and commit (on the pipeline thread),
+woken by the watcher (`sources/watch.py`) and timers; and SIGHUP config reload.
 
 Timing: a hot file (one that grew lately, or a rotated generation being drained) is read every
 READ_TIMER; every file is looked at on a sweep (SWEEP_INTERVAL with watchfiles working,
@@ -15,11 +15,12 @@ import time
 import structlog
 
 from agent.config import Config, load_config
+from agent.config.reload import ReloadPlan, plan_reload
 from agent.errors import ConfigError, StateError
 from agent.ops.metrics import Metrics
-from agent.reload import ReloadPlan, plan_reload
 from agent.runtime import Runtime
 from agent.sources.tailer import Tailer
+from agent.sources.watch import WatchDirs, Watcher
 
 log = structlog.get_logger("trackd.reader")
 
@@ -45,8 +46,8 @@ HOUSEKEEPING_INTERVAL = 60.0
 PATH_EVERY = 5
 
 
-class Reader:
-    """Owns the tailer and the reader, watcher and reload logic of one daemon."""
+class TailLoop:
+    """The daemon's reading side: owns the tailer, its watcher, and SIGHUP reload."""
 
     def __init__(
         self,
@@ -64,26 +65,23 @@ class Reader:
         self.wake_reader = asyncio.Event()
         self.sources_up = asyncio.Event()
         self.reading_stopped = asyncio.Event()
-        #: Paths watchfiles reported since the reader last looked.
-        self._changed: set[str] = set()
+        self.watcher = Watcher(self.wake_reader, SWEEP_POLLING)
         self._discover_wanted = False
-        self._watching = False
-        self._rewatch = asyncio.Event()
-        self._watched: tuple[list[str], bool] = ([], False)
-        self._want_dirs: tuple[list[str], bool] = ([], False)
+        self._want_dirs: WatchDirs = ([], False)
         self.reload_requested = False
         self._published = 0.0
+        self._oldest_at = -PUBLISH_INTERVAL
+        self._oldest: float | None = None
         self._sweeps = 0
         self._lag_labels: dict[tuple[str, str], int] = {}
         self.progress = time.monotonic()
         self._housekept = 0.0
         #: Set while the state database refuses commits (then /healthz answers 503).
         self.state_error: str | None = None
-        self._housekept = 0.0
 
     def wake(self, *, rewatch: bool = False) -> None:
         if rewatch:
-            self._rewatch.set()
+            self.watcher.restart()
         self.wake_reader.set()
 
     def _step(self, discover: bool, sweep: bool, changed: set[str]) -> tuple[int, bool]:
@@ -121,7 +119,7 @@ class Reader:
         reports renames and deletions (the paths are nudged), so with it every PATH_EVERY-th
         sweep is enough; without it, every sweep."""
         self._sweeps += 1
-        return not self._watching or self._sweeps % PATH_EVERY == 0
+        return not self.watcher.working or self._sweeps % PATH_EVERY == 0
 
     def _publish(self, now: float) -> None:
         """Pipeline thread: feed the metrics from the pipeline's and tailer's tallies."""
@@ -137,8 +135,15 @@ class Reader:
             junk=pipeline.normalizer.junk,
             rule_skipped=stats.rule_skipped,
             identity=pipeline.resolver.counts,
-            sent=sender.sent if sender is not None else stats.enqueued,
+            sent=sender.stats.sent if sender is not None else stats.enqueued,
             sink=self.config.sink.type,
+            delivery=sender.stats if sender is not None else None,
+            outbox_level=self._outbox_level(now),
+            km_collapsed=self.rt.sink.counter("collapsed") if self.rt.sink else 0,
+            km_properties_dropped=(
+                self.rt.sink.counter("properties_dropped") if self.rt.sink else 0
+            ),
+            degraded=pipeline.store.degraded,
         )
         m = self.metrics
         for source, n in tailer.catalog.gaps.items():
@@ -156,6 +161,17 @@ class Reader:
             m.file_lag.remove(*stale)
         self._lag_labels = lags
 
+    def _outbox_level(self, now: float) -> tuple[int, float | None] | None:
+        """Pipeline thread: outbox messages (kept in memory) and the oldest one's enqueue time
+        (one index step, at most once per publish interval)."""
+        level = self.rt.level
+        if level is None:
+            return None
+        if now - self._oldest_at >= PUBLISH_INTERVAL:
+            self._oldest_at = now
+            self._oldest = self.rt.outbox_oldest() if level.messages else None
+        return level.messages, self._oldest
+
     async def run(self) -> None:
         next_discover = next_sweep = last_discover = 0.0
         try:
@@ -170,9 +186,9 @@ class Reader:
                 )
                 sweep = now >= next_sweep
                 if sweep:
-                    next_sweep = now + (SWEEP_INTERVAL if self._watching else SWEEP_POLLING)
+                    next_sweep = now + (SWEEP_INTERVAL if self.watcher.working else SWEEP_POLLING)
                 self.wake_reader.clear()
-                changed, self._changed = self._changed, set()
+                changed = self.watcher.take_changed()
                 try:
                     _n, discovered = await self.rt.on_pipeline(self._step, discover, sweep, changed)
                 except StateError as exc:
@@ -182,9 +198,9 @@ class Reader:
                 if discovered:
                     last_discover = self.progress
                     spacing = self.tailer.discover_seconds / DISCOVER_SHARE
-                    every = DISCOVER_WATCHED if self._watching else DISCOVER_POLLING
+                    every = DISCOVER_WATCHED if self.watcher.working else DISCOVER_POLLING
                     next_discover = last_discover + max(every, spacing)
-                    self._check_watch_dirs()
+                    self.watcher.want(self._want_dirs)
                 self.sources_up.set()
                 if self.tailer.behind:
                     continue
@@ -211,7 +227,7 @@ class Reader:
         pending chunk is retried with backoff; /healthz says 503 meanwhile. A second signal still
         quits at once (safely); SIGTERM stops the retries."""
         self.state_error = str(first)
-        self.metrics.state_write_failures.inc()
+        self.metrics.dropped.labels("state_unavailable").inc()
         delay = 1.0
         while not self.stop.is_set():
             log.error(
@@ -230,7 +246,7 @@ class Reader:
                 await self.rt.on_pipeline(self._retry_commit)
             except StateError as exc:
                 self.state_error = str(exc)
-                self.metrics.state_write_failures.inc()
+                self.metrics.dropped.labels("state_unavailable").inc()
                 self.progress = time.monotonic()  # waiting on purpose is not being stuck
                 delay = min(delay * 2, 30.0)
                 continue
@@ -263,8 +279,6 @@ class Reader:
             return
         plan = plan_reload(self.config, new)
         await self.rt.on_pipeline(self._apply_reload, plan)
-        if self.rt.sender is not None:
-            await self.rt.on_sender(self.rt.reopen_sender_sink)
         self.config = plan.config
         log.info(
             "config_reloaded",
@@ -294,51 +308,3 @@ class Reader:
         tailer.rescan()
         pipeline.reload_sources(plan.config.sources)
         self.rt.reopen_sink()
-
-    def _check_watch_dirs(self) -> None:
-        """Restart the watcher when the directories to watch changed (one appeared, a source was
-        added); the last discovery computed them on the pipeline thread."""
-        if self._want_dirs != self._watched:
-            self._rewatch.set()
-
-    async def watch(self) -> None:
-        """watchfiles hints: wake the reader with the paths that changed. Restarted when the
-        directories to watch change; on failure (inotify limits) the sweep polls instead."""
-        import watchfiles
-
-        await self.sources_up.wait()  # the first discovery computed the directories
-        while not self.stop.is_set():
-            self._rewatch.clear()
-            self._watched = self._want_dirs
-            dirs, recursive = self._watched
-            if not dirs:
-                await self._wait_rewatch(5.0)
-                continue
-            try:
-                self._watching = True
-                async for changes in watchfiles.awatch(
-                    *dirs,
-                    watch_filter=None,
-                    stop_event=self._rewatch,
-                    debounce=50,
-                    step=20,
-                    recursive=recursive,
-                ):
-                    self._changed.update(path for _change, path in changes)
-                    self.wake_reader.set()
-            except (OSError, RuntimeError) as exc:
-                self._watching = False
-                log.warning(
-                    "watch_unavailable",
-                    dirs=dirs,
-                    error=str(exc),
-                    fallback=f"polling every file each {SWEEP_POLLING}s",
-                    hint="raise fs.inotify.max_user_watches, or ignore on network filesystems",
-                )
-                await self._wait_rewatch(30.0)
-
-    async def _wait_rewatch(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._rewatch.wait(), timeout=seconds)
-        except TimeoutError:
-            pass

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config_text
-from agent.emit import PipelineStats
-from agent.lines import LinePreparer
-from agent.prepare import Preparer, Where
-from agent.workers import PreparePool
+from agent.pipeline.stats import PipelineStats
+from agent.pipeline.blocks import BlockPreparer
+from agent.pipeline.prepare import Preparer
+from agent.records import FileRef
+from agent.pipeline.workers import PreparePool
 from tests.helpers import access_line
 
 
@@ -26,11 +27,11 @@ def test_pool_results_equal_in_process_results(tmp_path: Path) -> None:
         str(tmp_path / "t.yaml"),
         {},
     )
-    where = Where("web", "/var/log/a.log", "ab" * 32, 7)
+    where = FileRef(7, "web", "/var/log/a.log", "ab" * 32)
     end = len(block) + 1
 
     local_stats = PipelineStats()
-    local = LinePreparer(config, Preparer(config, b"s3cret", local_stats.prepare), local_stats)
+    local = BlockPreparer(config, Preparer(config, b"s3cret", local_stats.prepare), local_stats)
     expected = list(local.lines(where, 0, end, block.split(b"\n")))
 
     pool = PreparePool(config, b"s3cret", processes=1)

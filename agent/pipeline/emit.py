@@ -10,7 +10,6 @@ Nothing here reads the wall clock into a message, so the same input gives the sa
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,44 +23,13 @@ from agent.events.messages import (
     track_message,
 )
 from agent.events.rules import Rule
-from agent.identity.graph import IdentityStore
 from agent.identity.resolver import Attribution, IdentityEvent, Resolver
-from agent.prepare import Prepared, Preparer, PrepareStats, RuleHit
+from agent.pipeline.prepare import Prepared, Preparer, RuleHit
+from agent.pipeline.stats import PipelineStats
+from agent.records import Chunk
 
 #: SPEC §1.2 R6: events more than an hour past the newest one already read (and the clock).
 FUTURE_SLACK = 3600.0
-
-
-class PipelineStats:
-    """Counters the pipeline keeps; metrics and summaries read them (never values, only counts)."""
-
-    def __init__(self) -> None:
-        self.lines: Counter[str] = Counter()
-        self.skipped: Counter[tuple[str, str]] = Counter()
-        self.messages: Counter[str] = Counter()
-        self.rule_skipped: Counter[tuple[str, str]] = Counter()
-        #: Page views by how their person was decided: named, device, derived.
-        self.resolutions: Counter[str] = Counter()
-        #: App lines that continue the entry before them (tracebacks): not records, not errors.
-        self.continuations: Counter[str] = Counter()
-        #: What the preparing stage counted (junk ids, opt-outs, too-old events).
-        self.prepare = PrepareStats()
-        self.enqueued = 0
-        self.commits = 0
-        #: A bounded sample of skipped lines per source, for `check` and debug logs.
-        self.samples: dict[str, deque[tuple[str, str]]] = {}
-
-    @property
-    def dropped(self) -> Counter[str]:
-        """`trackd_dropped_total{reason}` tallies (opt-outs, cookieless, identity cap)."""
-        return self.prepare.dropped
-
-    def skipped_all(self) -> Counter[tuple[str, str]]:
-        """Skipped lines by (source, reason), including events too old to send."""
-        out = Counter(self.skipped)
-        for source, n in self.prepare.too_old.items():
-            out[(source, "too_old")] += n
-        return out
 
 
 class _Identified(NamedTuple):
@@ -72,34 +40,28 @@ class _Identified(NamedTuple):
 
 
 class Emitter:
-    """Resolves prepared records and appends their encoded messages to `rows`."""
+    """Resolves prepared records and appends their encoded messages to the current chunk."""
 
     def __init__(
         self,
         config: Config,
-        store: IdentityStore,
+        preparer: Preparer,
+        resolver: Resolver,
         secret: bytes,
         stats: PipelineStats,
         watermarks: dict[str, float],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        ident = config.identity
         self._clock = clock
         self.stats = stats
-        self.preparer = Preparer(config, secret, stats.prepare)
-        self.rules: dict[str, list[Rule]] = self.preparer.rules
-        self.resolver = Resolver(
-            store,
-            max_named_per_device=ident.max_named_per_device,
-            max_devices_per_named=ident.max_devices_per_named,
-            session_timeout=ident.session_timeout,
-            session_ttl=ident.session_ttl,
-            join_window=ident.join_window,
-        )
+        self.preparer = preparer
+        self.rules: dict[str, list[Rule]] = preparer.rules
+        self.resolver = resolver
         self.named_out = NamedOut(secret if config.privacy.hash_named == "sha256" else None)
-        self.rows: list[bytes] = []
+        #: The chunk being filled: messages, and the watermarks it moved.
+        self.chunk = Chunk()
+        #: R6: the newest event time read per source (the state's, then moved by `in_time`).
         self.watermarks = watermarks
-        self.watermarks_dirty: set[str] = set()
 
     # -- the R6 time check -----------------------------------------------------------------
 
@@ -119,7 +81,7 @@ class Emitter:
                 self.stats.skipped[(source, "future")] += 1
                 return False
             self.watermarks[source] = ts
-            self.watermarks_dirty.add(source)
+            self.chunk.watermarks[source] = ts
         return True
 
     # -- emitting --------------------------------------------------------------------------
@@ -148,13 +110,13 @@ class Emitter:
                 attribution, events = self._cookieless(p)
         if attribution.resolution == "dropped":
             self.stats.dropped["cookieless"] += 1
-            self.rows.extend(early)
+            self.chunk.messages.extend(early)
             return
         if not p.is_page and not p.rules and not events:
             return  # a login by cookie or a session sighting: state only
         context = self._context(page_ctx, attribution, p)
         early.extend(self._alias(p, ev, context) for ev in events)
-        rows = self.rows
+        rows = self.chunk.messages
         rows.extend(early)
         page_name = None
         rules = self.rules[p.source] if p.rules else ()
@@ -188,7 +150,7 @@ class Emitter:
         for hit in p.rules:
             found = self._identity_rules(p, hit, early, None, default_device=None)
             identified = identified or found
-        self.rows.extend(early)
+        self.chunk.messages.extend(early)
         rules = self.rules[p.source]
         for hit in p.rules:
             event = rules[hit.rule].event
@@ -200,7 +162,7 @@ class Emitter:
                 continue
             attribution = Attribution(person.epoch, person.user, "named", False)
             context = self._context(None, attribution, p)
-            self.rows.append(self._track(p, hit, event, attribution, context))
+            self.chunk.messages.append(self._track(p, hit, event, attribution, context))
 
     def _identity_rules(
         self,

@@ -10,10 +10,10 @@ from collections import deque
 from collections.abc import Iterator
 
 from agent.config import Config, SourceConfig
-from agent.emit import PipelineStats
 from agent.parse import AccessParser, AppParser, build_parser
-from agent.prepare import Prepared, Preparer, Where
-from agent.records import Continuation
+from agent.pipeline.prepare import Prepared, Preparer
+from agent.pipeline.stats import PipelineStats
+from agent.records import Continuation, FileRef
 
 SAMPLE_MAX = 20
 
@@ -29,7 +29,7 @@ class SourceContext:
         self.parser: AccessParser | AppParser = build_parser(src)
 
 
-class LinePreparer:
+class BlockPreparer:
     """Parse and prepare blocks of lines, counting what produces nothing."""
 
     def __init__(self, config: Config, preparer: Preparer, stats: PipelineStats) -> None:
@@ -49,7 +49,7 @@ class LinePreparer:
         }
 
     def lines(
-        self, where: Where, start: int, end: int, lines: list[bytes], too_long: int = 0
+        self, where: FileRef, start: int, end: int, lines: list[bytes], too_long: int = 0
     ) -> Iterator[Prepared]:
         """The prepared records of consecutive complete lines (without their `\\n`) that start
         at byte `start`; `end` is the offset just past the last one. Lines that produce nothing

@@ -26,7 +26,7 @@ from agent.identity.normalize import Normalizer
 from agent.parse.accessor import access_field
 from agent.parse.app import get_field
 from agent.parse.cookies import CookieExtractor
-from agent.records import AccessRecord, AppRecord
+from agent.records import AccessRecord, AppRecord, FileRef
 
 #: SPEC §1.2 R6: events before 2009-01-01 are dropped as too old.
 MIN_EVENT_TS = 1230768000.0
@@ -54,18 +54,6 @@ class RuleHit(NamedTuple):
     change: tuple[str | None, str | None] | None
 
 
-class Where(NamedTuple):
-    """Where a line comes from: what messageIds and `context.source` need of its file."""
-
-    source: str
-    #: The path where the file was first seen.
-    path: str
-    #: hex(SHA-256 of the file's first line) — the `fp` of messageIds.
-    fp: str
-    #: The file's id in the state (merge tie-break, and how positions find their file).
-    file_id: int
-
-
 class Prepared(NamedTuple):
     """A record ready for the stateful half. The first four fields are the merge key (SPEC §1.4:
     end of the time's precision interval, source, file offset), then the file."""
@@ -76,7 +64,7 @@ class Prepared(NamedTuple):
     file_id: int
     #: Offset just past the line, and up to 64 bytes before it (the offset marker's source).
     end: int
-    tail: bytes
+    before: bytes
     ts: float
     is_app: bool
     #: hex(sha256(line)[:16]): every messageId of the record uses it.
@@ -159,7 +147,7 @@ class Preparer:
     # -- records ---------------------------------------------------------------------------
 
     def prepare(
-        self, where: Where, offset: int, end: int, raw: bytes, rec: AccessRecord | AppRecord
+        self, where: FileRef, offset: int, end: int, raw: bytes, rec: AccessRecord | AppRecord
     ) -> Prepared | None:
         """The pure work for one record; None when it can produce nothing (counted if dropped)."""
         ts = rec.ts
@@ -172,9 +160,59 @@ class Preparer:
         return self._access(where, offset, end, raw, rec)
 
     def _access(
-        self, where: Where, offset: int, end: int, raw: bytes, rec: AccessRecord
+        self, where: FileRef, offset: int, end: int, raw: bytes, rec: AccessRecord
     ) -> Prepared | None:
         source = where.source
+        intake = self._intake(rec)
+        if intake is None:
+            return None
+        device, named, session = intake
+        rules = self._access_rules(source, rec)
+        pv = self.pageviews
+        is_page = pv is not None and pv(rec)
+        if (
+            not is_page
+            and not rules
+            and not (device is not None and (named is not None or session is not None))
+        ):
+            return None  # nothing to send, and no login to learn from
+        ts = rec.ts
+        client = self.client_ip
+        ip = client.client(rec.ip, rec.forwarded_for)
+        page = self._page(source, rec)
+        derived = None
+        if device is None and named is None and self.derived is not None:
+            derived = self.derived(client.normalized(ip), rec.user_agent, ts)
+        lhash = line_hash(raw[:-1] if raw[-1:] == b"\r" else raw)
+        page_id = self.id_prefix(source, where.line_fp)(offset, lhash, b"page") if is_page else None
+        return Prepared(
+            ts + rec.precision,
+            source,
+            offset,
+            where.file_id,
+            end,
+            raw[-63:] + b"\n",
+            ts,
+            False,
+            lhash,
+            self.timestamps(ts),
+            where.path,
+            where.line_fp,
+            device,
+            named,
+            session,
+            is_page,
+            page,
+            client.for_context(ip),
+            rec.user_agent,
+            derived,
+            page_id,
+            rules,
+        )
+
+    def _intake(self, rec: AccessRecord) -> tuple[str | None, str | None, str | None] | None:
+        """SPEC §1.1: (device, named, session) from the record's cookies, junk counted; None for
+        an opted-out hit (counted). A raw Cookie header's intake is cached (visitors repeat)."""
         if rec.cookies:
             device, named, session, optout, junk = self._cookie_intake(
                 rec.cookie_header, rec.cookies
@@ -195,63 +233,32 @@ class Preparer:
         if optout:
             self.stats.dropped["optout"] += 1
             return None
-        pv = self.pageviews
-        rules: tuple[RuleHit, ...] = ()
+        return device, named, session
+
+    def _access_rules(self, source: str, rec: AccessRecord) -> tuple[RuleHit, ...]:
+        """The source's rules that match the record (SPEC §3.3); bots match none."""
         source_rules = self.rules.get(source)
-        if source_rules and not (pv is not None and pv.is_bot(rec.user_agent)):
+        pv = self.pageviews
+        if not source_rules or (pv is not None and pv.is_bot(rec.user_agent)):
+            return ()
 
-            def get(name: str) -> Any:
-                return access_field(rec, name)
+        def get(name: str) -> Any:
+            return access_field(rec, name)
 
-            rules = self._rules(source_rules, get, app=False)
-        is_page = pv is not None and pv(rec)
-        if (
-            not is_page
-            and not rules
-            and not (device is not None and (named is not None or session is not None))
-        ):
-            return None
-        ts = rec.ts
-        client = self.client_ip
-        ip = client.client(rec.ip, rec.forwarded_for)
+        return self._rules(source_rules, get, app=False)
+
+    def _page(self, source: str, rec: AccessRecord) -> dict[str, str]:
+        """SPEC §3.1 page properties: path, search, url (when a host is known), referrer."""
         urls = self.urls[source]
         page_url = urls.page(rec.target, rec.host, None)
         page: dict[str, str] = {"path": page_url.path, "search": page_url.search}
         if page_url.url is not None:
             page["url"] = page_url.url
         page["referrer"] = urls.referrer(rec.referrer) if rec.referrer else ""
-        derived = None
-        if device is None and named is None and self.derived is not None:
-            derived = self.derived(client.normalized(ip), rec.user_agent, ts)
-        lhash = line_hash(raw[:-1] if raw[-1:] == b"\r" else raw)
-        page_id = self.id_prefix(source, where.fp)(offset, lhash, b"page") if is_page else None
-        return Prepared(
-            ts + rec.precision,
-            source,
-            offset,
-            where.file_id,
-            end,
-            raw[-63:] + b"\n",
-            ts,
-            False,
-            lhash,
-            self.timestamps(ts),
-            where.path,
-            where.fp,
-            device,
-            named,
-            session,
-            is_page,
-            page,
-            client.for_context(ip),
-            rec.user_agent,
-            derived,
-            page_id,
-            rules,
-        )
+        return page
 
     def _app(
-        self, where: Where, offset: int, end: int, raw: bytes, rec: AppRecord
+        self, where: FileRef, offset: int, end: int, raw: bytes, rec: AppRecord
     ) -> Prepared | None:
         source_rules = self.rules.get(where.source)
         if not source_rules:
@@ -278,7 +285,7 @@ class Preparer:
             lhash,
             self.timestamps(ts),
             where.path,
-            where.fp,
+            where.line_fp,
             None,
             None,
             None,

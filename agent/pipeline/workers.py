@@ -23,16 +23,17 @@ from typing import Any
 import structlog
 
 from agent.config import Config
-from agent.emit import PipelineStats
-from agent.lines import LinePreparer
-from agent.prepare import Prepared, Preparer, Where
+from agent.pipeline.blocks import BlockPreparer
+from agent.pipeline.prepare import Prepared, Preparer
+from agent.pipeline.stats import PipelineStats
+from agent.records import FileRef
 
 log = structlog.get_logger("trackd.workers")
 
 #: Below this many bytes to read, workers cost more to start than they save.
 PARALLEL_MIN_BYTES = 16 << 20
 
-_worker: tuple[LinePreparer, PipelineStats] | None = None
+_worker: tuple[BlockPreparer, PipelineStats] | None = None
 
 StatsDump = dict[str, Any]
 
@@ -40,11 +41,11 @@ StatsDump = dict[str, Any]
 def _init(config: Config, secret: bytes) -> None:
     global _worker
     stats = PipelineStats()
-    _worker = (LinePreparer(config, Preparer(config, secret, stats.prepare), stats), stats)
+    _worker = (BlockPreparer(config, Preparer(config, secret, stats.prepare), stats), stats)
 
 
 def _prepare_block(
-    where: Where, start: int, end: int, block: bytes, too_long: int
+    where: FileRef, start: int, end: int, block: bytes, too_long: int
 ) -> tuple[list[tuple[Any, ...]], StatsDump]:
     """Worker: the prepared records of a block of complete lines (without its last `\\n`)."""
     assert _worker is not None, "worker used before its initializer ran"
@@ -106,7 +107,7 @@ class PreparePool:
         self.max_in_flight = self.processes * 3
 
     def submit(
-        self, where: Where, start: int, end: int, block: bytes, too_long: int
+        self, where: FileRef, start: int, end: int, block: bytes, too_long: int
     ) -> Future[tuple[list[tuple[Any, ...]], StatsDump]]:
         self.in_flight += 1
         return self._pool.submit(_prepare_block, where, start, end, block, too_long)

@@ -1,0 +1,164 @@
+"""`trackd run --once` (SPEC §6): snapshot every matched file, read each to its snapshot merged
+by event time, deliver what was enqueued, print a one-line summary, exit.
+
+Delivery runs while reading (each commit wakes the sender), then gets `--deliver-timeout` to
+finish; what is left stays in the outbox for the next run (exit 1). A direct sink (the file) was
+written by every commit already.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from agent.config import Config
+from agent.errors import EXIT_OK, EXIT_RUNTIME
+from agent.pipeline.workers import start_pool
+from agent.runtime import Runtime
+from agent.sources.tailer import Tailer
+from agent.sources.tracked import TrackedFile
+
+log = structlog.get_logger("trackd.once")
+
+
+@dataclass(slots=True)
+class Summary:
+    started: float = field(default_factory=time.monotonic)
+    files: int = 0
+    lines: int = 0
+    skipped: int = 0
+    messages: dict[str, int] = field(default_factory=dict)
+    resolutions: dict[str, int] = field(default_factory=dict)
+    new_ids: dict[str, int] = field(default_factory=dict)
+    junk: int = 0
+    delivered: int = 0
+    dead_letters: int = 0
+    pending: int = 0
+    sink: str = ""
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.messages.items()) if n)
+        total = sum(self.messages.values())
+        text = (
+            f"trackd: read {self.lines} lines from {self.files} file(s), {self.skipped} skipped; "
+            f"{total} messages ({kinds or 'none'}); delivered {self.delivered} to {self.sink}"
+        )
+        if self.dead_letters:
+            text += f", {self.dead_letters} dead-lettered (trackd deadletters list)"
+        if self.pending:
+            text += f", {self.pending} still in the outbox"
+        if self.resolutions:
+            r = self.resolutions
+            text += (
+                f"; page views by person: {r.get('named', 0)} named, {r.get('device', 0)} "
+                f"anonymous (cookie), {r.get('derived', 0)} derived; new identities: "
+                f"{self.new_ids.get('devices_new', 0)} devices, {self.new_ids.get('named_new', 0)} "
+                f"named, {self.new_ids.get('aliases', 0)} aliases, "
+                f"{self.new_ids.get('conflicts', 0)} conflicts"
+            )
+        if self.junk:
+            text += f"; junk ids discarded: {self.junk}"
+        return text + f"; {elapsed:.2f}s, {self.lines / elapsed:,.0f} lines/s"
+
+
+def read_snapshot(rt: Runtime) -> int:
+    """Pipeline thread: snapshot every matched file (and the rotated generations the state says
+    were being read), read each to its snapshot, merged by event time. Returns files read."""
+    pipeline, catalog = rt.pipeline, rt.catalog
+    assert pipeline is not None and catalog is not None
+    # Every matched file at once: no descriptor cap (a snapshot needs each file open).
+    tailer = Tailer(rt.config, catalog, max_open=1 << 30)
+    tailer.discover()
+    rt.mark_started()
+    opened: list[tuple[TrackedFile, int]] = []
+    for tf in tailer.files.values():
+        size = os.fstat(tf.fd).st_size if tf.fd >= 0 else 0
+        opened.append((tf, size))
+    pool = start_pool(rt.config, pipeline.secret, sum(max(0, s - tf.pos) for tf, s in opened))
+    try:
+        pipeline.run_merged(
+            [(tf, tf.snapshot(size, final=not tf.live)) for tf, size in opened], pool
+        )
+        wall = time.time()
+        for tf, size in opened:
+            if tf.packed is not None:
+                catalog.retire(tf.row, "done")
+            elif not tf.live and tf.pos >= size:
+                # A rotated generation read to its end: finished once idle for rotate_wait.
+                if wall - os.fstat(tf.fd).st_mtime >= rt.config.rotate_wait:
+                    catalog.retire(tf.row, "done")
+    finally:
+        if pool is not None:
+            pool.close()
+        tailer.settle()
+        tailer.close_all()
+    return len(opened)
+
+
+async def run_once(rt: Runtime, deliver_timeout: float) -> int:
+    """Read, deliver, summarise. `rt` is built but not started."""
+    await rt.start()
+    summary = Summary()
+    assert rt.pipeline is not None and rt.sink is not None
+    summary.sink = f"{rt.sink.name}:{rt.sink.describe()}"
+    sender = rt.sender
+    try:
+        if sender is None:
+            summary.files = await rt.on_pipeline(read_snapshot, rt)
+            summary.delivered = rt.pipeline.stats.enqueued
+        else:
+            loop = asyncio.get_running_loop()
+            rt.pipeline.on_commit = lambda _n: loop.call_soon_threadsafe(sender.notify)
+            reading_done = asyncio.Event()
+            async with asyncio.TaskGroup() as tg:
+                delivery = tg.create_task(sender.run(reading_done, deliver_timeout))
+                try:
+                    summary.files = await rt.on_pipeline(read_snapshot, rt)
+                finally:
+                    reading_done.set()
+            await delivery
+            summary.delivered = sender.stats.sent
+            summary.dead_letters = sender.stats.dead_letters
+            summary.pending = (await sender.depth()).messages
+    finally:
+        await _finish(rt, summary)
+    if summary.pending:
+        log.error(
+            "delivery_incomplete",
+            pending=summary.pending,
+            timeout_s=deliver_timeout,
+            hint="the messages stay in the outbox and are sent by the next run",
+        )
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+async def _finish(rt: Runtime, summary: Summary) -> None:
+    assert rt.pipeline is not None
+    stats = rt.pipeline.stats
+    summary.lines = sum(stats.lines.values())
+    skipped = stats.skipped_all()
+    summary.skipped = sum(skipped.values())
+    summary.messages = dict(stats.messages)
+    summary.resolutions = dict(stats.resolutions)
+    summary.new_ids = dict(rt.pipeline.resolver.counts)
+    junk = rt.pipeline.normalizer.junk
+    summary.junk = sum(junk.values())
+    await rt.close()
+    for (source, reason), n in sorted(skipped.items()):
+        log.info("lines_skipped", source=source, reason=reason, count=n)
+    for kind, n in sorted(junk.items()):
+        log.info("identity_junk", kind=kind, count=n)
+    for (rule, reason), n in sorted(stats.rule_skipped.items()):
+        log.info("rule_skipped", rule=rule, reason=reason, count=n)
+    print(summary.line(), file=sys.stderr, flush=True)
+
+
+async def run_once_config(config: Config, deliver_timeout: float) -> int:
+    return await run_once(Runtime(config), deliver_timeout)
