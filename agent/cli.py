@@ -151,14 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
         "deadletters",
         parents=[common],
         help="list, retry or drop messages the endpoint refused",
-        description="Messages an HTTP endpoint refused for good are kept as dead letters: list "
-        "them, send them again, or drop them. (Not built yet in this version: it says so and "
-        "exits 2.)",
+        description="Messages an HTTP endpoint refused for good (or that kept failing for "
+        "sink.retry.max_age) are kept as dead letters with the reason: list them, send them "
+        "again (back into the outbox, same messageId), or drop them. Works while `run` runs: "
+        "the daemon applies the change within a second or two.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("action", choices=["list", "retry", "drop"], help="what to do")
-    p.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids (default: all)")
+    p.add_argument(
+        "ids", nargs="*", type=int, metavar="ID", help="dead letter ids from `list` (default: all)"
+    )
+    p.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="with list: show at most N (100)"
+    )
 
     p = sub.add_parser(
         "forget",
@@ -240,6 +246,25 @@ def _cmd_identity(args: argparse.Namespace, as_json: bool) -> int:
     return EXIT_OK if data["known"] else EXIT_RUNTIME
 
 
+def _cmd_deadletters(args: argparse.Namespace, as_json: bool) -> int:
+    from agent.commands import deadletters
+
+    config = _load(args)
+    if args.action == "list":
+        data = deadletters.listing(config, args.limit)
+        if as_json:
+            _print_json(data)
+        else:
+            print(deadletters.render_list(data))
+        return EXIT_OK
+    result = deadletters.act(config, args.action, list(args.ids) or None)
+    if as_json:
+        _print_json(result)
+    else:
+        print(deadletters.render_act(args.action, result))
+    return EXIT_OK if result["applied"] else EXIT_RUNTIME
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     setup_logging(config.log.level, config.log.format)
@@ -286,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "identity":
             return _cmd_identity(args, as_json)
+        if args.command == "deadletters":
+            return _cmd_deadletters(args, as_json)
         return _not_yet(args.command)
     except ConfigError as exc:
         print(f"config invalid ({len(exc.issues)} problem(s)):", file=sys.stderr)

@@ -4,7 +4,8 @@
     ├── ConfigError             invalid config: a list of ConfigIssue (YAML path, line, message); exit 3
     ├── StartupError            cannot start: state locked, state corrupt, unwritable dir; exit 3
     ├── StateError              the state database failed while running; exit 1
-    └── SinkError               the sink cannot be opened or written; exit 1
+    ├── SinkError               the sink cannot be opened or written; exit 1
+    └── OutboxFull              a batch read waited too long for the outbox to drain; exit 1
 
 Nothing below the CLI prints: errors carry their message and the CLI decides how to show it.
 """
@@ -65,3 +66,8 @@ class StateError(TrackdError):
 
 class SinkError(TrackdError):
     """The sink cannot be opened or written."""
+
+
+class OutboxFull(TrackdError):
+    """`run --once`/backfill: the outbox stayed at its limit (the endpoint takes nothing) for
+    as long as the read may wait; what was read is committed, the rest waits for the next run."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -25,7 +26,7 @@ from agent.sinks.backoff import Clock
 from agent.sinks.registry import SinkParts, build_sink
 from agent.sinks.sender import Sender
 from agent.sources.catalog import Catalog
-from agent.state import meta, outbox
+from agent.state import meta, outbox, requests
 from agent.state.db import StateLock, StatePaths, connect, ensure_state_dir, open_state, transaction
 from agent.state.files import SqlitePositions, load_files
 
@@ -105,7 +106,8 @@ class Runtime:
         )
         self.pipeline.open_direct_sink()
         if sink.http is not None:
-            self.level = outbox.Level(outbox.depth(conn))
+            limits = self.config.sink.outbox
+            self.level = outbox.Level(outbox.depth(conn), limits.max_events, limits.max_bytes)
             self.pipeline.level = self.level
         if sink.stamper is not None:
             sink.stamper.load(conn)
@@ -122,6 +124,21 @@ class Runtime:
         """Pipeline thread: enqueue time of the oldest outbox message."""
         assert self._pipe_conn is not None
         return outbox.oldest(self._pipe_conn)
+
+    def apply_requests(self) -> int:
+        """Pipeline thread: carry out what other commands asked for (SPEC §5.1); returns the
+        messages put back into the outbox (the caller wakes the sender)."""
+        conn = self._pipe_conn
+        assert conn is not None
+        back = 0
+        for req in requests.pending(conn):
+            with transaction(conn):
+                result = requests.apply(conn, req, time.time())
+            log.info("request_applied", request=req.id, kind=req.kind, **result)
+            if self.level is not None and "retried" in result:
+                self.level.add(int(result["retried"]), int(result["bytes"]))
+                back += int(result["retried"])
+        return back
 
     def mark_started(self) -> None:
         """Pipeline thread: from now on, new files are read from 0 whatever `start_at` says."""

@@ -110,6 +110,9 @@ class Daemon:
     def _health(self) -> tuple[bool, str]:
         if self.tail is not None and self.tail.state_error is not None:
             return False, f"state database unavailable: {self.tail.state_error}"
+        level = self.rt.level
+        if level is not None and level.full:
+            return False, f"outbox full ({level.messages} messages): reading is paused"
         sender = self.rt.sender
         if sender is not None and sender.stats.failing_since is not None:
             failing = time.monotonic() - sender.stats.failing_since

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from agent.config import Config, SourceConfig
-from agent.errors import SinkError, StateError
+from agent.errors import OutboxFull, SinkError, StateError
 from agent.identity.graph import Changes, IdentityStore
 from agent.identity.resolver import Resolver
 from agent.pipeline.blocks import BlockPreparer, SourceContext
@@ -107,8 +107,10 @@ class Pipeline:
         self._files: dict[int, TrackedFile] = {}
         #: Called (on the pipeline thread) after every commit that produced messages.
         self.on_commit: Callable[[int], object] | None = None
-        #: The outbox's fill, for backpressure (HTTP sinks; the runtime sets it).
+        #: The outbox's fill, for backpressure (HTTP sinks; the runtime sets it), and how long
+        #: a batch read waits for room before it stops.
         self.level: outbox.Level | None = None
+        self.room_timeout = 300.0
         #: Commits the state database refused (disk full, read-only, locked).
         self.state_failures = 0
 
@@ -258,9 +260,26 @@ class Pipeline:
                 batch = []
                 if self.chunk.records >= COMMIT_EVERY:
                     self.commit()
+                    self._wait_for_room()
         if batch:
             self.consume_batch(batch)
         self.commit()
+
+    def _wait_for_room(self) -> None:
+        """SPEC §5.4 in a batch read: at the outbox's limit, wait for the sender to drain it
+        (up to `room_timeout`), else stop reading (OutboxFull; everything read is committed)."""
+        level = self.level
+        if level is None or not level.full:
+            return
+        log.warning("outbox_full_reading_paused", messages=level.messages, bytes=level.bytes)
+        if not level.wait_room(self.room_timeout):
+            raise OutboxFull(
+                f"the outbox stayed full ({level.messages} messages, {level.bytes} bytes) for "
+                f"{self.room_timeout:.0f}s: the endpoint is not taking messages. What was read "
+                "is committed and is sent by the next run; raise sink.outbox.max_events or "
+                "fix the endpoint"
+            )
+        log.info("outbox_drained_reading_resumed", messages=level.messages)
 
     def _pooled_items(
         self, tf: TrackedFile, splits: Iterable[Split], pool: PreparePool

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from agent.config import Config
-from agent.errors import EXIT_OK, EXIT_RUNTIME
+from agent.errors import EXIT_OK, EXIT_RUNTIME, OutboxFull
 from agent.pipeline.workers import start_pool
 from agent.runtime import Runtime
 from agent.sources.tailer import Tailer
@@ -40,6 +40,8 @@ class Summary:
     dead_letters: int = 0
     pending: int = 0
     sink: str = ""
+    #: Why reading stopped before the snapshot's end (the outbox stayed full), or "".
+    stopped: str = ""
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -53,6 +55,8 @@ class Summary:
             text += f", {self.dead_letters} dead-lettered (trackd deadletters list)"
         if self.pending:
             text += f", {self.pending} still in the outbox"
+        if self.stopped:
+            text += "; reading stopped early: the outbox stayed full"
         if self.resolutions:
             r = self.resolutions
             text += (
@@ -116,10 +120,14 @@ async def run_once(rt: Runtime, deliver_timeout: float) -> int:
             loop = asyncio.get_running_loop()
             rt.pipeline.on_commit = lambda _n: loop.call_soon_threadsafe(sender.notify)
             reading_done = asyncio.Event()
+            rt.pipeline.room_timeout = deliver_timeout
             async with asyncio.TaskGroup() as tg:
                 delivery = tg.create_task(sender.run(reading_done, deliver_timeout))
                 try:
                     summary.files = await rt.on_pipeline(read_snapshot, rt)
+                except OutboxFull as exc:
+                    summary.stopped = str(exc)
+                    log.error("reading_stopped_outbox_full", reason=str(exc))
                 finally:
                     reading_done.set()
             await delivery
@@ -128,6 +136,8 @@ async def run_once(rt: Runtime, deliver_timeout: float) -> int:
             summary.pending = (await sender.depth()).messages
     finally:
         await _finish(rt, summary)
+    if summary.stopped:
+        return EXIT_RUNTIME
     if summary.pending:
         log.error(
             "delivery_incomplete",

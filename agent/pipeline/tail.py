@@ -21,6 +21,7 @@ from agent.ops.metrics import Metrics
 from agent.runtime import Runtime
 from agent.sources.tailer import Tailer
 from agent.sources.watch import WatchDirs, Watcher
+from agent.state import outbox
 
 log = structlog.get_logger("trackd.reader")
 
@@ -68,6 +69,8 @@ class TailLoop:
         self.watcher = Watcher(self.wake_reader, SWEEP_POLLING)
         self._discover_wanted = False
         self._want_dirs: WatchDirs = ([], False)
+        #: Reading is paused because the outbox is full (SPEC §5.4).
+        self.paused = False
         self.reload_requested = False
         self._published = 0.0
         self._oldest_at = -PUBLISH_INTERVAL
@@ -98,9 +101,18 @@ class TailLoop:
             self._discover_wanted = tailer.incomplete
             self._want_dirs = tailer.watch_dirs()  # stat calls: here, off the event loop
         n = 0
-        for tf, split in tailer.poll(sweep, paths=sweep and self._path_check_due()):
-            pipeline.feed(tf, split)
-            n += len(split.lines) + split.too_long
+        level = self.rt.level
+        if level is not None and level.full:
+            self._pause_reading(level)
+            for tf, split in tailer.hold_only():
+                pipeline.feed(tf, split)
+        else:
+            if self.paused:
+                self.paused = False
+                log.info("reading_resumed", outbox_messages=level.messages if level else 0)
+            for tf, split in tailer.poll(sweep, paths=sweep and self._path_check_due()):
+                pipeline.feed(tf, split)
+                n += len(split.lines) + split.too_long
         pipeline.release()
         pipeline.commit()
         tailer.settle()
@@ -110,9 +122,26 @@ class TailLoop:
             pipeline.collect_identities()
             for kind, count in pipeline.identity_counts().items():
                 self.metrics.identities.labels(kind).set(count)
+        if now - self._published >= PUBLISH_INTERVAL:
+            back = self.rt.apply_requests()
+            if back and pipeline.on_commit is not None:
+                pipeline.on_commit(back)  # wakes the sender: dead letters are back
         if n or discover or now - self._published >= PUBLISH_INTERVAL:
             self._publish(now)
         return n, discover
+
+    def _pause_reading(self, level: outbox.Level) -> None:
+        if not self.paused:
+            self.paused = True
+            log.warning(
+                "outbox_full_reading_paused",
+                messages=level.messages,
+                bytes=level.bytes,
+                max_events=level.max_messages,
+                max_bytes=level.max_bytes,
+                hint="the endpoint is not keeping up or is down; reading resumes as it drains "
+                "(positions are kept; rotated files stay open up to max_rotated_hold)",
+            )
 
     def _path_check_due(self) -> bool:
         """Pipeline thread: whether this sweep also stats every live file's path. watchfiles
@@ -202,13 +231,13 @@ class TailLoop:
                     next_discover = last_discover + max(every, spacing)
                     self.watcher.want(self._want_dirs)
                 self.sources_up.set()
-                if self.tailer.behind:
+                if self.tailer.behind and not self.paused:
                     continue
                 now = time.monotonic()
                 wake = min(next_sweep, next_discover)
                 if self._discover_wanted:
                     wake = min(wake, last_discover + DISCOVER_MIN_GAP)
-                if self.tailer.hot:
+                if self.tailer.hot and not self.paused:
                     wake = min(wake, now + READ_TIMER)
                 if self.rt.pipeline is not None and self.rt.pipeline.held():
                     wake = min(wake, now + HOLD_TIMER)  # held hits go once max_hold has passed

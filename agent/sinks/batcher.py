@@ -17,7 +17,7 @@ T = TypeVar("T")
 class Batcher(Generic[T]):
     """A FIFO of pending items with a size trigger and a linger trigger."""
 
-    __slots__ = ("_clock", "_items", "_since", "_size", "max_events", "max_wait")
+    __slots__ = ("_clock", "_due", "_items", "_since", "_size", "max_events", "max_wait")
 
     def __init__(
         self,
@@ -33,6 +33,9 @@ class Batcher(Generic[T]):
         self._items: deque[T] = deque()
         #: When the oldest pending item arrived (the linger's start), or None when empty.
         self._since: float | None = None
+        #: Items at the front that belong to a batch already due (it leaves whole, in as many
+        #: requests as the sink's limits need, without lingering again).
+        self._due = 0
 
     def add(self, item: T) -> None:
         if self._since is None:
@@ -46,6 +49,8 @@ class Batcher(Generic[T]):
         if self._since is None:
             self._since = self._clock()
         self._items.extendleft(reversed(items))
+        if self._due:
+            self._due += len(items)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -54,7 +59,7 @@ class Batcher(Generic[T]):
         """Whether a batch is due: full, lingered `max_wait`, or flushing whatever is pending."""
         if not self._items:
             return False
-        if flush or len(self._items) >= self.max_events:
+        if flush or self._due or len(self._items) >= self.max_events:
             return True
         assert self._since is not None
         return self._clock() - self._since >= self.max_wait
@@ -67,6 +72,8 @@ class Batcher(Generic[T]):
         """The next request's items: at most `max_messages`, and at most `max_bytes` counting
         `overhead` plus each item's size and a separator (one item always goes)."""
         items = self._items
+        if not self._due:
+            self._due = min(len(items), self.max_events)
         out: list[T] = []
         used = overhead
         size = self._size
@@ -77,6 +84,7 @@ class Batcher(Generic[T]):
                     break
                 used += need
             out.append(items.popleft())
+        self._due = max(0, self._due - len(out))
         if not items:
             self._since = None
         elif out:

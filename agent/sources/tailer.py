@@ -247,6 +247,36 @@ class Tailer:
         self._warm = warm | (self._warm - set(keys))
         self.hot = bool(self._warm)
 
+    def hold_only(self) -> Iterator[Polled]:
+        """Reading is paused (the outbox is full, SPEC §5.4): read nothing, but notice files
+        that left their path, and give up rotated files held open past `max_rotated_hold`
+        (their unread lines are dropped, counted and logged) so descriptors stay bounded."""
+        now = self._clock()
+        self.behind = False
+        for tf in list(self.files.values()):
+            if tf.packed is not None or tf.parked or tf.fd < 0:
+                continue
+            if tf.live:
+                if self._moved(tf):
+                    self._left(tf, now)
+                continue
+            if tf.left_at is None or now - tf.left_at < self.config.max_rotated_hold:
+                continue
+            try:
+                size = os.fstat(tf.fd).st_size
+            except OSError:
+                continue
+            if tf.pos < size:
+                log.warning(
+                    "rotated_hold_expired",
+                    path=tf.path,
+                    source=tf.row.source,
+                    unread_bytes=size - tf.pos,
+                    hint="the outbox stayed full longer than max_rotated_hold: the unread rest of "
+                    "this rotated file is dropped (counted in trackd_dropped_total)",
+                )
+                yield from self._drop_held(tf, size)
+
     def _poll_one(
         self, tf: TrackedFile, now: float, check: bool, paths: bool = True
     ) -> Iterator[Polled]:

@@ -69,6 +69,16 @@ class StateLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free (True); False when another process holds it."""
+        try:
+            self.acquire()
+        except StartupError:
+            if self.held_by_other():
+                return False
+            raise
+        return True
+
     def held_by_other(self) -> bool:
         """True when another process holds the lock (a probe: takes and drops it if free)."""
         try:

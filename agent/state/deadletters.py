@@ -49,13 +49,25 @@ def by_reason(conn: sqlite3.Connection) -> Counter[str]:
     )
 
 
-def retry(conn: sqlite3.Connection, ids: Sequence[int] | None, now: float) -> int:
-    """Back into the outbox (attempts reset, so `retry.max_age` starts again); None: all."""
-    moved = 0
-    for part in (
-        [None] if ids is None else [ids[i : i + _IN_MAX] for i in range(0, len(ids), _IN_MAX)]
-    ):
+def _parts(ids: Sequence[int] | None) -> list[Sequence[int] | None]:
+    """`ids` in bounded IN lists; None (all) stays one part."""
+    if ids is None:
+        return [None]
+    return [ids[i : i + _IN_MAX] for i in range(0, len(ids), _IN_MAX)]
+
+
+def retry(conn: sqlite3.Connection, ids: Sequence[int] | None, now: float) -> tuple[int, int]:
+    """Back into the outbox (attempts reset, so `retry.max_age` starts again); None: all.
+    Returns (messages, bytes) moved."""
+    moved = size = 0
+    for part in _parts(ids):
         where, params = _where(part)
+        size += int(
+            conn.execute(
+                f"SELECT COALESCE(SUM(LENGTH(body)), 0) FROM deadletters{where}",  # noqa: S608 (placeholders only)
+                params,
+            ).fetchone()[0]
+        )
         moved += conn.execute(
             "INSERT INTO outbox (enqueued, body, message_id, stamp) "  # noqa: S608 (placeholders only)
             f"SELECT COALESCE(enqueued, ?), body, message_id, stamp FROM deadletters{where} "
@@ -63,15 +75,13 @@ def retry(conn: sqlite3.Connection, ids: Sequence[int] | None, now: float) -> in
             (now, *params),
         ).rowcount
         conn.execute(f"DELETE FROM deadletters{where}", params)  # noqa: S608 (placeholders only)
-    return moved
+    return moved, size
 
 
 def drop(conn: sqlite3.Connection, ids: Sequence[int] | None) -> int:
     """Delete for good; None: all."""
     dropped = 0
-    for part in (
-        [None] if ids is None else [ids[i : i + _IN_MAX] for i in range(0, len(ids), _IN_MAX)]
-    ):
+    for part in _parts(ids):
         where, params = _where(part)
         dropped += conn.execute(f"DELETE FROM deadletters{where}", params).rowcount  # noqa: S608 (placeholders only)
     return dropped

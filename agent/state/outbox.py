@@ -132,22 +132,36 @@ class Level:
     sender takes away what it acknowledged or dead-lettered. Read by backpressure (SPEC §5.4),
     the gauges and `/healthz` without a COUNT over millions of rows. Thread-safe."""
 
-    __slots__ = ("_lock", "bytes", "messages")
+    __slots__ = ("_room", "bytes", "max_bytes", "max_messages", "messages")
 
-    def __init__(self, start: Depth) -> None:
-        self._lock = threading.Lock()
+    def __init__(self, start: Depth, max_messages: int, max_bytes: int) -> None:
+        self._room = threading.Condition()
         self.messages = start.messages
         self.bytes = start.bytes
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+
+    @property
+    def full(self) -> bool:
+        """At `sink.outbox.max_events` or `max_bytes`: reading pauses (SPEC §5.4)."""
+        return self.messages >= self.max_messages or self.bytes >= self.max_bytes
 
     def add(self, messages: int, size: int) -> None:
-        with self._lock:
+        with self._room:
             self.messages += messages
             self.bytes += size
 
     def remove(self, messages: int, size: int) -> None:
-        with self._lock:
+        with self._room:
             self.messages = max(0, self.messages - messages)
             self.bytes = max(0, self.bytes - size)
+            if not self.full:
+                self._room.notify_all()
+
+    def wait_room(self, timeout: float) -> bool:
+        """Block until the outbox is below its limits (True) or `timeout` passed (False)."""
+        with self._room:
+            return self._room.wait_for(lambda: not self.full, timeout)
 
     def __repr__(self) -> str:
-        return f"Level(messages={self.messages}, bytes={self.bytes})"
+        return f"Level(messages={self.messages}, bytes={self.bytes}, full={self.full})"
