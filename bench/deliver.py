@@ -42,8 +42,15 @@ from pydantic import SecretStr  # noqa: E402
 from receiver import NginxReceiver  # noqa: E402 - bench/ on sys.path first
 from segment_encode import make_messages  # noqa: E402
 
-from agent.config.schema import BatchConfig, RetryConfig, SegmentSinkConfig  # noqa: E402
+from agent.config.schema import (  # noqa: E402
+    BatchConfig,
+    KissmetricsSinkConfig,
+    RetryConfig,
+    SegmentSinkConfig,
+)
 from agent.sinks.base import HttpSink, Stamper  # noqa: E402
+from agent.sinks.kissmetrics import KissmetricsSink, SecondAllocator  # noqa: E402
+from agent.sinks.km_wire import KmEncoder  # noqa: E402
 from agent.sinks.segment import SegmentSink  # noqa: E402
 from agent.sinks.sender import Sender  # noqa: E402
 from agent.state import outbox  # noqa: E402
@@ -89,12 +96,23 @@ def segment_sink(url: str, case: Case) -> Built:
     return SegmentSink(cfg), None
 
 
-# >>> kissmetrics: add `def kissmetrics_sink(url: str, case: Case) -> Built:` above, returning
-# >>> (KissmetricsSink(...), its SecondAllocator stamper), and register it in SINKS below.
+def kissmetrics_sink(url: str, case: Case) -> Built:
+    """Kissmetrics: one request per message (GET, or POST past 2,000 bytes), `_t` stamped into
+    the outbox rows as the pipeline does."""
+    cfg = KissmetricsSinkConfig(
+        type="kissmetrics",
+        url=url,
+        api_key=SecretStr("bench-api-key"),
+        batch=case.batch,
+        retry=case.retry,
+        concurrency=case.concurrency,
+    )
+    return KissmetricsSink(cfg), SecondAllocator(KmEncoder("bench-api-key"))
+
 
 SINKS: dict[str, Callable[[str, Case], Built]] = {
     "segment": segment_sink,
-    # "kissmetrics": kissmetrics_sink,  # <<< the `--sink kissmetrics` mode goes here
+    "kissmetrics": kissmetrics_sink,
 }
 
 

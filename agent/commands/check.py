@@ -17,6 +17,7 @@ from typing import Any
 
 from agent.commands.masking import RecordMasker
 from agent.config import Config, FileSinkConfig
+from agent.config.schema import SegmentSinkConfig
 from agent.parse import AccessParser, AppParser, build_parser
 from agent.records import Continuation
 from agent.sources.discovery import expand
@@ -151,6 +152,36 @@ def config_warnings(config: Config, reports: list[SourceReport]) -> list[str]:
     return out
 
 
+def _sink_lines(config: Config) -> list[str]:
+    """Where messages go, checked without sending anything (no secret is shown)."""
+    from agent.sinks.http import redact_url
+    from agent.sinks.segment_wire import normalize_url
+
+    sink = config.sink
+    if isinstance(sink, FileSinkConfig):
+        return [f"  sink: file -> {sink.path if sink.path != '-' else 'stdout'}"]
+    out = [f"  sink: {sink.type} -> {redact_url(sink.url)}"]
+    if isinstance(sink, SegmentSinkConfig):
+        url, changed = normalize_url(sink.url)
+        if changed:
+            out.append(f"    the URL has no path: trackd posts to {redact_url(url)}")
+        out.append(f"    auth: {sink.auth}, gzip: {'on' if sink.gzip else 'off'}")
+    tls = "verification off" if sink.tls.insecure_skip_verify else "verified"
+    if sink.tls.ca_file and not sink.tls.insecure_skip_verify:
+        tls += f" against {sink.tls.ca_file}"
+    out.append(
+        f"    batches of {sink.batch.max_events} or every {sink.batch.max_wait:g}s, "
+        f"{sink.concurrency} request(s) in flight, TLS {tls}"
+        + (f", proxy {redact_url(sink.proxy)}" if sink.proxy else "")
+    )
+    out.append(
+        f"    retries up to {sink.retry.max_age:g}s (backoff {sink.retry.initial_backoff:g}s to "
+        f"{sink.retry.max_backoff:g}s); outbox up to {sink.outbox.max_events:,} messages / "
+        f"{sink.outbox.max_bytes:,} bytes, then reading pauses"
+    )
+    return out
+
+
 def render_text(config: Config, reports: list[SourceReport], warnings: list[str]) -> str:
     lines = [f"config OK: {config.config_path}"]
     for rep in reports:
@@ -179,11 +210,7 @@ def render_text(config: Config, reports: list[SourceReport], warnings: list[str]
                 for key, value in rep.first_fields.items():
                     lines.append(f"      {key}: {value}")
         lines.extend(f"    warning: {w}" for w in rep.warnings)
-    sink = config.sink
-    where = (
-        (sink.path if sink.path != "-" else "stdout") if isinstance(sink, FileSinkConfig) else ""
-    )
-    lines.append(f"  sink: {sink.type}{' -> ' + where if where else ''}")
+    lines.extend(_sink_lines(config))
     lines.append(f"  state_dir: {config.state_dir}")
     lines.extend(f"warning: {w}" for w in warnings)
     return "\n".join(lines)

@@ -356,6 +356,10 @@ def _templates(rule: dict[str, Any], base: Path) -> Iterator[Finding]:
             yield from check(rule[key], (*base, key))
 
 
+#: Segment's limit of messages per batch request (SPEC §4).
+SEGMENT_MAX_BATCH = 2500
+
+
 def _sink(sink: dict[str, Any]) -> Iterator[Finding]:
     kind = sink.get("type", "file")
     url = sink.get("url")
@@ -366,3 +370,21 @@ def _sink(sink: dict[str, Any]) -> Iterator[Finding]:
             yield ("sink", key), f"give either {key} or {key}_file, not both"
     if kind == "file" and isinstance(sink.get("path"), str) and not sink["path"].strip():
         yield ("sink", "path"), 'empty path (use a file path, or "-" for stdout)'
+    batch = sink.get("batch")
+    max_events = batch.get("max_events") if isinstance(batch, dict) else None
+    if kind == "segment" and isinstance(max_events, int) and max_events > SEGMENT_MAX_BATCH:
+        yield (
+            ("sink", "batch", "max_events"),
+            f"{max_events} is over Segment's {SEGMENT_MAX_BATCH} messages per request "
+            f"(use at most {SEGMENT_MAX_BATCH}; larger batches are split by size anyway)",
+        )
+    proxy = sink.get("proxy")
+    if isinstance(proxy, str) and not re.match(r"^(https?|socks5h?)://[^/\s]+", proxy):
+        yield ("sink", "proxy"), f"invalid proxy URL {proxy!r} (expected http://host:port)"
+    tls = sink.get("tls")
+    ca_file = tls.get("ca_file") if isinstance(tls, dict) else None
+    if isinstance(ca_file, str) and tls is not None and tls.get("insecure_skip_verify") is True:
+        yield (
+            ("sink", "tls", "ca_file"),
+            "ca_file has no effect with insecure_skip_verify: true (drop one of them)",
+        )

@@ -126,6 +126,9 @@ class Sender:
         Returns the messages left undelivered in memory's view (0: all done)."""
         clock = self._clock
         deadline: float | None = None
+        # `finish` wakes the loop like a commit does (an idle sender waits on `_wake` only).
+        finishing = asyncio.ensure_future(finish.wait())
+        finishing.add_done_callback(lambda _f: self._wake.set())
         try:
             while True:
                 if finish.is_set() and deadline is None:
@@ -143,6 +146,7 @@ class Sender:
                     continue
                 await self._wait(deadline if grace is not None else None)
         finally:
+            finishing.cancel()
             await self._settle()
 
     def _done(self) -> bool:
@@ -163,13 +167,15 @@ class Sender:
         want = self._want()
         if self._exhausted or len(self.batcher) >= want:
             return
-        rows = await self._db(self._fetch, self._cursor, max(FETCH, want))
+        # Exhausted unless the fetch comes back full — or a commit's notify() arrives while it
+        # runs: that commit may be newer than the fetch's snapshot, so it must not be lost.
+        self._exhausted = True
+        rows = await self._db(self._fetch, max(FETCH, want))
         if rows:
-            self._cursor = rows[-1].id
             for row in rows:
                 self.batcher.add(row)
-        if len(rows) < max(FETCH, want):
-            self._exhausted = True
+        if len(rows) >= max(FETCH, want):
+            self._exhausted = False
 
     def _want(self) -> int:
         """How many rows the batcher holds at most: a batch, and a request per free slot."""
@@ -338,6 +344,11 @@ class Sender:
                 outbox.note_attempts(self._conn, retried, now)
             if rejected:
                 outbox.dead_letter(self._conn, self.sink.name, rejected, now)
+            # The outbox id has no AUTOINCREMENT: SQLite gives a new row max(id) + 1, so once
+            # the top rows are gone new rows reuse their ids. The cursor must not stay above the
+            # highest row left, or rows committed from now on would hide below it.
+            [(top,)] = self._conn.execute("SELECT MAX(id) FROM outbox").fetchall()
+        self._cursor = min(self._cursor, top or 0)
 
     def _note_pause(self, outcomes: Sequence[Outcome], now: float) -> None:
         pause = next((o for o in outcomes if isinstance(o, Pause)), None)
@@ -408,8 +419,12 @@ class Sender:
         """What the outbox holds now (messages, bytes, oldest)."""
         return await self._db(outbox.depth, self._conn)
 
-    def _fetch(self, after: int, limit: int) -> list[outbox.Row]:
-        return outbox.fetch(self._conn, after, limit)
+    def _fetch(self, limit: int) -> list[outbox.Row]:
+        """Database thread (like every change of the cursor, so they never race)."""
+        rows = outbox.fetch(self._conn, self._cursor, limit)
+        if rows:
+            self._cursor = rows[-1].id
+        return rows
 
     def __repr__(self) -> str:
         return (
