@@ -11,7 +11,10 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +161,6 @@ class NotifySocket:
     """A receiver for sd_notify datagrams, as systemd would be (set NOTIFY_SOCKET to `.path`)."""
 
     def __init__(self, directory: Path) -> None:
-        import socket
-
         self.path = str(directory / "notify.sock")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(self.path)
@@ -167,8 +168,6 @@ class NotifySocket:
 
     def wait_for(self, needle: str, timeout: float) -> str:
         """Block until a datagram containing `needle` arrives; returns it."""
-        import time
-
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -230,6 +229,68 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_until(pred: Callable[[], bool], timeout: float, what: str, every: float = 0.02) -> None:
+    """Poll an observable condition with a deadline (for conditions no event announces)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def wait_for_seqs(out: Path, n: int, timeout: float = 30) -> list[int]:
+    """Wait until `out` holds at least `n` page messages; returns their sequence numbers."""
+    seqs: list[int] = []
+
+    def enough() -> bool:
+        nonlocal seqs
+        seqs = page_seqs(read_messages(out))
+        return len(seqs) >= n
+
+    wait_until(enough, timeout, f"{n} page messages in {out}", every=0.05)
+    return seqs
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """GET http://127.0.0.1:`port``path`: the status and body (error statuses too)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(port: int, name_with_labels: str) -> float | None:
+    """The value of one series on the daemon's /metrics, e.g.
+    `trackd_lines_total{source="web"}` (labels as the exporter writes them: sorted by name);
+    None if it is not exported."""
+    _status, body = http_get(port, "/metrics")
+    for line in body.splitlines():
+        if line.startswith(name_with_labels + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def wait_for_metric(
+    port: int, name_with_labels: str, timeout: float, at_least: float = 1.0
+) -> float:
+    """Wait until the series reaches `at_least` (the daemon has no other signal for, say, "line
+    read"); returns its value then. A server not listening yet counts as not there yet."""
+    value: float | None = None
+
+    def reached() -> bool:
+        nonlocal value
+        try:
+            value = metric(port, name_with_labels)
+        except OSError:
+            value = None
+        return value is not None and value >= at_least
+
+    wait_until(reached, timeout, f"{name_with_labels} >= {at_least}", every=0.05)
+    assert value is not None
+    return value
+
+
 class NginxServer:
     """A real nginx on 127.0.0.1:`port`, in the foreground, with its prefix, config, pid file and
     logs under `prefix`. `start()` returns once nginx says its workers started (it listens by
@@ -275,7 +336,6 @@ class NginxServer:
 
     def _start(self, timeout: float) -> None:
         import selectors
-        import time
 
         self._proc = subprocess.Popen(
             [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-e", "stderr"],  # type: ignore[list-item]

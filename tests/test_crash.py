@@ -21,15 +21,18 @@ from tests.conftest import scaled
 from tests.helpers import (
     committed_length,
     free_port,
+    http_get,
     make_config,
+    metric,
     outbox_bodies,
     page_seqs,
     read_messages,
     run_trackd,
     trackd_cmd,
+    wait_until,
     write_access_log,
 )
-from tests.sources.tailing import Agent, assert_exactly_once, wait_until
+from tests.sources.tailing import Agent, assert_exactly_once
 
 
 def _assert_state_consistent(tmp_path: Path) -> None:
@@ -179,9 +182,9 @@ def test_state_database_locked_pauses_loudly_then_resumes_exactly_once(tmp_path:
                 lambda: '"event":"state_unavailable"' in agent.stderr(), 60, "the loud error"
             )
             assert "locked by another program?" in agent.stderr()
-            health = _http_get(port, "/healthz")
+            health = http_get(port, "/healthz")
             assert health[0] == 503 and "state database unavailable" in health[1]
-            assert 'trackd_dropped_total{reason="state_unavailable"} 1.0' in _http_get(port, "/metrics")[1]
+            assert metric(port, 'trackd_dropped_total{reason="state_unavailable"}') == 1.0
             committed = committed_length(tmp_path / "state", tmp_path / "out.jsonl")
             assert (tmp_path / "out.jsonl").stat().st_size == committed  # no silent progress
         finally:
@@ -189,19 +192,8 @@ def test_state_database_locked_pauses_loudly_then_resumes_exactly_once(tmp_path:
             holder.close()
         assert_exactly_once(agent.wait_seqs(200, timeout=90), range(200))
         assert '"event":"state_recovered"' in agent.stderr()
-        assert _http_get(port, "/healthz")[0] == 200
+        assert http_get(port, "/healthz")[0] == 200
         assert agent.stop() == 0
         _assert_state_consistent(tmp_path)
     finally:
         agent.close()
-
-
-def _http_get(port: int, path: str) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()

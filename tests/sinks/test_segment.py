@@ -11,7 +11,6 @@ import base64
 import contextlib
 import logging
 import math
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from agent.sinks.base import Delivered, OutboxMessage, Outcome, Pause, Reject, R
 from agent.sinks.batcher import Batcher
 from agent.sinks.segment import SegmentSink
 from agent.sinks.segment_wire import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, sent_at
-from tests.helpers import make_config, run_trackd, write_access_log
+from tests.helpers import free_port, make_config, run_trackd, write_access_log
 from tests.receiver import Receiver, Request, Response
 
 KEY = "wk-SEGMENT-s3cr3t-0123456789"
@@ -97,13 +96,6 @@ def responder_failing(bad: set[str], status: int) -> Callable[[Request], Respons
         return Response(status) if bad & set(ids_of(req)) else OK
 
     return respond
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # --- the body ------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +22,10 @@ from tests.helpers import (
     page_seqs,
     read_messages,
     trackd_cmd,
+    wait_until,
 )
 
 LOGROTATE = "/usr/sbin/logrotate"
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str, every: float = 0.02) -> None:
-    """Poll an observable condition with a deadline (for conditions no event announces)."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 class Agent:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import access_line, write_access_log
-from tests.sources.tailing import Agent, assert_exactly_once, file_rows, logrotate, wait_until
+from tests.helpers import access_line, wait_until, write_access_log
+from tests.sources.tailing import Agent, assert_exactly_once, file_rows, logrotate
 
 #: 2 KiB of header lines (they do not parse: counted, not delivered), longer than the fingerprint.
 BANNER = "".join(f"# banner line {i:03d} of a long shared header ........\n" for i in range(40))

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import write_access_log
+from tests.helpers import wait_until, write_access_log
 from tests.sources.tailing import (
     Agent,
     Writer,
     assert_copy_window_losses,
     assert_exactly_once,
     logrotate,
-    wait_until,
 )
 
 

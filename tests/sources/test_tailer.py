@@ -4,8 +4,6 @@ hostile bytes, over-long lines, torn writes, deleted files, bursts."""
 from __future__ import annotations
 
 import os
-import socket
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,22 +11,16 @@ import pytest
 from agent.sources.catalog import Catalog
 from agent.sources.tailer import Tailer
 from tests.conftest import scaled
-from tests.helpers import access_line, make_config, write_access_log
-from tests.sources.tailing import Agent, assert_exactly_once, file_rows, wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _metric(port: int, needle: str) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for line in body.splitlines():
-        if line.startswith(needle + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{needle} not exported")
+from tests.helpers import (
+    access_line,
+    free_port,
+    make_config,
+    metric,
+    wait_for_metric,
+    wait_until,
+    write_access_log,
+)
+from tests.sources.tailing import Agent, assert_exactly_once, file_rows
 
 
 def _offsets(agent: Agent) -> dict[str, int]:
@@ -66,9 +58,10 @@ def test_tiny_files_and_partial_lines_wait_for_newline_or_rotation(tmp_path: Pat
 @pytest.mark.timeout(120)
 def test_overlong_lines_are_skipped_counted_and_tailing_goes_on(tmp_path: Path) -> None:
     """S26: a 1 MiB line and a line of many MiB that has no newline for a while are skipped and
-    counted (too_long); the lines around them are delivered; memory stays bounded."""
+    counted (too_long); the lines around them are delivered. (Peak memory while skipping:
+    `bench/memory.py overlong`.)"""
     log = tmp_path / "app.log"
-    port = _free_port()
+    port = free_port()
     agent = Agent(tmp_path, [str(log)], {"metrics": {"listen": f"127.0.0.1:{port}"}})
     write_access_log(log, 0, 10)
     agent.start()
@@ -81,20 +74,12 @@ def test_overlong_lines_are_skipped_counted_and_tailing_goes_on(tmp_path: Path) 
                 fh.write(b"B" * (1 << 20))
                 fh.flush()
         too_long = 'trackd_lines_skipped_total{reason="too_long",source="web"}'
-        wait_until(lambda: _metric(port, too_long) >= 1, 30, "the 1 MiB line counted")
+        wait_for_metric(port, too_long, 30)  # the 1 MiB line counted
         with log.open("ab") as fh:
             fh.write(b"\n")  # ends the endless line: it is skipped, what follows is read
         write_access_log(log, 10, 5)
         assert_exactly_once(agent.wait_seqs(15, timeout=60), range(15))
-        assert _metric(port, too_long) == 2
-        rss_kib = int(
-            next(
-                line.split()[1]
-                for line in Path(f"/proc/{agent.pid}/status").read_text().splitlines()
-                if line.startswith("VmHWM:")
-            )
-        )
-        assert rss_kib < 200 * 1024, f"peak RSS {rss_kib} KiB"
+        assert metric(port, too_long) == 2
     finally:
         agent.close()
 
@@ -173,20 +158,23 @@ def test_file_deleted_while_open_is_read_to_its_end_then_closed(tmp_path: Path) 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_burst_into_one_file_loses_nothing_with_bounded_memory(tmp_path: Path) -> None:
+def test_burst_into_one_file_loses_nothing_and_counts_every_line(tmp_path: Path) -> None:
     """S25 (scaled: as fast as Python writes, 400k lines in CI): the agent lags, then delivers
-    every line once; peak memory stays bounded."""
+    every line once, and its counters agree. (Peak memory under the burst: `bench/memory.py
+    burst`.)"""
     log = tmp_path / "app.log"
     log.touch()
-    agent = Agent(tmp_path, [str(log)]).start()
+    port = free_port()
+    agent = Agent(tmp_path, [str(log)], {"metrics": {"listen": f"127.0.0.1:{port}"}}).start()
     try:
         total = scaled(400_000, 2_000_000)
         for first in range(0, total, 100_000):
             write_access_log(log, first, 100_000)
         assert_exactly_once(agent.wait_seqs(total, timeout=240), range(total))
-        status = Path(f"/proc/{agent.pid}/status").read_text()
-        hwm = int(next(x.split()[1] for x in status.splitlines() if x.startswith("VmHWM:")))
-        assert hwm < 300 * 1024, f"peak RSS {hwm} KiB"
+        assert metric(port, 'trackd_lines_total{source="web"}') == total
+        assert metric(port, 'trackd_messages_total{type="page"}') == total
+        skipped = 'trackd_lines_skipped_total{reason="too_long",source="web"}'
+        assert metric(port, skipped) == 0
     finally:
         agent.close()
 
@@ -352,27 +340,21 @@ def test_truncation_while_behind_counts_the_unread_bytes_as_a_gap(tmp_path: Path
 
 
 @pytest.mark.timeout(60)
-def test_appended_lines_are_delivered_within_100_ms(tmp_path: Path) -> None:
-    """A line appended to a tailed file is in the sink's file within 100 ms (median of 20; the
-    read timer and watchfiles' wake-up, not a slow poll, set the pace)."""
-    import statistics
-    import time
-
+def test_each_appended_line_is_delivered_before_the_next_is_written(tmp_path: Path) -> None:
+    """A line appended to a tailed file reaches the sink's file with no later write to push it,
+    in order. (Its latency against SPEC §5.3's 100 ms is measured by `bench/tailing.py
+    latency`.)"""
     log = tmp_path / "app.log"
     log.touch()
     agent = Agent(tmp_path, [str(log)]).start()
     try:
-        took = []
         fd = os.open(log, os.O_WRONLY | os.O_APPEND)
         try:
             for seq in range(20):
-                written = time.monotonic()
                 os.write(fd, access_line(seq).encode())
-                wait_until(lambda s=seq: agent.delivered() > s, 5, f"line {seq}", every=0.002)
-                took.append(time.monotonic() - written)
+                wait_until(lambda s=seq: agent.delivered() > s, 5, f"line {seq}", every=0.005)
         finally:
             os.close(fd)
-        assert statistics.median(took) < 0.1, took
         assert agent.seqs() == list(range(20))
     finally:
         agent.close()
