@@ -94,6 +94,7 @@ class Runtime:
                 retry=sink_cfg.retry,
                 concurrency=sink_cfg.concurrency,
                 clock=self._clock,
+                level=self.level,
             )
 
     def _open_pipeline(self, sink: SinkParts) -> None:

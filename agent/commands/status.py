@@ -10,10 +10,12 @@ import sqlite3
 import time
 from typing import Any
 
+import orjson
+
 from agent.config import Config
 from agent.errors import StartupError
 from agent.identity.sqlite_store import SqliteIdentityStore
-from agent.state import deadletters, outbox, sinkfile
+from agent.state import deadletters, meta, outbox, sinkfile
 from agent.state.db import StateLock, StatePaths, connect
 from agent.state.files import load_files
 
@@ -57,6 +59,8 @@ def _collect(conn: sqlite3.Connection, paths: StatePaths, config: Config) -> dic
             }
         )
     depth = outbox.depth(conn)
+    delivery_raw = meta.get(conn, meta.DELIVERY)
+    delivery = orjson.loads(delivery_raw) if delivery_raw else None
     dead = deadletters.by_reason(conn)
     counts = SqliteIdentityStore(conn).counts()
     return {
@@ -68,6 +72,7 @@ def _collect(conn: sqlite3.Connection, paths: StatePaths, config: Config) -> dic
             "bytes": depth.bytes,
             "oldest_age_s": round(now - depth.oldest, 1) if depth.oldest is not None else None,
         },
+        "delivery": _delivery(delivery, now),
         "dead_letters": sum(dead.values()),
         "dead_letters_by_reason": dict(sorted(dead.items())),
         "identities": {k: counts[k] for k in ("device", "named", "aliases")},
@@ -75,6 +80,22 @@ def _collect(conn: sqlite3.Connection, paths: StatePaths, config: Config) -> dic
         "sink_files": [
             {"path": r.path, "committed_bytes": r.length} for r in sinkfile.load_all(conn)
         ],
+    }
+
+
+def _delivery(raw: dict[str, Any] | None, now: float) -> dict[str, Any] | None:
+    """The sender's last report (written with each acknowledgement)."""
+    if raw is None:
+        return None
+    last = raw.get("last_delivery")
+    return {
+        "sink": raw.get("sink"),
+        "sent_since_start": raw.get("sent", 0),
+        "last_delivery_ago_s": round(now - last, 1) if last else None,
+        "held_because": raw.get("held"),
+        "failing_for_s": round(raw["failing_for_s"], 1) if raw.get("failing_for_s") else None,
+        "failures_since_start": raw.get("failures", {}),
+        "reported_ago_s": round(now - raw.get("written", now), 1),
     }
 
 
@@ -93,6 +114,18 @@ def render_text(data: dict[str, Any]) -> str:
     ob = data["outbox"]
     age = "" if ob["oldest_age_s"] is None else f", oldest {ob['oldest_age_s']}s old"
     out.append(f"  outbox: {ob['messages']:,} messages, {ob['bytes']:,} bytes{age}")
+    d = data["delivery"]
+    if d is not None:
+        last = "never" if d["last_delivery_ago_s"] is None else f"{d['last_delivery_ago_s']}s ago"
+        line = f"  delivery ({d['sink']}): last delivery {last}"
+        if d["held_because"]:
+            line += f"; held: {d['held_because']}"
+        if d["failing_for_s"]:
+            line += f"; failing for {d['failing_for_s']}s"
+        fails = ", ".join(f"{n:,} {r}" for r, n in sorted(d["failures_since_start"].items()) if n)
+        if fails:
+            line += f"; failed attempts since start: {fails}"
+        out.append(line + f" (reported {d['reported_ago_s']}s ago)")
     reasons = ", ".join(f"{n:,} {r}" for r, n in data["dead_letters_by_reason"].items())
     out.append(f"  dead letters: {data['dead_letters']:,}" + (f" ({reasons})" if reasons else ""))
     ids = data["identities"]

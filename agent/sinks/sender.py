@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
 import structlog
 
 from agent.config.schema import BatchConfig, RetryConfig
@@ -34,7 +35,7 @@ from agent.errors import StateError
 from agent.sinks.backoff import Backoff, Clock, SystemClock
 from agent.sinks.base import Delivered, HttpSink, OutboxMessage, Outcome, Pause, Reject, Retry
 from agent.sinks.batcher import Batcher
-from agent.state import outbox
+from agent.state import meta, outbox
 from agent.state.db import transaction
 
 log = structlog.get_logger("trackd.sender")
@@ -88,6 +89,7 @@ class Sender:
         concurrency: int,
         clock: Clock | None = None,
         backoff: Backoff | None = None,
+        level: outbox.Level | None = None,
     ) -> None:
         self.sink = sink
         self._conn = conn
@@ -110,6 +112,9 @@ class Sender:
         self._held_until = 0.0
         self._pauses = 0
         self._logged: dict[str, float] = {}
+        self._failure: BaseException | None = None
+        #: The outbox's fill, shared with the pipeline (backpressure); None when not tracked.
+        self.level = level
 
     # -- wake-ups --------------------------------------------------------------------------
 
@@ -131,6 +136,8 @@ class Sender:
         finishing.add_done_callback(lambda _f: self._wake.set())
         try:
             while True:
+                if self._failure is not None:
+                    raise self._failure
                 if finish.is_set() and deadline is None:
                     deadline = clock.monotonic() + (grace if grace is not None else 0.0)
                 draining = finish.is_set()
@@ -199,6 +206,10 @@ class Sender:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            # The state refused an acknowledgement (or a sink broke its contract): `run` raises
+            # it; the rows are still in the outbox and are sent again after a restart.
+            self._failure = task.exception()
         self._wake.set()
 
     async def _request(self, rows: list[outbox.Row]) -> None:
@@ -263,6 +274,8 @@ class Sender:
         now_mono = self._clock.monotonic()
         stats = self.stats
         for rows, outcomes, wall in acks:
+            # One backoff per request: its retried messages come back together, as one batch.
+            delay = self._backoff.delay(max(r.attempts for r in rows))
             for row, outcome in zip(rows, outcomes, strict=True):
                 if isinstance(outcome, Delivered):
                     delivered.append(row.id)
@@ -289,7 +302,6 @@ class Sender:
                         stats.dead_by_reason["expired"] += 1
                         continue
                     retried.append(row.id)
-                    delay = self._backoff.delay(row.attempts)
                     if outcome.after is not None:
                         self._hold(
                             min(outcome.after, self._max_backoff),
@@ -325,6 +337,10 @@ class Sender:
             ) from exc
         stats.sent += len(delivered)
         stats.dead_letters += len(rejected)
+        if self.level is not None and (delivered or rejected):
+            gone = {*delivered, *(row_id for row_id, _, _ in rejected)}
+            size = sum(len(r.body) for rows, _, _ in acks for r in rows if r.id in gone)
+            self.level.remove(len(gone), size)
         if delivered:
             stats.last_delivery = self._clock.time()
         for row, due in later:
@@ -344,11 +360,24 @@ class Sender:
                 outbox.note_attempts(self._conn, retried, now)
             if rejected:
                 outbox.dead_letter(self._conn, self.sink.name, rejected, now)
-            # The outbox id has no AUTOINCREMENT: SQLite gives a new row max(id) + 1, so once
-            # the top rows are gone new rows reuse their ids. The cursor must not stay above the
-            # highest row left, or rows committed from now on would hide below it.
-            [(top,)] = self._conn.execute("SELECT MAX(id) FROM outbox").fetchall()
-        self._cursor = min(self._cursor, top or 0)
+            meta.put(self._conn, meta.DELIVERY, self._status_json())
+
+    def _status_json(self) -> str:
+        """What `trackd status` shows of delivery (another process reads it from the state)."""
+        stats = self.stats
+        failing = stats.failing_since
+        return orjson.dumps(
+            {
+                "sink": self.sink.name,
+                "sent": stats.sent,
+                "dead_letters": stats.dead_letters,
+                "last_delivery": stats.last_delivery,
+                "held": stats.paused if self._held_until > self._clock.monotonic() else None,
+                "failing_for_s": None if failing is None else self._clock.monotonic() - failing,
+                "failures": dict(stats.failures),
+                "written": self._clock.time(),
+            }
+        ).decode()
 
     def _note_pause(self, outcomes: Sequence[Outcome], now: float) -> None:
         pause = next((o for o in outcomes if isinstance(o, Pause)), None)

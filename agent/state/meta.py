@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 FIRST_START_DONE = "first_start_done"
+#: The sender's last word on delivery (JSON), for `trackd status` in another process.
+DELIVERY = "delivery"
 
 
 def get(conn: sqlite3.Connection, key: str) -> str | None:

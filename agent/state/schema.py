@@ -95,11 +95,21 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 3: what HTTP delivery needs per outbox row (SPEC §4, §5.2), dead letters you can act on,
     # Kissmetrics `_t` assignments, and requests other processes leave for the lock holder.
+    # The outbox is rebuilt with AUTOINCREMENT: the sender reads past a cursor, so an id must
+    # never be handed out twice (a plain rowid reuses the ids of deleted top rows).
     """
-    ALTER TABLE outbox ADD COLUMN message_id TEXT;            -- the message's messageId
-    ALTER TABLE outbox ADD COLUMN stamp INTEGER;              -- sink-assigned (Kissmetrics _t)
-    ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE outbox ADD COLUMN first_attempt REAL;         -- wall clock of the first failure
+    CREATE TABLE outbox_v3 (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        enqueued      REAL    NOT NULL,           -- wall clock, for trackd_outbox_oldest_seconds
+        body          BLOB    NOT NULL,           -- the message, compact JSON
+        message_id    TEXT,                       -- the message's messageId
+        stamp         INTEGER,                    -- sink-assigned (Kissmetrics _t)
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        first_attempt REAL                        -- wall clock of the first failure
+    );
+    INSERT INTO outbox_v3 (id, enqueued, body) SELECT id, enqueued, body FROM outbox ORDER BY id;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v3 RENAME TO outbox;
 
     ALTER TABLE deadletters ADD COLUMN message_id TEXT;
     ALTER TABLE deadletters ADD COLUMN stamp INTEGER;

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config_text
-from agent.pipeline.stats import PipelineStats
 from agent.pipeline.blocks import BlockPreparer
 from agent.pipeline.prepare import Preparer
-from agent.records import FileRef
+from agent.pipeline.stats import PipelineStats
 from agent.pipeline.workers import PreparePool
+from agent.records import FileRef
 from tests.helpers import access_line
 
 
