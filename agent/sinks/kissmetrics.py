@@ -1,11 +1,13 @@
 """The Kissmetrics sink (SPEC §4): one request per outbox message, and the `_t` it carries.
 
 - `KissmetricsSink` is the `HttpSink` the `Sender` feeds: it encodes each message with
-  `KmEncoder` (agent/sinks/km_wire.py) and sends it over one pooled client (`build_client`),
-  `GET url + path?query`, or a `POST` of the form body when the query is over 2000 bytes. The
-  answer becomes an outcome through `classify_status(accept_304=True)` / `classify_exception`;
-  a message that cannot be encoded (an identity over 255 characters) is dead-lettered without a
-  request.
+  `KmEncoder` (agent/sinks/km_wire.py) and sends it, `GET url + path?query`, or a `POST` of the
+  form body when the query is over 2000 bytes, over one pool of keep-alive connections: the
+  `KeepAlivePool` of agent/sinks/keepalive.py (one request per message makes httpx's per-request
+  CPU cost the sink's ceiling), or, with `sink.proxy` set (or a client passed in), an httpx
+  client (`build_client`). The answer becomes an outcome through
+  `classify_status(accept_304=True)` / `classify_exception` either way; a message that cannot be
+  encoded (an identity over 255 characters) is dead-lettered without a request.
 - `SecondAllocator` is the `Stamper` that picks `_t` when the outbox row is written, so a
   re-sent message carries the same second (SPEC §4, SCENARIOS 23): Kissmetrics drops a
   same-person, same-event, same-second repeat, so two events of one person in one second are
@@ -22,7 +24,7 @@ import heapq
 import logging
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import httpx
@@ -35,6 +37,7 @@ from agent.errors import StartupError
 from agent.sinks import http
 from agent.sinks.backoff import Clock, SystemClock
 from agent.sinks.base import HttpSink, OutboxMessage, Outcome, Reject
+from agent.sinks.keepalive import KeepAlivePool, client_ssl_context
 from agent.sinks.km_wire import FORM_CONTENT_TYPE, KmEncoder, KmTooLong
 from agent.state import kmseconds
 
@@ -224,6 +227,9 @@ class SecondAllocator:
                 discard(key)
 
 
+#: What a form POST adds to the pool's Host and User-Agent.
+_POST_HEADERS = ((b"Content-Type", FORM_CONTENT_TYPE.encode("ascii")),)
+
 _KEY_PAIR = re.compile(r"_k=[^&\s'\"]*")
 #: The stdlib loggers httpx and httpcore write requests and responses to (URLs, a redirect's
 #: `Location`); filters do not propagate to child loggers, so each gets its own.
@@ -294,8 +300,28 @@ class KissmetricsSink:
         self._where = http.redact_url(self._base)
         self._max_backoff = sink.retry.max_backoff
         self._clock: Clock = clock or SystemClock()
-        self._client = client if client is not None else http.build_client(sink, sink.concurrency)
-        self._headers = {"User-Agent": f"trackd/{agent.__version__}"}
+        user_agent = f"trackd/{agent.__version__}"
+        #: The keep-alive pool, unless a proxy (or a client given) means httpx.
+        self._pool: KeepAlivePool | None = None
+        self._client: httpx.AsyncClient | None = client
+        if client is None and sink.proxy is None:
+            https = self._base.lower().startswith("https:")
+            try:
+                self._pool = KeepAlivePool(
+                    self._base,
+                    max_connections=sink.concurrency,
+                    timeout=sink.timeout,
+                    ssl_context=client_ssl_context(sink.tls) if https else None,
+                    user_agent=user_agent,
+                )
+            except ValueError:
+                # config/validate.py refuses such a URL already; this guards configs built in code.
+                raise StartupError(
+                    f"sink.url: invalid URL {self._where!r} (expected http:// or https://…)"
+                ) from None
+        elif client is None:
+            self._client = http.build_client(sink, sink.concurrency)
+        self._headers = {"User-Agent": user_agent}
         self._post_headers = {**self._headers, "Content-Type": FORM_CONTENT_TYPE}
 
     def __repr__(self) -> str:
@@ -317,26 +343,38 @@ class KissmetricsSink:
         req = self._encoder.encode_body(msg.body, msg.stamp)
         if isinstance(req, KmTooLong):
             return Reject(req.reason, req.detail)
-        url = self._base + req.target
+        status: int
+        headers: Mapping[str, str]
         try:
-            if req.method == "POST":
-                response = await http.request(
-                    self._client, "POST", url, content=req.body, headers=self._post_headers
-                )
+            if self._pool is not None:
+                if req.method == "POST":
+                    answer = await self._pool.request(
+                        "POST", req.target, headers=_POST_HEADERS, body=req.body
+                    )
+                else:
+                    answer = await self._pool.request("GET", req.target)
+                status, headers = answer.status, answer.headers
             else:
-                response = await http.request(self._client, "GET", url, headers=self._headers)
+                assert self._client is not None
+                url = self._base + req.target
+                if req.method == "POST":
+                    response = await http.request(
+                        self._client, "POST", url, content=req.body, headers=self._post_headers
+                    )
+                else:
+                    response = await http.request(self._client, "GET", url, headers=self._headers)
+                status, headers = response.status_code, response.headers
         except httpx.TransportError as exc:
             return http.classify_exception(exc)
         return http.classify_status(
-            response.status_code,
-            response.headers,
-            self._clock.time(),
-            max_backoff=self._max_backoff,
-            accept_304=True,
+            status, headers, self._clock.time(), max_backoff=self._max_backoff, accept_304=True
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
 
 def build(config: Config) -> SinkParts:
