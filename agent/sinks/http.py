@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from agent.config.schema import TlsConfig
-from agent.sinks.base import DELIVERED, Outcome, Pause, Reject, Retry
+from agent.sinks.base import DELIVERED, FailureReason, Outcome, Pause, Reject, Retry
 
 __all__ = [
     "HTTP2_AVAILABLE",
@@ -177,19 +177,25 @@ def classify_exception(exc: BaseException) -> Retry | Pause:
         if tls is not None:
             return Pause("tls", f"TLS handshake with {where} failed: {tls}")
         return Retry("connect", _connect_detail(exc, where))
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return Retry("reset", f"{where} closed the connection without a complete response")
-    if isinstance(exc, httpx.ReadError):
-        return Retry("reset", f"connection to {where} broken while reading the response")
-    if isinstance(exc, httpx.WriteError):
-        return Retry("reset", f"connection to {where} broken while sending the request")
-    if isinstance(exc, httpx.CloseError):
-        return Retry("reset", f"connection to {where} failed while closing")
-    if isinstance(exc, httpx.ProxyError):
-        return Retry("connect", f"the proxy refused or failed the connection to {where}")
-    if isinstance(exc, httpx.UnsupportedProtocol):
-        return Retry("connect", f"cannot connect to {where}: unsupported URL scheme")
+    for kind, reason, text in _TRANSPORT_FAILURES:
+        if isinstance(exc, kind):
+            return Retry(reason, text.format(where=where))
     return Retry("connect", f"request to {where} failed ({type(exc).__name__})")
+
+
+#: The other transport errors, most specific first: (type, reason, detail with {where}).
+_TRANSPORT_FAILURES: tuple[tuple[type[httpx.TransportError], FailureReason, str], ...] = (
+    (
+        httpx.RemoteProtocolError,
+        "reset",
+        "{where} closed the connection without a complete response",
+    ),
+    (httpx.ReadError, "reset", "connection to {where} broken while reading the response"),
+    (httpx.WriteError, "reset", "connection to {where} broken while sending the request"),
+    (httpx.CloseError, "reset", "connection to {where} failed while closing"),
+    (httpx.ProxyError, "connect", "the proxy refused or failed the connection to {where}"),
+    (httpx.UnsupportedProtocol, "connect", "cannot connect to {where}: unsupported URL scheme"),
+)
 
 
 def _endpoint(exc: httpx.TransportError) -> str:

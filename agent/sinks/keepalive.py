@@ -47,6 +47,7 @@ import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 import h11
@@ -91,6 +92,13 @@ def client_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
         context = httpx.create_ssl_context(verify=True)
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+class _Request(NamedTuple):
+    method: str
+    path: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
 
 
 class _Stale(Exception):
@@ -231,19 +239,15 @@ class KeepAlivePool:
     async def _send(
         self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> Response:
+        req = _Request(method, path, headers, body)
         async with self._slots:
             conn = self._take_idle()
-            if conn is None:
-                return await self._exchange(
-                    await self._connect(method, path), method, path, headers, body, False
-                )
-            try:
-                return await self._exchange(conn, method, path, headers, body, True)
-            except _Stale:
-                pass
-            return await self._exchange(
-                await self._connect(method, path), method, path, headers, body, False
-            )
+            if conn is not None:
+                try:
+                    return await self._exchange(conn, req, reused=True)
+                except _Stale:
+                    pass  # the keep-alive race: once more on a fresh connection
+            return await self._exchange(await self._connect(method, path), req, reused=False)
 
     def _take_idle(self) -> _Connection | None:
         idle = self._idle
@@ -285,20 +289,12 @@ class KeepAlivePool:
         self._open.add(conn)
         return conn
 
-    async def _exchange(
-        self,
-        conn: _Connection,
-        method: str,
-        path: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        reused: bool,
-    ) -> Response:
+    async def _exchange(self, conn: _Connection, req: _Request, *, reused: bool) -> Response:
         """Send the request on `conn` and read the response; `conn` goes back to the idle list
         when it can carry another request, and is closed otherwise. Raises `_Stale` when `reused`
         and the connection ended before any response byte."""
         try:
-            response = await self._roundtrip(conn, method, path, headers, body, reused)
+            response = await self._roundtrip(conn, req, reused)
         except BaseException:
             self._discard(conn)
             raise
@@ -315,15 +311,8 @@ class KeepAlivePool:
             conn.writer.close()
         return response
 
-    async def _roundtrip(
-        self,
-        conn: _Connection,
-        method: str,
-        path: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        reused: bool,
-    ) -> Response:
+    async def _roundtrip(self, conn: _Connection, req: _Request, reused: bool) -> Response:
+        method, path, headers, body = req
         state = conn.h11
         try:
             head = state.send(h11.Request(method=method, target=path, headers=headers)) or b""
