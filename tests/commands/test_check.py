@@ -201,3 +201,34 @@ class TestCommandLine:
         proc = run_trackd("check", "-c", str(cfg))
         assert proc.returncode == 3
         assert "sources[0].log_format: the format has no time variable" in proc.stderr
+
+
+class TestSinkChecks:
+    def test_segment_base_url_and_limits_are_described(self, tmp_path: Path) -> None:
+        """`check` says where a Segment sink posts (a base URL gets /v1/batch), its auth and
+        limits, and never the write key."""
+        from tests.helpers import run_trackd
+
+        cfg = tmp_path / "t.yaml"
+        cfg.write_text(
+            "state_dir: st\n"
+            'sink: {type: segment, url: "https://api.example.com/", write_key: "${SEGK}"}\n'
+        )
+        done = run_trackd("check", "-c", str(cfg), env={"SEGK": "sekret-write-key-123"})
+        assert done.returncode == 0, done.stderr
+        assert "trackd posts to https://api.example.com/v1/batch" in done.stdout
+        assert "auth: basic, gzip: on" in done.stdout
+        assert "sekret-write-key-123" not in done.stdout + done.stderr
+
+    def test_segment_batch_over_2500_is_a_config_error(self, tmp_path: Path) -> None:
+        """sink.batch.max_events above Segment's 2,500 messages per request: exit 3, naming the
+        YAML path and line."""
+        from tests.helpers import run_trackd
+
+        cfg = tmp_path / "t.yaml"
+        cfg.write_text(
+            "state_dir: st\nsink: {type: segment, write_key: k, batch: {max_events: 3000}}\n"
+        )
+        done = run_trackd("check", "-c", str(cfg))
+        assert done.returncode == 3
+        assert f"{cfg}:2: sink.batch.max_events: 3000 is over Segment's 2500" in done.stderr

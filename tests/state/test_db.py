@@ -53,3 +53,38 @@ def test_second_lock_holder_is_refused(tmp_path: Path) -> None:
         assert StateLock(StatePaths(str(tmp_path))).held_by_other()
     finally:
         first.release()
+
+
+def test_state_files_are_private(tmp_path: Path) -> None:
+    """The database and its WAL are created 0600 whatever the umask (the identity graph is
+    personal data)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        conn = open_state(str(tmp_path))
+        conn.execute("CREATE TABLE t (x)")  # a write, so the -wal file exists
+    finally:
+        os.umask(old)
+    for name in ("state.db", "state.db-wal"):
+        mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
+        assert mode == 0o600, f"{name} is {oct(mode)}"
+    conn.close()
+
+
+def test_outbox_ids_are_never_reused(tmp_path: Path) -> None:
+    """Deleting the newest outbox rows does not hand their ids out again (the sender reads past
+    a cursor: a reused id would hide a new message below it)."""
+    from agent.state import outbox
+    from agent.state.db import transaction
+
+    conn = open_state(str(tmp_path))
+    with transaction(conn):
+        outbox.enqueue(conn, [b'{"n":1}', b'{"n":2}'], None, 0.0)
+    top = outbox.fetch(conn, 0, 10)[-1].id
+    with transaction(conn):
+        outbox.delete(conn, [top])
+        outbox.enqueue(conn, [b'{"n":3}'], None, 0.0)
+    assert outbox.fetch(conn, top, 10)[0].body == b'{"n":3}'
+    conn.close()
