@@ -55,8 +55,8 @@ class TestClaims:
         epoch was aliased once: a login by another person sends no second alias (it would merge
         the two people in Kissmetrics for good)."""
         r = Resolver(store)
-        _, events = r.hit(0.0, "devBBBBB", None, None)
-        epoch, events = r.login(10.0, "a@x.com", "devBBBBB", None, None)
+        r.hit(0.0, "devBBBBB", None, None)
+        _epoch, events = r.login(10.0, "a@x.com", "devBBBBB", None, None)
         assert [(e.previous, e.user) for e in events] == [("devBBBBB", "a@x.com")]
         commit(r, store)
         assert store.collect(newest=500 * DAY, forget_after=400 * DAY, session_ttl=DAY) == (1, 0)
