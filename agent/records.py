@@ -75,6 +75,24 @@ class FileRef(NamedTuple):
     line_fp: str
 
 
+class OutboxRow(NamedTuple):
+    """One outbox row (SPEC §5.2): what the sender reads and a sink sends. Field order is the
+    table's, so rows are built straight from the query."""
+
+    #: The row id: what acknowledges the message.
+    id: int
+    #: The message, compact JSON (SPEC §3.1), exactly as committed.
+    body: bytes
+    #: The sink-assigned field written with the row (Kissmetrics' `_t`), or None.
+    stamp: int | None
+    #: Delivery attempts made so far (0 on the first send).
+    attempts: int
+    #: Wall time of the first failed attempt (the start of `sink.retry.max_age`), or None.
+    first_attempt: float | None = None
+    #: Wall time the row was committed.
+    enqueued: float = 0.0
+
+
 class Chunk:
     """SPEC §5.2's unit: what one state transaction commits — the messages made since the last
     commit, how far each file's lines are done, and the R6 watermarks they moved. (The identity

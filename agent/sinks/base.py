@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
+from agent.records import OutboxRow
+
 if TYPE_CHECKING:
     from agent.state.sinkfile import SinkFileRecord
 
@@ -86,18 +88,8 @@ Outcome: TypeAlias = Delivered | Retry | Pause | Reject
 DELIVERED = Delivered()
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxMessage:
-    """One outbox row as the sender hands it to an `HttpSink`."""
-
-    #: The outbox row id: what acknowledges the message.
-    id: int
-    #: The message, compact JSON (SPEC §3.1), exactly as committed.
-    body: bytes
-    #: The sink-assigned field written with the row (Kissmetrics' `_t`), or None.
-    stamp: int | None
-    #: Delivery attempts made so far (0 on the first send).
-    attempts: int
+#: One outbox row as the sender hands it to an `HttpSink` (id, body, stamp, attempts, …).
+OutboxMessage: TypeAlias = OutboxRow
 
 
 class HttpSink(Protocol):

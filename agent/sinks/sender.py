@@ -213,7 +213,7 @@ class Sender:
         self._wake.set()
 
     async def _request(self, rows: list[outbox.Row]) -> None:
-        batch = [OutboxMessage(r.id, r.body, r.stamp, r.attempts) for r in rows]
+        batch: list[OutboxMessage] = rows
         self.stats.requests += 1
         try:
             outcomes = await self.sink.send(batch, max(r.attempts for r in rows))

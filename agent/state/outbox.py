@@ -12,19 +12,14 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from agent.records import OutboxRow
+
 _IN_MAX = 500
 _ID_KEY = b'"messageId":"'
 
 
-class Row(NamedTuple):
-    """An outbox row as the sender reads it."""
-
-    id: int
-    body: bytes
-    stamp: int | None
-    attempts: int
-    first_attempt: float | None
-    enqueued: float
+#: An outbox row as the sender reads it.
+Row = OutboxRow
 
 
 class Depth(NamedTuple):
@@ -65,14 +60,16 @@ def enqueue(
 
 def fetch(conn: sqlite3.Connection, after_id: int, limit: int) -> list[Row]:
     """The next rows after `after_id`, in delivery (commit) order."""
-    return [
-        Row(*r)
-        for r in conn.execute(
-            "SELECT id, body, stamp, attempts, first_attempt, enqueued FROM outbox "
-            "WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
+    return list(
+        map(
+            OutboxRow._make,
+            conn.execute(
+                "SELECT id, body, stamp, attempts, first_attempt, enqueued FROM outbox "
+                "WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ),
         )
-    ]
+    )
 
 
 def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
