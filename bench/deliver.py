@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import random
 import resource
 import sys
@@ -55,6 +54,7 @@ from agent.sinks.segment import SegmentSink  # noqa: E402
 from agent.sinks.sender import Sender  # noqa: E402
 from agent.state import outbox  # noqa: E402
 from agent.state.db import StatePaths, connect, open_state, transaction  # noqa: E402
+from bench.common import RESULTS, write_results  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,15 @@ class Case:
     def retry(self) -> RetryConfig:
         return RetryConfig(initial_backoff=0.05, max_backoff=1.0)
 
+    def fields(self, url: str) -> dict[str, Any]:
+        """The sink settings every sink of the bench takes from the case (and the URL)."""
+        return {
+            "url": url,
+            "batch": self.batch,
+            "retry": self.retry,
+            "concurrency": self.concurrency,
+        }
+
 
 #: What a sink function returns: the sink, and the stamper that writes its field into outbox rows.
 Built = tuple[HttpSink, Stamper | None]
@@ -85,13 +94,7 @@ Built = tuple[HttpSink, Stamper | None]
 def segment_sink(url: str, case: Case) -> Built:
     """Segment, `/v1/batch` appended to nginx's base URL, basic auth, gzip per `case`."""
     cfg = SegmentSinkConfig(
-        type="segment",
-        url=url,
-        write_key=SecretStr("bench-write-key"),
-        gzip=case.gzip,
-        batch=case.batch,
-        retry=case.retry,
-        concurrency=case.concurrency,
+        type="segment", write_key=SecretStr("bench-write-key"), gzip=case.gzip, **case.fields(url)
     )
     return SegmentSink(cfg), None
 
@@ -100,12 +103,7 @@ def kissmetrics_sink(url: str, case: Case) -> Built:
     """Kissmetrics: one request per message (GET, or POST past 2,000 bytes), `_t` stamped into
     the outbox rows as the pipeline does."""
     cfg = KissmetricsSinkConfig(
-        type="kissmetrics",
-        url=url,
-        api_key=SecretStr("bench-api-key"),
-        batch=case.batch,
-        retry=case.retry,
-        concurrency=case.concurrency,
+        type="kissmetrics", api_key=SecretStr("bench-api-key"), **case.fields(url)
     )
     return KissmetricsSink(cfg), SecondAllocator(KmEncoder("bench-api-key"))
 
@@ -230,29 +228,17 @@ def main() -> None:
         )
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    out = _BENCH / "results" / "deliver.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    previous: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    previous_file = RESULTS / "deliver.json"
+    previous: dict[str, Any] = (
+        json.loads(previous_file.read_text()) if previous_file.exists() else {}
+    )
     by_sink: dict[str, Any] = previous.get("sinks", {})
     by_sink[args.sink] = {
         "mean_message_bytes": round(mean),
         "peak_rss_mb": round(peak_mb),
         "results": rows,
     }
-    out.write_text(
-        json.dumps(
-            {
-                "bench": "deliver",
-                "python": platform.python_version(),
-                "machine": platform.machine(),
-                "receiver": "nginx 204",
-                "sinks": by_sink,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"wrote {out}")
+    write_results("deliver", receiver="nginx 204", sinks=by_sink)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ tests/sources/test_tailer.py once — under 200 MiB and 300 MiB — and are meas
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -23,43 +22,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import free_port, metric, wait_for_metric, write_access_log  # noqa: E402
-from tests.sources.tailing import Agent  # noqa: E402
-
-MIB = 1 << 20
-
-
-def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/<pid>/status")
+from bench.common import peak_rss_mib, report  # noqa: E402
+from tests.helpers import metric, wait_for_metric, write_access_log  # noqa: E402
+from tests.sources.tailing import TOO_LONG, Agent, overlong_agent, write_overlong  # noqa: E402
 
 
 def overlong(work: Path, mib: int) -> dict[str, float]:
     """Peak RSS while a 1 MiB line and a `mib` MiB line (no newline for a while) are skipped."""
-    log = work / "app.log"
-    port = free_port()
-    agent = Agent(work, [str(log)], {"metrics": {"listen": f"127.0.0.1:{port}"}})
-    write_access_log(log, 0, 10)
+    agent, log, port = overlong_agent(work)
     agent.start()
     try:
         agent.wait_seqs(10)
-        baseline = _peak_rss_mib(agent.pid)
-        with log.open("ab") as fh:
-            fh.write(b"A" * MIB + b"\n")
-            fh.flush()
-            for _ in range(mib):
-                fh.write(b"B" * MIB)
-                fh.flush()
-        too_long = 'trackd_lines_skipped_total{reason="too_long",source="web"}'
-        wait_for_metric(port, too_long, 120)
+        baseline = peak_rss_mib(agent.pid)
+        write_overlong(log, mib)
+        wait_for_metric(port, TOO_LONG, 120)
         with log.open("ab") as fh:
             fh.write(b"\n")
         write_access_log(log, 10, 5)
         agent.wait_seqs(15, timeout=300)
-        skipped = metric(port, too_long) or 0.0
-        peak = _peak_rss_mib(agent.pid)
+        skipped = metric(port, TOO_LONG) or 0.0
+        peak = peak_rss_mib(agent.pid)
         assert agent.stop() == 0
     finally:
         agent.close()
@@ -72,14 +54,14 @@ def burst(work: Path, lines: int) -> dict[str, float]:
     log.touch()
     agent = Agent(work, [str(log)]).start()
     try:
-        baseline = _peak_rss_mib(agent.pid)
+        baseline = peak_rss_mib(agent.pid)
         started = time.monotonic()
         for first in range(0, lines, 100_000):
             write_access_log(log, first, min(100_000, lines - first))
         written = time.monotonic() - started
         agent.wait_seqs(lines, timeout=1800)
         caught_up = time.monotonic() - started
-        peak = _peak_rss_mib(agent.pid)
+        peak = peak_rss_mib(agent.pid)
         assert agent.stop() == 0
     finally:
         agent.close()
@@ -108,11 +90,7 @@ def main() -> None:
             result = overlong(Path(tmp), args.mib)
         else:
             result = burst(Path(tmp), args.lines)
-    for key, value in result.items():
-        print(f"{key:<16}{value:>12,.2f}")
-    out = ROOT / "bench" / "results" / f"memory-{args.mode}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    report(f"memory-{args.mode}", result, width=16)
 
 
 if __name__ == "__main__":

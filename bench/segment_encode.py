@@ -14,9 +14,7 @@ bench/results/segment_encode.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import sys
 import time
@@ -30,6 +28,7 @@ if "agent" not in sys.modules:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.sinks import segment_wire
 from agent.sinks.segment_wire import MAX_REQUEST_MESSAGES, SegmentEnvelope, sent_at, split_requests
+from bench.common import write_results
 
 _FALLBACK = (
     b'{"type":"page","messageId":"9c327094-e176-588f-9fd5-1574c0df55a3","timestamp":'
@@ -149,23 +148,12 @@ def main() -> None:
             f"{r['mb_per_s_uncompressed']:>9} {r['ratio']:>6}"
         )
 
-    out = Path(__file__).resolve().parent / "results" / "segment_encode.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "bench": "segment_encode",
-                "python": platform.python_version(),
-                "machine": platform.machine(),
-                "mean_message_bytes": round(mean),
-                "default_gzip_level": default_level,
-                "results": results,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        "segment_encode",
+        mean_message_bytes=round(mean),
+        default_gzip_level=default_level,
+        results=results,
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

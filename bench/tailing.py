@@ -11,7 +11,6 @@ Prints a table and writes bench/results/tailing-<mode>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.sources.tailer import HOT_WINDOW  # noqa: E402
+from bench.common import cpu_seconds, report  # noqa: E402
 from tests.helpers import access_line  # noqa: E402
 from tests.sources.tailing import Agent  # noqa: E402
 
@@ -65,11 +65,6 @@ def latency(work: Path, lines: int, every: float) -> dict[str, float]:
     }
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def idle(work: Path, files: int, seconds: float) -> dict[str, float]:
     """CPU % of the daemon over `seconds` once every file was read and nothing changes."""
     logs = work / "logs"
@@ -81,9 +76,9 @@ def idle(work: Path, files: int, seconds: float) -> dict[str, float]:
     try:
         agent.wait_seqs(files, timeout=300)
         time.sleep(HOT_WINDOW + 2)  # let the files go cold (no longer on the fast timer)
-        before, started = _cpu_seconds(agent.pid), time.monotonic()
+        before, started = cpu_seconds(agent.pid), time.monotonic()
         time.sleep(seconds)
-        used = _cpu_seconds(agent.pid) - before
+        used = cpu_seconds(agent.pid) - before
         elapsed = time.monotonic() - started
         fds = len(os.listdir(f"/proc/{agent.pid}/fd"))
         assert agent.stop() == 0
@@ -109,11 +104,7 @@ def main() -> None:
             result = latency(Path(tmp), args.lines, args.every)
         else:
             result = idle(Path(tmp), args.files, args.seconds)
-    for key, value in result.items():
-        print(f"{key:<14}{value:>12,.2f}")
-    out = ROOT / "bench" / "results" / f"tailing-{args.mode}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    report(f"tailing-{args.mode}", result, width=14)
 
 
 if __name__ == "__main__":

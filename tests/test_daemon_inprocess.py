@@ -24,6 +24,10 @@ SHUTDOWN_TIMEOUT = 1.0
 _PATH = re.compile(rb'"path":"/p/(\d+)"')
 
 
+#: Every test here is async and bounded the same way.
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(15)]
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -79,8 +83,6 @@ def exactly_once(sink: ScriptedSink, seqs: Iterable[int]) -> None:
 
 
 class TestDaemon:
-    @pytest.mark.timeout(15)
-    @pytest.mark.anyio
     async def test_every_page_view_delivered_exactly_once(self, tmp_path: Path) -> None:
         """Lines present at start and lines appended while running each reach the sink once."""
         log = tmp_path / "access.log"
@@ -94,8 +96,6 @@ class TestDaemon:
         exactly_once(sink, range(55))
         assert outbox_depth_at(tmp_path / "state") == 0
 
-    @pytest.mark.timeout(15)
-    @pytest.mark.anyio
     async def test_outage_fills_the_outbox_then_drains_exactly_once(self, tmp_path: Path) -> None:
         """While the sink fails, the rows are really in the outbox; once it recovers they are
         all delivered, each once, and the outbox is empty."""
@@ -115,8 +115,6 @@ class TestDaemon:
         assert d.daemon.rt.sender is not None
         assert d.daemon.rt.sender.stats.failures["http_5xx"] >= 6
 
-    @pytest.mark.timeout(15)
-    @pytest.mark.anyio
     async def test_a_rejected_message_is_dead_lettered_alone(self, tmp_path: Path) -> None:
         """The one message the sink refuses goes to the dead letters with the reason; every other
         one is delivered once."""
@@ -135,8 +133,6 @@ class TestDaemon:
         exactly_once(sink, [n for n in range(12) if n != 7])
         assert outbox_depth_at(tmp_path / "state") == 0
 
-    @pytest.mark.timeout(15)
-    @pytest.mark.anyio
     async def test_stop_with_a_hanging_sink_keeps_the_rows(self, tmp_path: Path) -> None:
         """request_stop() with a sink that never answers returns within shutdown_timeout, exit 0,
         and every message that was not acknowledged is still in the outbox."""
@@ -154,8 +150,6 @@ class TestDaemon:
         assert sink.delivered == {}
         assert outbox_depth_at(tmp_path / "state") == 15
 
-    @pytest.mark.timeout(15)
-    @pytest.mark.anyio
     async def test_stop_deletes_only_what_was_acknowledged(self, tmp_path: Path) -> None:
         """At stop, the messages of the one request that never got an answer stay in the outbox
         and every acknowledged one is gone (SCENARIOS 29)."""
@@ -173,8 +167,6 @@ class TestDaemon:
 
 
 class TestRunOnce:
-    @pytest.mark.timeout(15)
-    @pytest.mark.anyio
     async def test_everything_accepted_exits_0_with_an_empty_outbox(self, tmp_path: Path) -> None:
         """run --once reads the file, delivers each message once, exits 0, leaves no row."""
         log = tmp_path / "access.log"
@@ -185,8 +177,6 @@ class TestRunOnce:
         assert outbox_depth_at(tmp_path / "state") == 0
         assert sink.closed == 1
 
-    @pytest.mark.timeout(15)
-    @pytest.mark.anyio
     async def test_undelivered_messages_wait_for_the_next_run(self, tmp_path: Path) -> None:
         """A sink that keeps failing: run --once gives up after --deliver-timeout with exit 1
         and the rows stay in the outbox; the next run delivers them with the same messageIds."""

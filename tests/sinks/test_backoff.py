@@ -14,11 +14,6 @@ from agent.sinks.backoff import Backoff, Clock, FakeClock, SystemClock
 pytestmark = pytest.mark.timeout(10)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def constant(value: float) -> Callable[[], float]:
     return lambda: value
 
@@ -122,6 +117,26 @@ async def sleep_then_record(clock: FakeClock, seconds: float, label: str, log: l
     log.append(label)
 
 
+def sleeper(clock: FakeClock, seconds: float, label: str, log: list[str]) -> asyncio.Task[None]:
+    """A task sleeping `seconds` on `clock`, then appending `label` to `log`."""
+    return asyncio.create_task(sleep_then_record(clock, seconds, label, log))
+
+
+async def asleep(
+    clock: FakeClock, log: list[str], *specs: tuple[float, str]
+) -> list[asyncio.Task[None]]:
+    """One `sleeper` per (seconds, label) of `specs`, returned once all of them sleep."""
+    tasks = [sleeper(clock, seconds, label, log) for seconds, label in specs]
+    await clock.wait_for_sleepers(len(tasks))
+    return tasks
+
+
+async def wake(clock: FakeClock, seconds: float, tasks: list[asyncio.Task[None]]) -> None:
+    """Advance `clock` by `seconds`, then wait for `tasks` to finish."""
+    clock.advance(seconds)
+    await asyncio.gather(*tasks)
+
+
 class TestFakeClock:
     def test_is_a_clock(self, clock: FakeClock) -> None:
         """FakeClock satisfies the Clock protocol and starts where it was told."""
@@ -143,7 +158,7 @@ class TestFakeClock:
     async def test_sleeper_wakes_only_at_its_deadline(self, clock: FakeClock) -> None:
         """A sleeper stays asleep until the clock reaches its deadline."""
         log: list[str] = []
-        task = asyncio.create_task(sleep_then_record(clock, 5, "woke", log))
+        task = sleeper(clock, 5, "woke", log)
         await clock.wait_for_sleepers(1)
         clock.advance(4.9)
         await asyncio.sleep(0)
@@ -158,13 +173,9 @@ class TestFakeClock:
     async def test_sleepers_wake_in_deadline_order(self, clock: FakeClock) -> None:
         """One advance past several deadlines wakes them earliest first, whatever the start order."""
         log: list[str] = []
-        tasks = [
-            asyncio.create_task(sleep_then_record(clock, s, label, log))
-            for s, label in [(3, "c"), (1, "a"), (2, "b")]
-        ]
+        tasks = [sleeper(clock, s, label, log) for s, label in [(3, "c"), (1, "a"), (2, "b")]]
         await clock.wait_for_sleepers(3)
-        clock.advance(10)
-        await asyncio.gather(*tasks)
+        await wake(clock, 10, tasks)
         assert log == ["a", "b", "c"]
 
     @pytest.mark.anyio
@@ -173,26 +184,21 @@ class TestFakeClock:
         log: list[str] = []
         tasks = []
         for label in "xyz":
-            tasks.append(asyncio.create_task(sleep_then_record(clock, 1, label, log)))
+            tasks.append(sleeper(clock, 1, label, log))
             await clock.wait_for_sleepers(len(tasks))
-        clock.advance(1)
-        await asyncio.gather(*tasks)
+        await wake(clock, 1, tasks)
         assert log == ["x", "y", "z"]
 
     @pytest.mark.anyio
     async def test_only_due_sleepers_wake(self, clock: FakeClock) -> None:
         """Sleepers whose deadline is still ahead keep sleeping after an advance."""
         log: list[str] = []
-        early = asyncio.create_task(sleep_then_record(clock, 1, "early", log))
-        late = asyncio.create_task(sleep_then_record(clock, 10, "late", log))
-        await clock.wait_for_sleepers(2)
-        clock.advance(5)
-        await early
+        early, late = await asleep(clock, log, (1, "early"), (10, "late"))
+        await wake(clock, 5, [early])
         assert log == ["early"]
         assert clock.pending_sleepers() == 1
         assert clock.next_deadline() == 110.0
-        clock.advance(5)
-        await late
+        await wake(clock, 5, [late])
 
     @pytest.mark.anyio
     async def test_cancelled_sleeper_is_removed(self, clock: FakeClock) -> None:
@@ -211,12 +217,9 @@ class TestFakeClock:
     async def test_cancelled_sleeper_does_not_disturb_others(self, clock: FakeClock) -> None:
         """Cancelling one of two sleepers leaves the other to wake normally."""
         log: list[str] = []
-        doomed = asyncio.create_task(sleep_then_record(clock, 1, "doomed", log))
-        kept = asyncio.create_task(sleep_then_record(clock, 2, "kept", log))
-        await clock.wait_for_sleepers(2)
+        doomed, kept = await asleep(clock, log, (1, "doomed"), (2, "kept"))
         doomed.cancel()
-        clock.advance(3)
-        await kept
+        await wake(clock, 3, [kept])
         with pytest.raises(asyncio.CancelledError):
             await doomed
         assert log == ["kept"]

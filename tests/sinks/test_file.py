@@ -38,6 +38,14 @@ def deliver(conn: sqlite3.Connection, sink: FileSink, *bodies: bytes) -> None:
     sink.committed()
 
 
+def first_chunk(conn: sqlite3.Connection, tmp_path: Path) -> tuple[Path, FileSink]:
+    """A sink opened on `out.jsonl` in `tmp_path` that delivered one chunk, `{"n":1}`."""
+    out = tmp_path / "out.jsonl"
+    sink = opened(conn, out)
+    deliver(conn, sink, b'{"n":1}')
+    return out, sink
+
+
 def test_a_chunk_is_appended_and_its_length_committed(
     tmp_path: Path, conn: sqlite3.Connection
 ) -> None:
@@ -53,9 +61,7 @@ def test_a_chunk_is_appended_and_its_length_committed(
 def test_uncommitted_tail_is_cut_on_open(tmp_path: Path, conn: sqlite3.Connection) -> None:
     """Bytes written after the last committed length (a crash between write and commit) are
     truncated away on the next open, so the re-sent messages appear once."""
-    out = tmp_path / "out.jsonl"
-    first = opened(conn, out)
-    deliver(conn, first, b'{"n":1}')
+    out, first = first_chunk(conn, tmp_path)
     first.write([b'{"n":2}'])  # written, then a crash before the transaction
     first.close()
     again = opened(conn, out)
@@ -66,9 +72,7 @@ def test_uncommitted_tail_is_cut_on_open(tmp_path: Path, conn: sqlite3.Connectio
 
 def test_abort_takes_the_chunk_back(tmp_path: Path, conn: sqlite3.Connection) -> None:
     """A chunk whose transaction failed is cut off the file, so its retry appends it once."""
-    out = tmp_path / "out.jsonl"
-    sink = opened(conn, out)
-    deliver(conn, sink, b'{"n":1}')
+    out, sink = first_chunk(conn, tmp_path)
     sink.write([b'{"n":2}'])
     sink.abort()
     deliver(conn, sink, b'{"n":2}')
@@ -77,9 +81,7 @@ def test_abort_takes_the_chunk_back(tmp_path: Path, conn: sqlite3.Connection) ->
 
 def test_replaced_file_is_left_alone(tmp_path: Path, conn: sqlite3.Connection) -> None:
     """A sink file replaced by another (rotated away) is not truncated: it is recorded afresh."""
-    out = tmp_path / "out.jsonl"
-    sink = opened(conn, out)
-    deliver(conn, sink, b'{"n":1}')
+    out, sink = first_chunk(conn, tmp_path)
     sink.close()
     out.rename(tmp_path / "out.jsonl.1")
     out.write_bytes(b"someone else's data that is longer than ours\n")

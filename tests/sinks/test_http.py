@@ -10,19 +10,15 @@ import asyncio
 import contextlib
 import email.utils
 import importlib.util
-import shutil
 import socket
-import ssl
 import struct
-import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from agent.config.schema import SegmentSinkConfig, TlsConfig
+from agent.config.schema import TlsConfig
 from agent.sinks.base import Delivered, Outcome, Pause, Reject, Retry
 from agent.sinks.http import (
     HTTP2_AVAILABLE,
@@ -33,40 +29,23 @@ from agent.sinks.http import (
     redact_url,
     request,
 )
+from tests.helpers import free_port
+from tests.sinks.support import (
+    CertPair,
+    Handler,
+    Seen,
+    Server,
+    segment_config,
+    serve,
+    server_context,
+)
 
 NOW = 1_700_000_000.0
 MAX_BACKOFF = 300.0
 SECRET = "s3cr3t-key-value"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # --- helpers: tiny servers on 127.0.0.1 ----------------------------------------------------------
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@dataclass
-class Seen:
-    """One request a test server received."""
-
-    method: str
-    target: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Server:
-    port: int
-    seen: list[Seen] = field(default_factory=list)
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
 
 async def read_request(reader: asyncio.StreamReader) -> Seen | None:
@@ -96,42 +75,6 @@ async def respond(
     await writer.drain()
 
 
-@contextlib.asynccontextmanager
-async def serve(
-    handler: Handler, ssl_context: ssl.SSLContext | None = None
-) -> AsyncIterator[Server]:
-    """Run `handler` for each connection on a free loopback port; close everything on exit."""
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
-        try:
-            await handler(reader, writer)
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                await writer.wait_closed()
-            tasks.discard(task)
-
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=ssl_context)
-    try:
-        yield Server(server.sockets[0].getsockname()[1])
-    finally:
-        server.close()
-        for task in list(tasks):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
-
-
-def sink(**kwargs: object) -> SegmentSinkConfig:
-    return SegmentSinkConfig.model_validate({"type": "segment", **kwargs})
-
-
 async def transport_error(client: httpx.AsyncClient, url: str) -> httpx.TransportError:
     """The TransportError a real request to `url` raises."""
     with pytest.raises(httpx.TransportError) as info:
@@ -144,6 +87,29 @@ def assert_no_secret(outcome: Outcome) -> None:
     assert SECRET not in detail
     assert "?" not in detail
     assert "/e" not in detail
+
+
+async def classified(handler: Handler, read_timeout: float) -> tuple[Outcome, Server]:
+    """What classify_exception makes of a request to a server running `handler` (and the server)."""
+    async with serve(handler) as srv, httpx.AsyncClient(timeout=read_timeout) as client:
+        exc = await transport_error(client, f"{srv.origin}/e?_k={SECRET}")
+    return classify_exception(exc), srv
+
+
+async def close_without_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read the request, then close without a response."""
+    await read_request(reader)
+
+
+async def half_response_then_rst(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Read the request, send half a response, then reset the connection (SO_LINGER 0)."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+    await writer.drain()
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 # --- status codes -------------------------------------------------------------------------------
@@ -353,10 +319,7 @@ class TestClassifyExceptionOnSockets:
     @pytest.mark.anyio
     async def test_connection_refused_is_connect(self) -> None:
         """Connecting to a closed port is a connect Retry naming only host:port."""
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        sock.close()
+        port = free_port()
         async with httpx.AsyncClient() as client:
             exc = await transport_error(client, f"http://127.0.0.1:{port}/e?_k={SECRET}")
         outcome = classify_exception(exc)
@@ -369,138 +332,23 @@ class TestClassifyExceptionOnSockets:
         async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.read()  # until the client gives up and closes
 
-        async with serve(silent) as srv, httpx.AsyncClient(timeout=0.2) as client:
-            exc = await transport_error(client, f"{srv.origin}/e?_k={SECRET}")
-        outcome = classify_exception(exc)
+        outcome, srv = await classified(silent, read_timeout=0.2)
         assert outcome == Retry("timeout", f"no response from 127.0.0.1:{srv.port} within 0.2s")
 
     @pytest.mark.anyio
-    async def test_close_without_answer_is_reset(self) -> None:
-        """A server that reads the request and closes without a response yields reset."""
-
-        async def close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-
-        async with serve(close) as srv, httpx.AsyncClient(timeout=5) as client:
-            exc = await transport_error(client, f"{srv.origin}/e?_k={SECRET}")
-        outcome = classify_exception(exc)
-        assert isinstance(outcome, Retry)
-        assert outcome.reason == "reset"
-        assert_no_secret(outcome)
-
-    @pytest.mark.anyio
-    async def test_half_response_then_rst_is_reset(self) -> None:
-        """Half a response followed by a TCP RST (SO_LINGER 0) yields reset."""
-
-        async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
-            await writer.drain()
-            sock = writer.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-        async with serve(half) as srv, httpx.AsyncClient(timeout=5) as client:
-            exc = await transport_error(client, f"{srv.origin}/e?_k={SECRET}")
-        outcome = classify_exception(exc)
+    @pytest.mark.parametrize(
+        "handler", [close_without_answer, half_response_then_rst], ids=["close", "half-then-rst"]
+    )
+    async def test_response_cut_off_is_reset(self, handler: Handler) -> None:
+        """A server that reads the request and closes without a response, or that sends half a
+        response followed by a TCP RST (SO_LINGER 0), yields reset, with no secret in its detail."""
+        outcome, _ = await classified(handler, read_timeout=5)
         assert isinstance(outcome, Retry)
         assert outcome.reason == "reset"
         assert_no_secret(outcome)
 
 
 # --- TLS ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CertPair:
-    cert: Path
-    key: Path
-
-
-def _make_cert_openssl(cert: Path, key: Path) -> None:
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-
-
-def _make_cert_cryptography(cert: Path, key: Path) -> None:  # pragma: no cover - not installed here
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    private = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(private.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .sign(private, hashes.SHA256())
-    )
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
-@pytest.fixture(scope="module")
-def self_signed(tmp_path_factory: pytest.TempPathFactory) -> CertPair:
-    """A self-signed certificate for 127.0.0.1, made with openssl (else `cryptography`)."""
-    directory = tmp_path_factory.mktemp("tls")
-    pair = CertPair(directory / "cert.pem", directory / "key.pem")
-    if shutil.which("openssl"):
-        _make_cert_openssl(pair.cert, pair.key)
-    elif importlib.util.find_spec("cryptography") is not None:
-        _make_cert_cryptography(pair.cert, pair.key)
-    else:
-        pytest.skip("needs the openssl command or the cryptography package to make a certificate")
-    return pair
-
-
-def server_context(pair: CertPair) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(pair.cert, pair.key)
-    return context
 
 
 async def answer_204(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -514,7 +362,7 @@ class TestTls:
     async def test_untrusted_certificate_pauses_with_tls(self, self_signed: CertPair) -> None:
         """Verification on against a self-signed server pauses the sink with reason tls."""
         async with serve(answer_204, server_context(self_signed)) as srv:
-            async with build_client(sink(), concurrency=1) as client:
+            async with build_client(segment_config(), concurrency=1) as client:
                 exc = await transport_error(client, f"https://127.0.0.1:{srv.port}/e?_k={SECRET}")
         outcome = classify_exception(exc)
         assert isinstance(outcome, Pause)
@@ -526,7 +374,7 @@ class TestTls:
     @pytest.mark.anyio
     async def test_ca_file_makes_the_certificate_trusted(self, self_signed: CertPair) -> None:
         """With sink.tls.ca_file pointing at the certificate, the request succeeds."""
-        config = sink(tls=TlsConfig(ca_file=str(self_signed.cert)))
+        config = segment_config(tls=TlsConfig(ca_file=str(self_signed.cert)))
         async with serve(answer_204, server_context(self_signed)) as srv:
             async with build_client(config, concurrency=1) as client:
                 response = await client.get(f"https://127.0.0.1:{srv.port}/e")
@@ -540,7 +388,7 @@ class TestTls:
         self, self_signed: CertPair
     ) -> None:
         """insecure_skip_verify: true connects to a self-signed server without its CA."""
-        config = sink(tls=TlsConfig(insecure_skip_verify=True))
+        config = segment_config(tls=TlsConfig(insecure_skip_verify=True))
         async with serve(answer_204, server_context(self_signed)) as srv:
             async with build_client(config, concurrency=1) as client:
                 response = await client.get(f"https://127.0.0.1:{srv.port}/e")
@@ -554,7 +402,7 @@ class TestTls:
             await reader.read(1)  # the ClientHello arrives; answer in plain HTTP
             await respond(writer, 400)
 
-        async with serve(plain) as srv, build_client(sink(), concurrency=1) as client:
+        async with serve(plain) as srv, build_client(segment_config(), concurrency=1) as client:
             exc = await transport_error(client, f"https://127.0.0.1:{srv.port}/e")
         outcome = classify_exception(exc)
         assert isinstance(outcome, Pause)
@@ -568,12 +416,12 @@ class TestTls:
 class TestBuildClient:
     def test_client_does_not_follow_redirects(self) -> None:
         """The client itself follows nothing: 301/302/303 must reach classify_status."""
-        client = build_client(sink(), concurrency=4)
+        client = build_client(segment_config(), concurrency=4)
         assert client.follow_redirects is False
 
     def test_timeout_applies_to_every_phase(self) -> None:
         """sink.timeout bounds connect, read, write and pool waits."""
-        client = build_client(sink(timeout="3s"), concurrency=4)
+        client = build_client(segment_config(timeout="3s"), concurrency=4)
         assert client.timeout == httpx.Timeout(3.0)
 
     def test_http2_only_when_h2_is_installed(self) -> None:
@@ -602,7 +450,7 @@ class TestBuildClient:
             finally:
                 open_now -= 1
 
-        async with serve(held) as srv, build_client(sink(), concurrency=2) as client:
+        async with serve(held) as srv, build_client(segment_config(), concurrency=2) as client:
             requests = [asyncio.create_task(client.get(f"{srv.origin}/e")) for _ in range(3)]
             await two_in.wait()
             await asyncio.sleep(0.2)  # real time for a third connection to show up, if it would
@@ -624,7 +472,7 @@ class TestBuildClient:
                 await respond(writer, 204)
 
         async with serve(proxy) as srv:
-            async with build_client(sink(proxy=srv.origin), concurrency=1) as client:
+            async with build_client(segment_config(proxy=srv.origin), concurrency=1) as client:
                 response = await client.get("http://collector.invalid/v1/batch")
         assert response.status_code == 204
         assert targets == ["http://collector.invalid/v1/batch"]
@@ -632,7 +480,7 @@ class TestBuildClient:
     def test_missing_ca_file_fails_at_build(self, tmp_path: Path) -> None:
         """A ca_file that does not exist fails when the client is built, not on first send."""
         with pytest.raises(FileNotFoundError):
-            build_client(sink(tls=TlsConfig(ca_file=str(tmp_path / "nope.pem"))), 1)
+            build_client(segment_config(tls=TlsConfig(ca_file=str(tmp_path / "nope.pem"))), 1)
 
 
 # --- redirects ----------------------------------------------------------------------------------
@@ -658,6 +506,11 @@ async def redirecting_server(
         yield srv
 
 
+def hops(srv: Server) -> list[tuple[str, str, bytes]]:
+    """(method, target, body) of each request `srv` received, in order."""
+    return [(s.method, s.target, s.body) for s in srv.seen]
+
+
 @pytest.mark.timeout(10)
 class TestRequestRedirects:
     @pytest.mark.anyio
@@ -669,10 +522,7 @@ class TestRequestRedirects:
                 client, "POST", f"{srv.origin}/start", content=b"payload", headers={"X-A": "1"}
             )
         assert response.status_code == 200
-        assert [(s.method, s.target, s.body) for s in srv.seen] == [
-            ("POST", "/start", b"payload"),
-            ("POST", "/next", b"payload"),
-        ]
+        assert hops(srv) == [("POST", "/start", b"payload"), ("POST", "/next", b"payload")]
         assert srv.seen[1].headers["x-a"] == "1"
 
     @pytest.mark.anyio
@@ -689,10 +539,7 @@ class TestRequestRedirects:
                 headers={"Authorization": "Basic abc"},
             )
         assert response.status_code == 200
-        assert [(s.method, s.target, s.body) for s in front.seen] == [
-            ("PUT", "/perm", b"body"),
-            ("PUT", "/moved-here", b"body"),
-        ]
+        assert hops(front) == [("PUT", "/perm", b"body"), ("PUT", "/moved-here", b"body")]
         assert front.seen[1].headers["authorization"] == "Basic abc"
 
     @pytest.mark.anyio

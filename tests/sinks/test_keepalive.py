@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import socket
 import ssl
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
@@ -28,22 +24,13 @@ from agent.sinks.base import Delivered, OutboxMessage, Pause, Retry
 from agent.sinks.http import classify_exception, classify_status
 from agent.sinks.keepalive import MAX_BODY, KeepAlivePool, client_ssl_context
 from agent.sinks.kissmetrics import KissmetricsSink
+from tests.helpers import free_port
 from tests.receiver import Receiver, Request, Response
+from tests.sinks.support import CertPair, kissmetrics_config, serve, server_context
 
 SECRET = "km-SECRET-0badc0ffee"
 TARGET = f"/e?_k={SECRET}&_p=visitor&_n=Signed%20Up&_t=1795752000&_d=1"
 FORM = ((b"Content-Type", b"application/x-www-form-urlencoded"),)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def rx() -> Iterator[Receiver]:
-    with Receiver() as receiver:
-        yield receiver
 
 
 def make_pool(url: str, *, max_connections: int = 4, timeout: float = 5.0) -> KeepAlivePool:
@@ -58,11 +45,8 @@ def make_pool(url: str, *, max_connections: int = 4, timeout: float = 5.0) -> Ke
 
 @pytest.fixture
 async def pool(rx: Receiver) -> AsyncIterator[KeepAlivePool]:
-    p = make_pool(rx.url)
-    try:
+    async with contextlib.aclosing(make_pool(rx.url)) as p:
         yield p
-    finally:
-        await p.aclose()
 
 
 async def failure(pool: KeepAlivePool, target: str = TARGET) -> httpx.TransportError:
@@ -74,12 +58,6 @@ async def failure(pool: KeepAlivePool, target: str = TARGET) -> httpx.TransportE
 
 def connections(requests: list[Request]) -> list[int]:
     return [r.connection for r in requests]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- keep-alive ---------------------------------------------------------------------------------
@@ -101,13 +79,10 @@ class TestKeepAlive:
     async def test_concurrency_is_bounded_by_max_connections(self, rx: Receiver) -> None:
         """Ten concurrent slow requests with max_connections=3 never have more than 3 open."""
         rx.default = Response(204, delay=0.1)
-        pool = make_pool(rx.url, max_connections=3)
-        try:
+        async with contextlib.aclosing(make_pool(rx.url, max_connections=3)) as pool:
             answers = await asyncio.gather(*(pool.request("GET", TARGET) for _ in range(10)))
             assert [a.status for a in answers] == [204] * 10
             assert pool.open_connections <= 3
-        finally:
-            await pool.aclose()
         assert rx.max_in_flight == 3
         assert len(set(connections(rx.wait_for(10)))) == 3
 
@@ -230,11 +205,8 @@ class TestErrors:
     async def test_hang_is_read_timeout(self, rx: Receiver) -> None:
         """A server that never answers is a ReadTimeout after `timeout`: Retry timeout."""
         rx.script(Response(action="hang"))
-        pool = make_pool(rx.url, timeout=0.3)
-        try:
+        async with contextlib.aclosing(make_pool(rx.url, timeout=0.3)) as pool:
             exc = await failure(pool)
-        finally:
-            await pool.aclose()
         assert isinstance(exc, httpx.ReadTimeout)
         assert classify_exception(exc) == Retry(
             "timeout", f"no response from 127.0.0.1:{rx.port} within 0.3s"
@@ -244,11 +216,8 @@ class TestErrors:
     async def test_refused_is_connect_error(self) -> None:
         """Nothing listening is a ConnectError: Retry connect naming host:port only."""
         port = free_port()
-        pool = make_pool(f"http://127.0.0.1:{port}")
-        try:
+        async with contextlib.aclosing(make_pool(f"http://127.0.0.1:{port}")) as pool:
             exc = await failure(pool)
-        finally:
-            await pool.aclose()
         assert isinstance(exc, httpx.ConnectError)
         assert classify_exception(exc) == Retry(
             "connect", f"connection refused by 127.0.0.1:{port}"
@@ -258,11 +227,8 @@ class TestErrors:
     async def test_errors_never_carry_the_query(self, rx: Receiver) -> None:
         """Neither the message, the request URL nor the outcome of an error holds the query."""
         rx.script(Response(action="hang"))
-        pool = make_pool(rx.url, timeout=0.2)
-        try:
+        async with contextlib.aclosing(make_pool(rx.url, timeout=0.2)) as pool:
             exc = await failure(pool)
-        finally:
-            await pool.aclose()
         assert exc.request.url == httpx.URL(f"{rx.url}/e")
         for text in (str(exc), repr(exc), str(exc.request.url), repr(classify_exception(exc))):
             assert SECRET not in text
@@ -305,11 +271,8 @@ class TestMessages:
     @pytest.mark.anyio
     async def test_base_url_path_prefixes_the_target(self, rx: Receiver) -> None:
         """A base_url with a path sends `path + target`."""
-        pool = make_pool(rx.url + "/api/")
-        try:
+        async with contextlib.aclosing(make_pool(rx.url + "/api/")) as pool:
             await pool.request("GET", "/e?_n=x")
-        finally:
-            await pool.aclose()
         (req,) = rx.wait_for(1)
         assert (req.path, req.query) == ("/api/e", "_n=x")
 
@@ -407,47 +370,6 @@ class TestRedirects:
 # --- TLS ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CertPair:
-    cert: Path
-    key: Path
-
-
-@pytest.fixture(scope="module")
-def self_signed(tmp_path_factory: pytest.TempPathFactory) -> CertPair:
-    """A self-signed certificate for 127.0.0.1 and localhost, made with openssl."""
-    if not shutil.which("openssl"):
-        pytest.skip("needs the openssl command to make a certificate")
-    directory = tmp_path_factory.mktemp("tls")
-    pair = CertPair(directory / "cert.pem", directory / "key.pem")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout",
-            str(pair.key),
-            "-out",
-            str(pair.cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return pair
-
-
 @dataclass
 class TlsServer:
     port: int
@@ -460,9 +382,7 @@ class TlsServer:
 @contextlib.asynccontextmanager
 async def tls_server(pair: CertPair, answer: bytes) -> AsyncIterator[TlsServer]:
     """A TLS server on 127.0.0.1 answering every request (no body) with `answer`."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(pair.cert, pair.key)
-    tasks: set[asyncio.Task[None]] = set()
+    context = server_context(pair)
     srv = TlsServer(0)
 
     def sni(_: ssl.SSLObject, name: str | None, __: ssl.SSLContext) -> None:
@@ -470,33 +390,15 @@ async def tls_server(pair: CertPair, answer: bytes) -> AsyncIterator[TlsServer]:
 
     context.sni_callback = sni
 
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
-        try:
-            while True:
-                srv.heads.append(await reader.readuntil(b"\r\n\r\n"))
-                writer.write(answer)
-                await writer.drain()
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                await writer.wait_closed()
-            tasks.discard(task)
+    async def answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            srv.heads.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(answer)
+            await writer.drain()
 
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=context)
-    srv.port = server.sockets[0].getsockname()[1]
-    try:
+    async with serve(answer_each, context) as server:
+        srv.port = server.port
         yield srv
-    finally:
-        server.close()
-        for task in list(tasks):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
 
 
 NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
@@ -518,11 +420,10 @@ class TestTls:
     async def test_untrusted_certificate_pauses_with_tls(self, self_signed: CertPair) -> None:
         """Verification against a self-signed server fails: ConnectError, Pause("tls")."""
         async with tls_server(self_signed, NO_CONTENT) as srv:
-            pool = tls_pool(f"https://127.0.0.1:{srv.port}", TlsConfig())
-            try:
+            async with contextlib.aclosing(
+                tls_pool(f"https://127.0.0.1:{srv.port}", TlsConfig())
+            ) as pool:
                 exc = await failure(pool)
-            finally:
-                await pool.aclose()
         assert isinstance(exc, httpx.ConnectError)
         assert isinstance(exc.__cause__, ssl.SSLCertVerificationError)
         outcome = classify_exception(exc)
@@ -550,22 +451,20 @@ class TestTls:
     ) -> None:
         """tls.insecure_skip_verify connects to the self-signed server without its CA."""
         async with tls_server(self_signed, NO_CONTENT) as srv:
-            pool = tls_pool(f"https://127.0.0.1:{srv.port}", TlsConfig(insecure_skip_verify=True))
-            try:
+            async with contextlib.aclosing(
+                tls_pool(f"https://127.0.0.1:{srv.port}", TlsConfig(insecure_skip_verify=True))
+            ) as pool:
                 assert (await pool.request("GET", TARGET)).status == 204
-            finally:
-                await pool.aclose()
 
     @pytest.mark.anyio
     async def test_sni_names_the_host(self, self_signed: CertPair) -> None:
         """The handshake sends the base_url's host name as SNI, and Host carries it too."""
         async with tls_server(self_signed, NO_CONTENT) as srv:
             url = f"https://localhost:{srv.port}"
-            pool = tls_pool(url, TlsConfig(ca_file=str(self_signed.cert)))
-            try:
+            async with contextlib.aclosing(
+                tls_pool(url, TlsConfig(ca_file=str(self_signed.cert)))
+            ) as pool:
                 assert (await pool.request("GET", TARGET)).status == 204
-            finally:
-                await pool.aclose()
         assert srv.server_names == ["localhost"]
         assert f"\r\nHost: localhost:{srv.port}\r\n".encode() in srv.heads[0]
 
@@ -588,9 +487,7 @@ class TestTls:
 
 
 def km_config(url: str, **kw: object) -> KissmetricsSinkConfig:
-    return KissmetricsSinkConfig.model_validate(
-        {"type": "kissmetrics", "url": url, "api_key": SecretStr(SECRET), **kw}
-    )
+    return kissmetrics_config(url=url, api_key=SecretStr(SECRET), **kw)
 
 
 TRACK = encode(
@@ -603,24 +500,20 @@ class TestKissmetricsClients:
     @pytest.mark.anyio
     async def test_without_proxy_messages_share_a_connection(self, rx: Receiver) -> None:
         """Without sink.proxy, the sink's requests go over kept-alive pool connections."""
-        sink = KissmetricsSink(km_config(rx.url, concurrency=2))
-        try:
+        async with contextlib.aclosing(KissmetricsSink(km_config(rx.url, concurrency=2))) as sink:
             outcomes = await sink.send(
                 [OutboxMessage(i, TRACK, 1_795_752_000, 0) for i in range(3)], 0
             )
-        finally:
-            await sink.aclose()
         assert outcomes == [Delivered()] * 3
         assert connections(rx.wait_for(3)) == [1, 1, 1]
 
     @pytest.mark.anyio
     async def test_with_proxy_requests_go_through_the_proxy(self, rx: Receiver) -> None:
         """With sink.proxy set, requests go to the proxy in absolute form (httpx, not the pool)."""
-        sink = KissmetricsSink(km_config("http://km.example.invalid", proxy=rx.url))
-        try:
+        async with contextlib.aclosing(
+            KissmetricsSink(km_config("http://km.example.invalid", proxy=rx.url))
+        ) as sink:
             outcomes = await sink.send([OutboxMessage(1, TRACK, 1_795_752_000, 0)], 0)
-        finally:
-            await sink.aclose()
         assert outcomes == [Delivered()]
         (req,) = rx.wait_for(1)
         assert req.path == "http://km.example.invalid/e"

@@ -4,10 +4,12 @@ kept out of everything printable, and `trackd run --once` delivering an access l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
@@ -81,17 +83,6 @@ ALIAS = encode(
 )
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def rx() -> Iterator[Receiver]:
-    with Receiver() as receiver:
-        yield receiver
-
-
 def config(url: str, **kw: Any) -> KissmetricsSinkConfig:
     fields: dict[str, Any] = {
         "type": "kissmetrics",
@@ -106,11 +97,8 @@ def config(url: str, **kw: Any) -> KissmetricsSinkConfig:
 
 @pytest.fixture
 async def sink(rx: Receiver) -> AsyncIterator[KissmetricsSink]:
-    s = KissmetricsSink(config(rx.url + "/"))
-    try:
+    async with contextlib.aclosing(KissmetricsSink(config(rx.url + "/"))) as s:
         yield s
-    finally:
-        await s.aclose()
 
 
 def msg(body: bytes, stamp: int | None = T, row: int = 1) -> OutboxMessage:
@@ -123,26 +111,82 @@ async def send_one(sink: KissmetricsSink, body: bytes, stamp: int | None = T) ->
     return outcomes[0]
 
 
+@pytest.mark.anyio
+@pytest.mark.timeout(20)
 class TestRequests:
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
-    async def test_page_is_one_event_request(self, sink: KissmetricsSink, rx: Receiver) -> None:
-        """A page → one GET /e: _n = Viewed Page, `Viewed URL` and `Referrer`, no raw fields."""
-        assert await send_one(sink, PAGE) == Delivered()
+    @pytest.mark.parametrize(
+        ("body", "stamp", "path", "pairs"),
+        [
+            pytest.param(
+                PAGE,
+                T,
+                "/e",
+                [
+                    ("_k", KEY),
+                    ("_p", DEVICE),
+                    ("_n", "Viewed Page"),
+                    ("_t", str(T)),
+                    ("_d", "1"),
+                    ("Referrer", "https://www.google.com/"),
+                    ("Viewed URL", "https://shop.example.com/"),
+                ],
+                id="page",
+            ),
+            pytest.param(
+                TRACK,
+                T,
+                "/e",
+                [
+                    ("_k", KEY),
+                    ("_p", DEVICE),
+                    ("_n", "Viewed Pricing"),
+                    ("_t", str(T)),
+                    ("_d", "1"),
+                    ("plan", "pro"),
+                ],
+                id="track",
+            ),
+            pytest.param(
+                IDENTIFY,
+                T,
+                "/s",
+                [
+                    ("_k", KEY),
+                    ("_p", "alice@example.com"),
+                    ("_t", str(T)),
+                    ("_d", "1"),
+                    ("email", "Alice@Example.com"),
+                    ("user_id", "1042"),
+                ],
+                id="identify",
+            ),
+            pytest.param(
+                ALIAS,
+                None,
+                "/a",
+                [("_k", KEY), ("_p", DEVICE), ("_n", "alice@example.com")],
+                id="alias",
+            ),
+        ],
+    )
+    async def test_each_message_is_one_get_request(
+        self,
+        sink: KissmetricsSink,
+        rx: Receiver,
+        body: bytes,
+        stamp: int | None,
+        path: str,
+        pairs: list[tuple[str, str]],
+    ) -> None:
+        """Each message is delivered as one GET with exactly these pairs, in order: a page → /e
+        with _n = Viewed Page, `Viewed URL` and `Referrer`, no raw fields; a track → /e with its
+        event name and properties after _d; an identify → /s with _p = userId, _t, _d and the
+        traits; an alias → /a with _p = previousId and _n = userId only (its stamp is None)."""
+        assert await send_one(sink, body, stamp) == Delivered()
         (req,) = rx.wait_for(1)
-        assert (req.method, req.path) == ("GET", "/e")
-        assert req.pairs == [
-            ("_k", KEY),
-            ("_p", DEVICE),
-            ("_n", "Viewed Page"),
-            ("_t", str(T)),
-            ("_d", "1"),
-            ("Referrer", "https://www.google.com/"),
-            ("Viewed URL", "https://shop.example.com/"),
-        ]
+        assert (req.method, req.path) == ("GET", path)
+        assert req.pairs == pairs
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     async def test_query_bytes_are_the_encoders_exactly(
         self, sink: KissmetricsSink, rx: Receiver
     ) -> None:
@@ -155,56 +199,11 @@ class TestRequests:
         assert rx.wait_for(1)[0].query == getattr(expected, "query", None)
         assert "%20" in rx.requests[0].query and "+" not in rx.requests[0].query
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
-    async def test_track_is_one_event_request(self, sink: KissmetricsSink, rx: Receiver) -> None:
-        """A track → one GET /e with its event name and properties after _d."""
-        assert await send_one(sink, TRACK) == Delivered()
-        (req,) = rx.wait_for(1)
-        assert (req.method, req.path) == ("GET", "/e")
-        assert req.pairs == [
-            ("_k", KEY),
-            ("_p", DEVICE),
-            ("_n", "Viewed Pricing"),
-            ("_t", str(T)),
-            ("_d", "1"),
-            ("plan", "pro"),
-        ]
-
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
-    async def test_identify_is_one_set_request(self, sink: KissmetricsSink, rx: Receiver) -> None:
-        """An identify → one GET /s with _p = userId, _t, _d and the traits."""
-        assert await send_one(sink, IDENTIFY) == Delivered()
-        (req,) = rx.wait_for(1)
-        assert (req.method, req.path) == ("GET", "/s")
-        assert req.pairs == [
-            ("_k", KEY),
-            ("_p", "alice@example.com"),
-            ("_t", str(T)),
-            ("_d", "1"),
-            ("email", "Alice@Example.com"),
-            ("user_id", "1042"),
-        ]
-
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
-    async def test_alias_is_one_alias_request(self, sink: KissmetricsSink, rx: Receiver) -> None:
-        """An alias → one GET /a with _p = previousId and _n = userId only (its stamp is None)."""
-        assert await send_one(sink, ALIAS, None) == Delivered()
-        (req,) = rx.wait_for(1)
-        assert (req.method, req.path) == ("GET", "/a")
-        assert req.pairs == [("_k", KEY), ("_p", DEVICE), ("_n", "alice@example.com")]
-
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     async def test_stamp_is_sent_as_t(self, sink: KissmetricsSink, rx: Receiver) -> None:
         """The stamp written with the outbox row is the `_t` sent, not the event second."""
         await send_one(sink, TRACK, T + 7)
         assert rx.wait_for(1)[0].params["_t"] == str(T + 7)
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     async def test_missing_stamp_sends_the_event_second(
         self, sink: KissmetricsSink, rx: Receiver
     ) -> None:
@@ -212,8 +211,6 @@ class TestRequests:
         await send_one(sink, TRACK, None)
         assert rx.wait_for(1)[0].params["_t"] == str(T)
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     async def test_long_event_is_posted_as_a_form(
         self, sink: KissmetricsSink, rx: Receiver
     ) -> None:
@@ -229,15 +226,11 @@ class TestRequests:
         assert req.body == getattr(expected, "body", None)
         assert req.params["note"] == "x" * 3000 and req.params["_n"] == "Long"
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     async def test_user_agent_names_trackd(self, sink: KissmetricsSink, rx: Receiver) -> None:
         """Every request says it comes from trackd and its version."""
         await send_one(sink, TRACK)
         assert rx.wait_for(1)[0].headers["user-agent"].startswith("trackd/")
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     async def test_several_messages_are_several_requests(
         self, sink: KissmetricsSink, rx: Receiver
     ) -> None:
@@ -246,8 +239,6 @@ class TestRequests:
         assert outcomes == [Delivered()] * 3
         assert [r.path for r in rx.wait_for(3)] == ["/e", "/e", "/a"]
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     async def test_too_long_identity_never_reaches_the_endpoint(
         self, sink: KissmetricsSink, rx: Receiver
     ) -> None:
@@ -259,8 +250,6 @@ class TestRequests:
         await send_one(sink, TRACK)  # a request that does go: the receiver saw only that one
         assert [r.params["_p"] for r in rx.wait_for(1)] == [DEVICE]
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     async def test_unencodable_message_is_rejected_invalid(
         self, sink: KissmetricsSink, rx: Receiver
     ) -> None:
@@ -270,9 +259,9 @@ class TestRequests:
         assert rx.requests == []
 
 
+@pytest.mark.anyio
+@pytest.mark.timeout(20)
 class TestOutcomes:
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     @pytest.mark.parametrize("status", [200, 204, 304])
     async def test_2xx_and_304_are_delivered(
         self, sink: KissmetricsSink, rx: Receiver, status: int
@@ -281,24 +270,23 @@ class TestOutcomes:
         rx.script(Response(status, body=b"GIF89a" if status == 200 else b""))
         assert await send_one(sink, TRACK) == Delivered()
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
-    async def test_400_is_rejected(self, sink: KissmetricsSink, rx: Receiver) -> None:
-        """A 400 dead-letters the message as http_400."""
-        rx.script(Response(400, body=b"bad"))
+    @pytest.mark.parametrize(
+        ("response", "kind", "reason"),
+        [
+            pytest.param(Response(400, body=b"bad"), Reject, "http_400", id="400"),
+            pytest.param(Response(401), Pause, "http_4xx", id="401"),
+            pytest.param(Response(500), Retry, "http_5xx", id="500"),
+        ],
+    )
+    async def test_error_status_outcome(
+        self, sink: KissmetricsSink, rx: Receiver, response: Response, kind: type, reason: str
+    ) -> None:
+        """A 400 dead-letters the message as http_400; a 401 (a wrong key) pauses the sink
+        instead of dead-lettering (http_4xx); a 500 is a Retry http_5xx."""
+        rx.script(response)
         outcome = await send_one(sink, TRACK)
-        assert isinstance(outcome, Reject) and outcome.reason == "http_400"
+        assert isinstance(outcome, kind) and outcome.reason == reason
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
-    async def test_401_pauses_the_sink(self, sink: KissmetricsSink, rx: Receiver) -> None:
-        """A 401 (a wrong key) pauses the sink instead of dead-lettering."""
-        rx.script(Response(401))
-        outcome = await send_one(sink, TRACK)
-        assert isinstance(outcome, Pause) and outcome.reason == "http_4xx"
-
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     async def test_503_with_retry_after_is_retried_after(
         self, sink: KissmetricsSink, rx: Receiver
     ) -> None:
@@ -308,8 +296,6 @@ class TestOutcomes:
         assert isinstance(outcome, Retry)
         assert (outcome.reason, outcome.after) == ("http_5xx", 30.0)
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     async def test_retry_after_is_capped_at_max_backoff(
         self, sink: KissmetricsSink, rx: Receiver
     ) -> None:
@@ -318,16 +304,6 @@ class TestOutcomes:
         outcome = await send_one(sink, TRACK)
         assert isinstance(outcome, Retry) and (outcome.reason, outcome.after) == ("http_429", 60.0)
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
-    async def test_500_is_retried(self, sink: KissmetricsSink, rx: Receiver) -> None:
-        """A 500 is a Retry http_5xx."""
-        rx.script(Response(500))
-        outcome = await send_one(sink, TRACK)
-        assert isinstance(outcome, Retry) and outcome.reason == "http_5xx"
-
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     async def test_307_is_followed_with_the_same_body(
         self, sink: KissmetricsSink, rx: Receiver
     ) -> None:
@@ -338,8 +314,6 @@ class TestOutcomes:
         first, second = rx.wait_for(2)
         assert (second.method, second.path, second.body) == ("POST", "/moved/e", first.body)
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     async def test_reset_is_retried_with_the_same_request(
         self, sink: KissmetricsSink, rx: Receiver
     ) -> None:
@@ -354,8 +328,6 @@ class TestOutcomes:
         assert (first.method, first.path, first.query) == (second.method, second.path, second.query)
         assert first.params["_t"] == str(T + 3)
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     async def test_stopped_endpoint_is_retried_connect(
         self, sink: KissmetricsSink, rx: Receiver
     ) -> None:
@@ -364,16 +336,11 @@ class TestOutcomes:
         outcome = await send_one(sink, TRACK)
         assert isinstance(outcome, Retry) and outcome.reason == "connect"
 
-    @pytest.mark.anyio
-    @pytest.mark.timeout(20)
     async def test_slow_answer_past_the_timeout_is_retried_timeout(self, rx: Receiver) -> None:
         """An endpoint slower than sink.timeout is a Retry timeout."""
         rx.script(Response(200, delay=2.0))
-        sink = KissmetricsSink(config(rx.url, timeout=0.3))
-        try:
+        async with contextlib.aclosing(KissmetricsSink(config(rx.url, timeout=0.3))) as sink:
             outcome = await send_one(sink, TRACK)
-        finally:
-            await sink.aclose()
         assert isinstance(outcome, Retry) and outcome.reason == "timeout"
 
 
@@ -424,6 +391,19 @@ class TestSecrets:
             assert KEY not in text
 
 
+def run_once(tmp_path: Path, log: Path, url: str, **sink: Any) -> CompletedProcess[str]:
+    """`trackd run --once` on `log` into a Kissmetrics sink at `url` (key from ${KM_KEY}, more
+    sink settings from `sink`), checked to exit 0."""
+    cfg = make_config(
+        tmp_path,
+        paths=[str(log)],
+        extra={"sink": {"type": "kissmetrics", "url": url, "api_key": "${KM_KEY}", **sink}},
+    )
+    done = run_trackd("run", "--once", "-c", str(cfg), env={"KM_KEY": KEY}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 class TestEndToEnd:
     @pytest.mark.timeout(90)
     def test_run_once_delivers_every_page_view_once(self, tmp_path: Path, rx: Receiver) -> None:
@@ -434,13 +414,7 @@ class TestEndToEnd:
         with log.open("w") as fh:
             for seq in range(count):
                 fh.write(access_line(seq, ts=f"28/Nov/2026:10:00:{seq % 60:02d} +0000"))
-        cfg = make_config(
-            tmp_path,
-            paths=[str(log)],
-            extra={"sink": {"type": "kissmetrics", "url": rx.url, "api_key": "${KM_KEY}"}},
-        )
-        done = run_trackd("run", "--once", "-c", str(cfg), env={"KM_KEY": KEY}, timeout=60)
-        assert done.returncode == 0, done.stderr
+        done = run_once(tmp_path, log, rx.url)
         assert KEY not in done.stdout + done.stderr
         events = [r for r in rx.requests if r.path == "/e"]
         assert {r.params["_n"] for r in events} == {"Viewed Page"}
@@ -458,13 +432,7 @@ class TestEndToEnd:
         with log.open("w") as fh:
             for seq in range(5):
                 fh.write(access_line(seq, cookie="km_ai=visitor-one-abc"))
-        cfg = make_config(
-            tmp_path,
-            paths=[str(log)],
-            extra={"sink": {"type": "kissmetrics", "url": rx.url, "api_key": "${KM_KEY}"}},
-        )
-        done = run_trackd("run", "--once", "-c", str(cfg), env={"KM_KEY": KEY}, timeout=60)
-        assert done.returncode == 0, done.stderr
+        run_once(tmp_path, log, rx.url)
         second = 1_795_860_000  # 28/Nov/2026:10:00:00 +0000
         assert sorted(int(r.params["_t"]) for r in rx.requests) == [second + i for i in range(5)]
         conn = sqlite3.connect(tmp_path / "state" / "state.db")
@@ -485,16 +453,8 @@ class TestEndToEnd:
         log = tmp_path / "access.log"
         log.write_text("".join(access_line(seq) for seq in range(3)))
         rx.script(Response(action="reset"))
-        sink = {
-            "type": "kissmetrics",
-            "url": rx.url,
-            "api_key": "${KM_KEY}",
-            "concurrency": 1,
-            "retry": {"initial_backoff": "100ms", "max_backoff": "1s"},
-        }
-        cfg = make_config(tmp_path, paths=[str(log)], extra={"sink": sink})
-        done = run_trackd("run", "--once", "-c", str(cfg), env={"KM_KEY": KEY}, timeout=60)
-        assert done.returncode == 0, done.stderr
+        retry = {"initial_backoff": "100ms", "max_backoff": "1s"}
+        done = run_once(tmp_path, log, rx.url, concurrency=1, retry=retry)
         assert KEY not in done.stdout + done.stderr
         got = rx.requests
         assert len(got) == 4

@@ -11,7 +11,7 @@ import base64
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,10 @@ OK = Response.json({"success": True})
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def rx() -> Iterator[Receiver]:
-    with Receiver() as receiver:
-        receiver.default = OK
-        yield receiver
+def rx(rx: Receiver) -> Receiver:
+    """The shared receiver, answering `{"success": true}` unless a test scripts otherwise."""
+    rx.default = OK
+    return rx
 
 
 def body(seq: int, size: int = 0) -> bytes:
@@ -85,6 +80,14 @@ async def open_sink(
         await sink.aclose()
 
 
+async def send_batch(
+    cfg: SegmentSinkConfig, batch: list[OutboxMessage], retry: int = 0
+) -> list[Outcome]:
+    """The outcomes of one `send` of `batch` by a sink opened on `cfg` (closed afterwards)."""
+    async with open_sink(cfg) as sink:
+        return await sink.send(batch, retry)
+
+
 def ids_of(req: Request) -> list[str]:
     return [m["messageId"] for m in req.json["batch"]]
 
@@ -102,13 +105,12 @@ def responder_failing(bad: set[str], status: int) -> Callable[[Request], Respons
 
 
 @pytest.mark.timeout(10)
+@pytest.mark.anyio
 class TestBody:
-    @pytest.mark.anyio
     async def test_body_is_the_exact_envelope_around_verbatim_messages(self, rx: Receiver) -> None:
         """The body is `{"batch":[m…],"sentAt":…,"context":{"library":…}}` with message bytes verbatim."""
         batch = batch_of(3)
-        async with open_sink(config(rx.url)) as sink:
-            await sink.send(batch, 0)
+        await send_batch(config(rx.url), batch)
         expected = (
             b'{"batch":['
             + b",".join(m.body for m in batch)
@@ -120,16 +122,13 @@ class TestBody:
         )
         assert rx.requests[0].decoded == expected
 
-    @pytest.mark.anyio
     async def test_library_name_is_trackd(self, rx: Receiver) -> None:
         """The batch-level context names the library `trackd` and its version."""
-        async with open_sink(config(rx.url)) as sink:
-            await sink.send(batch_of(1), 0)
+        await send_batch(config(rx.url), batch_of(1))
         assert rx.requests[0].json["context"] == {
             "library": {"name": "trackd", "version": __version__}
         }
 
-    @pytest.mark.anyio
     async def test_gzip_body_decodes_to_the_uncompressed_form(self, rx: Receiver) -> None:
         """With gzip on, the receiver's gunzipped body equals the body sent with gzip off."""
         batch = batch_of(20)
@@ -143,7 +142,6 @@ class TestBody:
         assert "content-encoding" not in raw.headers
         assert gz.decoded == raw.body
 
-    @pytest.mark.anyio
     async def test_base_url_gets_v1_batch(self, rx: Receiver) -> None:
         """A URL without a path is posted to `/v1/batch`."""
         async with open_sink(config(rx.url)) as sink:
@@ -151,14 +149,11 @@ class TestBody:
             assert sink.url == f"{rx.url}/v1/batch"
         assert (rx.requests[0].method, rx.requests[0].path) == ("POST", "/v1/batch")
 
-    @pytest.mark.anyio
     async def test_url_with_a_path_is_kept(self, rx: Receiver) -> None:
         """A URL with a path is used as given."""
-        async with open_sink(config(f"{rx.url}/ingest/batch")) as sink:
-            await sink.send(batch_of(1), 0)
+        await send_batch(config(f"{rx.url}/ingest/batch"), batch_of(1))
         assert rx.requests[0].path == "/ingest/batch"
 
-    @pytest.mark.anyio
     async def test_sent_at_is_the_wall_clock_of_each_attempt(self, rx: Receiver) -> None:
         """Two attempts of the same batch carry different `sentAt`s, from the injected wall."""
         async with open_sink(config(rx.url), wall=clock(NOW, NOW + 61.5)) as sink:
@@ -172,60 +167,47 @@ class TestBody:
 
 
 @pytest.mark.timeout(10)
+@pytest.mark.anyio
 class TestHeaders:
-    @pytest.mark.anyio
     async def test_basic_auth_is_base64_of_write_key_and_colon(self, rx: Receiver) -> None:
         """`auth: basic` sends `Basic base64(write_key + ":")`."""
-        async with open_sink(config(rx.url)) as sink:
-            await sink.send(batch_of(1), 0)
+        await send_batch(config(rx.url), batch_of(1))
         expected = "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()
         assert rx.requests[0].headers["authorization"] == expected
 
-    @pytest.mark.anyio
     async def test_basic_auth_puts_no_write_key_in_the_body(self, rx: Receiver) -> None:
         """With Basic auth the write key travels only in the header."""
-        async with open_sink(config(rx.url)) as sink:
-            await sink.send(batch_of(1), 0)
+        await send_batch(config(rx.url), batch_of(1))
         assert "writeKey" not in rx.requests[0].json
 
-    @pytest.mark.anyio
     async def test_bearer_sends_the_token_and_write_key_in_the_body(self, rx: Receiver) -> None:
         """`auth: bearer` with a write key sends `Bearer token` and `writeKey` in the body."""
-        async with open_sink(config(rx.url, auth="bearer", token=TOKEN)) as sink:
-            await sink.send(batch_of(1), 0)
+        await send_batch(config(rx.url, auth="bearer", token=TOKEN), batch_of(1))
         req = rx.requests[0]
         assert req.headers["authorization"] == f"Bearer {TOKEN}"
         assert req.json["writeKey"] == KEY
         assert list(req.json)[-1] == "writeKey"
 
-    @pytest.mark.anyio
     async def test_bearer_without_write_key_has_no_write_key_field(self, rx: Receiver) -> None:
         """`auth: bearer` without a write key sends no `writeKey` field."""
-        async with open_sink(config(rx.url, auth="bearer", token=TOKEN, write_key=None)) as sink:
-            await sink.send(batch_of(1), 0)
+        await send_batch(config(rx.url, auth="bearer", token=TOKEN, write_key=None), batch_of(1))
         assert "writeKey" not in rx.requests[0].json
 
-    @pytest.mark.anyio
     async def test_user_agent_and_content_type(self, rx: Receiver) -> None:
         """Requests carry `User-Agent: trackd/<version>` and `Content-Type: application/json`."""
-        async with open_sink(config(rx.url)) as sink:
-            await sink.send(batch_of(1), 0)
+        await send_batch(config(rx.url), batch_of(1))
         headers = rx.requests[0].headers
         assert headers["user-agent"] == f"trackd/{__version__}"
         assert headers["content-type"] == "application/json"
 
-    @pytest.mark.anyio
     async def test_no_retry_count_on_a_first_attempt(self, rx: Receiver) -> None:
         """A first attempt (retry 0) has no `X-Retry-Count`."""
-        async with open_sink(config(rx.url)) as sink:
-            await sink.send(batch_of(1), 0)
+        await send_batch(config(rx.url), batch_of(1))
         assert "x-retry-count" not in rx.requests[0].headers
 
-    @pytest.mark.anyio
     async def test_retry_count_on_a_retry(self, rx: Receiver) -> None:
         """A retry carries `X-Retry-Count: <retry>`."""
-        async with open_sink(config(rx.url)) as sink:
-            await sink.send(batch_of(1, attempts=3), 3)
+        await send_batch(config(rx.url), batch_of(1, attempts=3), 3)
         assert rx.requests[0].headers["x-retry-count"] == "3"
 
 
@@ -233,8 +215,8 @@ class TestHeaders:
 
 
 @pytest.mark.timeout(10)
+@pytest.mark.anyio
 class TestLimits:
-    @pytest.mark.anyio
     async def test_too_large_is_rejected_without_a_request(self, rx: Receiver) -> None:
         """A message over 32,000 bytes is dead-lettered `too_large`; the others are still sent."""
         batch = [
@@ -242,29 +224,23 @@ class TestLimits:
             OutboxMessage(2, body(1, MAX_MESSAGE_BYTES + 1), None, 0),
             OutboxMessage(3, body(2), None, 0),
         ]
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch, 0)
+        outcomes = await send_batch(config(rx.url), batch)
         assert isinstance(outcomes[1], Reject) and outcomes[1].reason == "too_large"
         assert [outcomes[0], outcomes[2]] == [Delivered(), Delivered()]
         assert [ids_of(r) for r in rx.requests] == [["m-00000", "m-00002"]]
 
-    @pytest.mark.anyio
     async def test_only_too_large_messages_make_no_request(self, rx: Receiver) -> None:
         """A batch of only oversized messages makes no request at all."""
         batch = [OutboxMessage(1, body(0, MAX_MESSAGE_BYTES + 1), None, 0)]
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch, 0)
+        outcomes = await send_batch(config(rx.url), batch)
         assert [type(o) for o in outcomes] == [Reject]
         assert rx.requests == []
 
-    @pytest.mark.anyio
     async def test_message_of_exactly_the_limit_is_sent(self, rx: Receiver) -> None:
         """A message of exactly 32,000 bytes is sent."""
         batch = [OutboxMessage(1, body(0, MAX_MESSAGE_BYTES), None, 0)]
-        async with open_sink(config(rx.url)) as sink:
-            assert await sink.send(batch, 0) == [Delivered()]
+        assert await send_batch(config(rx.url), batch) == [Delivered()]
 
-    @pytest.mark.anyio
     async def test_max_request_messages_is_capped_at_2500(self) -> None:
         """`max_request_messages` is `batch.max_events`, at most 2,500."""
         big = config("http://127.0.0.1:9/", batch=BatchConfig(max_events=5000))
@@ -272,7 +248,6 @@ class TestLimits:
         async with open_sink(big) as a, open_sink(small) as b:
             assert (a.max_request_messages, b.max_request_messages) == (2500, 100)
 
-    @pytest.mark.anyio
     @pytest.mark.parametrize("auth", ["basic", "bearer"])
     async def test_a_request_the_batcher_cuts_fits_in_500000_bytes(
         self, rx: Receiver, auth: str
@@ -295,8 +270,8 @@ class TestLimits:
 
 
 @pytest.mark.timeout(10)
+@pytest.mark.anyio
 class TestErrorsBody:
-    @pytest.mark.anyio
     async def test_named_messages_are_dead_lettered_and_the_rest_retried(
         self, rx: Receiver
     ) -> None:
@@ -306,29 +281,24 @@ class TestErrorsBody:
             {"messageId": "m-00005", "reason": "userId too long"},
         ]
         rx.script(Response.json({"errors": errors}, status=400))
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch_of(8), 0)
+        outcomes = await send_batch(config(rx.url), batch_of(8))
         assert outcomes[2] == Reject("http_400", "invalid timestamp")
         assert outcomes[5] == Reject("http_400", "userId too long")
         others = [o for i, o in enumerate(outcomes) if i not in (2, 5)]
         assert all(isinstance(o, Retry) and o.reason == "http_4xx" for o in others)
         assert len(rx.requests) == 1
 
-    @pytest.mark.anyio
     async def test_errors_placed_by_index(self, rx: Receiver) -> None:
         """An error naming only an `index` dead-letters the message at that position."""
         rx.script(Response.json({"errors": [{"index": 1, "reason": "bad"}]}, status=400))
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch_of(3), 0)
+        outcomes = await send_batch(config(rx.url), batch_of(3))
         assert outcomes[1] == Reject("http_400", "bad")
         assert [type(outcomes[0]), type(outcomes[2])] == [Retry, Retry]
 
-    @pytest.mark.anyio
     async def test_errors_naming_nothing_sent_are_a_plain_400(self, rx: Receiver) -> None:
         """A 400 whose errors match no message is bisected like a plain 400."""
         rx.script(Response.json({"errors": [{"messageId": "nope", "reason": "x"}]}, status=400))
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch_of(4), 0)
+        outcomes = await send_batch(config(rx.url), batch_of(4))
         assert outcomes == [Delivered()] * 4
         assert len(rx.requests) == 3  # the whole batch, then each half
 
@@ -337,73 +307,60 @@ class TestErrorsBody:
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.anyio
 class TestBisect:
-    @pytest.mark.anyio
     async def test_413_bisects_down_to_the_one_bad_message(self, rx: Receiver) -> None:
         """A 413 caused by one message ends with that one Reject http_413 and all others Delivered."""
         n = 64
         rx.respond_with(responder_failing({"m-00037"}, 413))
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch_of(n), 0)
+        outcomes = await send_batch(config(rx.url), batch_of(n))
         assert isinstance(outcomes[37], Reject) and outcomes[37].reason == "http_413"
         assert all(o == Delivered() for i, o in enumerate(outcomes) if i != 37)
         assert len(rx.requests) <= 2 * math.log2(n) + 2
 
-    @pytest.mark.anyio
     async def test_bisection_delivers_each_message_in_exactly_one_accepted_request(
         self, rx: Receiver
     ) -> None:
         """Across the bisection, every good message was in exactly one accepted request."""
         rx.respond_with(responder_failing({"m-00005"}, 413))
-        async with open_sink(config(rx.url)) as sink:
-            await sink.send(batch_of(16), 0)
+        await send_batch(config(rx.url), batch_of(16))
         accepted = [i for r in rx.requests if r.response == OK for i in ids_of(r)]
         assert sorted(accepted) == [f"m-{i:05d}" for i in range(16) if i != 5]
 
-    @pytest.mark.anyio
     async def test_plain_400_bisects_too(self, rx: Receiver) -> None:
         """A 400 without an errors body bisects down to the one bad message, Reject http_400."""
         rx.respond_with(responder_failing({"m-00000"}, 400))
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch_of(10), 0)
+        outcomes = await send_batch(config(rx.url), batch_of(10))
         assert isinstance(outcomes[0], Reject) and outcomes[0].reason == "http_400"
         assert outcomes[1:] == [Delivered()] * 9
 
-    @pytest.mark.anyio
     async def test_two_bad_messages_are_each_dead_lettered_alone(self, rx: Receiver) -> None:
         """Two bad messages in different halves both end Reject; all the others Delivered."""
         rx.respond_with(responder_failing({"m-00002", "m-00013"}, 413))
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch_of(16), 0)
+        outcomes = await send_batch(config(rx.url), batch_of(16))
         rejected = [i for i, o in enumerate(outcomes) if isinstance(o, Reject)]
         assert rejected == [2, 13]
         assert sum(o == Delivered() for o in outcomes) == 14
 
-    @pytest.mark.anyio
     async def test_requests_stay_within_2n_when_every_message_fails(self, rx: Receiver) -> None:
         """When every message is refused, the bisection makes fewer than 2n requests."""
         n = 12
         rx.default = Response(413)
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch_of(n), 0)
+        outcomes = await send_batch(config(rx.url), batch_of(n))
         assert all(isinstance(o, Reject) and o.reason == "http_413" for o in outcomes)
         assert len(rx.requests) < 2 * n
 
-    @pytest.mark.anyio
     async def test_a_half_that_meets_a_5xx_stops_the_bisection(self, rx: Receiver) -> None:
         """A 503 on a half gives Retry to its messages and to the halves not yet sent."""
         rx.script(Response(413), Response(503))
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch_of(8), 0)
+        outcomes = await send_batch(config(rx.url), batch_of(8))
         assert all(isinstance(o, Retry) and o.reason == "http_5xx" for o in outcomes)
         assert len(rx.requests) == 2
 
-    @pytest.mark.anyio
     async def test_a_half_that_is_refused_the_key_pauses(self, rx: Receiver) -> None:
         """A 401 during the bisection pauses the rest: nothing is dead-lettered."""
         rx.script(Response(400), Response(200), Response(401))
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch_of(8), 0)
+        outcomes = await send_batch(config(rx.url), batch_of(8))
         assert outcomes[:4] == [Delivered()] * 4
         assert all(isinstance(o, Pause) for o in outcomes[4:])
 
@@ -412,67 +369,54 @@ class TestBisect:
 
 
 @pytest.mark.timeout(10)
+@pytest.mark.anyio
 class TestStatuses:
-    @pytest.mark.anyio
     async def test_2xx_delivers_every_message(self, rx: Receiver) -> None:
         """A 200 acknowledges every message of the request."""
-        async with open_sink(config(rx.url)) as sink:
-            assert await sink.send(batch_of(5), 0) == [Delivered()] * 5
+        assert await send_batch(config(rx.url), batch_of(5)) == [Delivered()] * 5
 
-    @pytest.mark.anyio
     async def test_401_pauses_and_rejects_nothing(self, rx: Receiver) -> None:
         """A 401 is a Pause for every message (a wrong key never dead-letters)."""
         rx.default = Response(401)
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch_of(4), 0)
+        outcomes = await send_batch(config(rx.url), batch_of(4))
         assert all(isinstance(o, Pause) and o.reason == "http_4xx" for o in outcomes)
         assert len(rx.requests) == 1
 
-    @pytest.mark.anyio
     async def test_429_with_retry_after_is_retry_with_after(self, rx: Receiver) -> None:
         """A 429 with `Retry-After: 30` is Retry http_429 with after = 30."""
         rx.default = Response(429, headers={"Retry-After": "30"})
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch_of(2), 0)
+        outcomes = await send_batch(config(rx.url), batch_of(2))
         assert outcomes == [Retry("http_429", "HTTP 429 Too Many Requests", 30.0)] * 2
 
-    @pytest.mark.anyio
     async def test_retry_after_is_capped_at_max_backoff(self, rx: Receiver) -> None:
         """A `Retry-After` beyond `retry.max_backoff` is capped to it."""
         rx.default = Response(503, headers={"Retry-After": "3600"})
-        async with open_sink(config(rx.url, retry=RetryConfig(max_backoff=60))) as sink:
-            outcomes = await sink.send(batch_of(1), 0)
+        outcomes = await send_batch(config(rx.url, retry=RetryConfig(max_backoff=60)), batch_of(1))
         assert isinstance(outcomes[0], Retry) and outcomes[0].after == 60.0
 
-    @pytest.mark.anyio
     async def test_500_is_retry(self, rx: Receiver) -> None:
         """A 500 is Retry http_5xx for every message."""
         rx.default = Response(500)
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch_of(3), 0)
+        outcomes = await send_batch(config(rx.url), batch_of(3))
         assert all(isinstance(o, Retry) and o.reason == "http_5xx" for o in outcomes)
 
-    @pytest.mark.anyio
     async def test_other_4xx_rejects_the_request_messages(self, rx: Receiver) -> None:
         """Another 4xx (422) dead-letters the request's messages with its status."""
         rx.default = Response(422)
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch_of(2), 0)
+        outcomes = await send_batch(config(rx.url), batch_of(2))
         assert all(isinstance(o, Reject) and o.reason == "http_422" for o in outcomes)
         assert len(rx.requests) == 1
 
 
 @pytest.mark.timeout(10)
+@pytest.mark.anyio
 class TestNetwork:
-    @pytest.mark.anyio
     async def test_reset_mid_response_is_retry_reset(self, rx: Receiver) -> None:
         """A connection reset mid-response is Retry reset."""
         rx.default = Response(200, action="reset")
-        async with open_sink(config(rx.url)) as sink:
-            outcomes = await sink.send(batch_of(2), 0)
+        outcomes = await send_batch(config(rx.url), batch_of(2))
         assert all(isinstance(o, Retry) and o.reason == "reset" for o in outcomes)
 
-    @pytest.mark.anyio
     async def test_resend_after_a_reset_carries_the_same_messages(self, rx: Receiver) -> None:
         """After a reset, the re-sent batch holds byte-identical messages (the receiver can dedupe)."""
         rx.script(Response(200, action="reset"))
@@ -484,19 +428,15 @@ class TestNetwork:
         messages = b",".join(m.body for m in batch)
         assert messages in first and messages in second
 
-    @pytest.mark.anyio
     async def test_receiver_down_is_retry_connect(self) -> None:
         """Nothing listening is Retry connect."""
-        async with open_sink(config(f"http://127.0.0.1:{free_port()}")) as sink:
-            outcomes = await sink.send(batch_of(2), 0)
+        outcomes = await send_batch(config(f"http://127.0.0.1:{free_port()}"), batch_of(2))
         assert all(isinstance(o, Retry) and o.reason == "connect" for o in outcomes)
 
-    @pytest.mark.anyio
     async def test_no_answer_within_the_timeout_is_retry_timeout(self, rx: Receiver) -> None:
         """An endpoint that never answers is Retry timeout after `sink.timeout`."""
         rx.default = Response(action="hang")
-        async with open_sink(config(rx.url, timeout=0.3)) as sink:
-            outcomes = await sink.send(batch_of(1), 0)
+        outcomes = await send_batch(config(rx.url, timeout=0.3), batch_of(1))
         assert isinstance(outcomes[0], Retry) and outcomes[0].reason == "timeout"
 
 

@@ -32,9 +32,8 @@ HALF = 0.5
 INITIAL = 1.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+#: Every test here is async and bounded the same way.
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
 
 
 def body(n: int) -> bytes:
@@ -208,14 +207,27 @@ def running(b: Bench) -> tuple[asyncio.Event, asyncio.Task[int]]:
     return finish, asyncio.create_task(b.sender.run(finish, 5.0))
 
 
+async def start(
+    b: Bench, seqs: range | list[int], *, stamps: bool = False
+) -> tuple[asyncio.Event, asyncio.Task[int]]:
+    """Enqueue the messages `seqs` (as `Bench.enqueue`), then start the sender's `run` as
+    `running` does."""
+    await b.enqueue(seqs, stamps=stamps)
+    return running(b)
+
+
+async def answered(b: Bench, n: int) -> None:
+    """Until the sink answered `n` requests and the sender settled after them."""
+    await until(b.sink.wait_for_answered(n))
+    await settle(b)
+
+
 async def stop(b: Bench, finish: asyncio.Event, task: asyncio.Task[int]) -> int:
     finish.set()
     return await drive(b, task)
 
 
 class TestDelivered:
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_delivered_rows_leave_the_outbox(self, tmp_path: Path) -> None:
         """Rows the sink acknowledged are deleted from the outbox, each sent once."""
         async with bench(tmp_path) as b:
@@ -226,8 +238,6 @@ class TestDelivered:
             assert b.sink.seen == {msg_id(n): 1 for n in range(5)}
             assert await b.dead() == []
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_messages_are_sent_exactly_as_committed(self, tmp_path: Path) -> None:
         """The sink gets each row's body bytes and stamp as committed, in commit order, with
         attempts 0 on a first send."""
@@ -242,8 +252,6 @@ class TestDelivered:
 
 
 class TestReject:
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_reject_dead_letters_exactly_that_row(self, tmp_path: Path) -> None:
         """In a partial batch, the rejected message moves to the dead letters with its reason and
         detail; the others of the same request are delivered."""
@@ -263,8 +271,6 @@ class TestReject:
             assert await b.rows() == []
             assert dict(b.sink.delivered) == {msg_id(0): 1, msg_id(2): 1}
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_a_rejected_message_is_not_sent_again(self, tmp_path: Path) -> None:
         """A Reject is final: the message is sent once, never retried."""
         async with bench(tmp_path) as b:
@@ -275,32 +281,25 @@ class TestReject:
 
 
 class TestRetry:
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_retry_counts_an_attempt_and_starts_the_max_age(self, tmp_path: Path) -> None:
         """A Retry leaves the row in the outbox with attempts 1 and first_attempt = the time of
         the failure."""
         async with bench(tmp_path) as b:
             b.sink.fail(msg_id(0), Retry("http_5xx", "503"), times=1)
-            await b.enqueue(range(1))
-            finish, task = running(b)
+            finish, task = await start(b, range(1))
             await until(b.sink.wait_for_answered(1))
             await settle(b)  # the sender waits for the backoff
             [row] = await b.rows()
             assert (row.attempts, row.first_attempt) == (1, b.clock.time())
             assert await stop(b, finish, task) == 0
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_retry_is_resent_after_the_backoff_and_not_before(self, tmp_path: Path) -> None:
         """The retried message is sent again once its backoff (0.5 s here) has passed — not
         before — with the same body and stamp."""
         async with bench(tmp_path) as b:
             b.sink.fail(msg_id(0), times=1)
-            await b.enqueue(range(1), stamps=True)
-            finish, task = running(b)
-            await until(b.sink.wait_for_answered(1))
-            await settle(b)
+            finish, task = await start(b, range(1), stamps=True)
+            await answered(b, 1)
             b.clock.advance(HALF * INITIAL - 0.01)
             await settle(b)
             assert len(b.sink.requests) == 1
@@ -312,14 +311,11 @@ class TestRetry:
             assert await stop(b, finish, task) == 0
             assert await b.rows() == []
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_backoff_grows_with_the_attempts(self, tmp_path: Path) -> None:
         """Consecutive retries of a message wait 0.5 s, 1 s, 2 s (capped exponential)."""
         async with bench(tmp_path) as b:
             b.sink.fail(msg_id(0), times=3)
-            await b.enqueue(range(1))
-            finish, task = running(b)
+            finish, task = await start(b, range(1))
             sent_at: list[float] = []
             for n in range(1, 5):
                 await until(b.sink.wait_for_answered(n))
@@ -336,17 +332,13 @@ class TestRetry:
             ]
             assert await stop(b, finish, task) == 0
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_retry_past_max_age_is_dead_lettered_expired(self, tmp_path: Path) -> None:
         """A message still failing `retry.max_age` after its first failure is dead-lettered
         `expired`, and no longer sent."""
         async with bench(tmp_path, max_age=10.0, max_backoff=60.0) as b:
             b.sink.fail(msg_id(0), Retry("http_5xx", "503 Service Unavailable"), times=1000)
-            await b.enqueue(range(2))
-            finish, task = running(b)
-            await until(b.sink.wait_for_answered(1))
-            await settle(b)
+            finish, task = await start(b, range(2))
+            await answered(b, 1)
             b.clock.advance(11.0)
             await until(b.sink.wait_for_answered(2))
             assert await stop(b, finish, task) == 0
@@ -357,8 +349,6 @@ class TestRetry:
             assert b.sink.seen[msg_id(0)] == 2
             assert b.sink.delivered == {msg_id(1): 1}
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_retry_within_max_age_is_not_expired(self, tmp_path: Path) -> None:
         """Before `retry.max_age` has passed a failing message keeps being retried."""
         async with bench(tmp_path, max_age=10.0) as b:
@@ -371,8 +361,6 @@ class TestRetry:
 
 
 class TestRetryAfter:
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_no_request_of_any_message_before_retry_after(self, tmp_path: Path) -> None:
         """A Retry-After of 30 s on one request holds every message of the sink until then;
         then delivery resumes."""
@@ -380,10 +368,8 @@ class TestRetryAfter:
         async with bench(tmp_path, sink) as b:
             sink.clock = b.clock
             sink.retry_after(30.0, times=1)
-            await b.enqueue(range(3))
-            finish, task = running(b)
-            await until(sink.wait_for_answered(1))
-            await settle(b)
+            finish, task = await start(b, range(3))
+            await answered(b, 1)
             b.clock.advance(29.9)
             await settle(b)
             assert len(sink.requests) == 1
@@ -394,24 +380,18 @@ class TestRetryAfter:
             assert sink.seen == {msg_id(0): 2, msg_id(1): 1, msg_id(2): 1}
             assert b.sender.stats.failures == {"http_429": 1}
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_retry_after_is_capped_at_max_backoff(self, tmp_path: Path) -> None:
         """A Retry-After longer than `retry.max_backoff` holds only `max_backoff`."""
         async with bench(tmp_path, max_backoff=5.0) as b:
             b.sink.retry_after(3600.0, times=1)
-            await b.enqueue(range(1))
-            finish, task = running(b)
-            await until(b.sink.wait_for_answered(1))
-            await settle(b)
+            finish, task = await start(b, range(1))
+            await answered(b, 1)
             b.clock.advance(5.0)
             await until(b.sink.wait_for_delivered(1))
             assert await stop(b, finish, task) == 0
 
 
 class TestPause:
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_pause_dead_letters_nothing_and_resumes(self, tmp_path: Path) -> None:
         """A sink refused as a whole (401) keeps every message in the outbox and retries; when
         it accepts again, everything is delivered and nothing was dead-lettered."""
@@ -425,16 +405,12 @@ class TestPause:
             assert b.sender.stats.failures == {"http_4xx": 12}
             assert b.sender.stats.dead_letters == 0
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_pause_holds_the_sink_for_its_backoff(self, tmp_path: Path) -> None:
         """After a Pause no request goes before the backoff (1 s for the first pause here)."""
         async with bench(tmp_path) as b:
             b.sink.pause(times=1)
-            await b.enqueue(range(2))
-            finish, task = running(b)
-            await until(b.sink.wait_for_answered(1))
-            await settle(b)
+            finish, task = await start(b, range(2))
+            await answered(b, 1)
             assert b.sender.stats.paused is not None
             b.clock.advance(0.99)
             await settle(b)
@@ -447,8 +423,6 @@ class TestPause:
 
 
 class TestConcurrency:
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_never_more_requests_in_flight_than_concurrency(self, tmp_path: Path) -> None:
         """With a slow sink and concurrency 3, exactly 3 requests fly at once, never more, and
         no message is in two requests in flight at once."""
@@ -466,8 +440,6 @@ class TestConcurrency:
             # 10 requests, 3 at a time: 4 rounds of 1 s.
             assert b.clock.monotonic() == pytest.approx(4.0)
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_retries_never_overlap_their_first_request(self, tmp_path: Path) -> None:
         """Retried messages come back only after their request ended: with failures and a slow
         sink, no messageId is ever in two requests in flight."""
@@ -485,14 +457,11 @@ class TestConcurrency:
 
 
 class TestLinger:
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_a_small_batch_waits_max_wait(self, tmp_path: Path) -> None:
         """With max_events 10 and max_wait 1 s, 3 messages are not sent before 1 s passes, then
         in one request."""
         async with bench(tmp_path, max_events=10, max_wait=1.0) as b:
-            await b.enqueue(range(3))
-            finish, task = running(b)
+            finish, task = await start(b, range(3))
             await settle(b)
             b.clock.advance(0.99)
             await settle(b)
@@ -502,20 +471,15 @@ class TestLinger:
             assert [len(r) for r in b.sink.requests] == [3]
             assert await stop(b, finish, task) == 0
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_a_full_batch_goes_at_once(self, tmp_path: Path) -> None:
         """max_events messages are sent without waiting for the linger."""
         async with bench(tmp_path, max_events=10, max_wait=1.0) as b:
-            await b.enqueue(range(10))
-            finish, task = running(b)
+            finish, task = await start(b, range(10))
             await until(b.sink.wait_for_delivered(10))
             assert b.clock.monotonic() == 0.0
             assert [len(r) for r in b.sink.requests] == [10]
             assert await stop(b, finish, task) == 0
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_draining_sends_a_small_batch_at_once(self, tmp_path: Path) -> None:
         """While draining, a batch below max_events goes without waiting for max_wait."""
         async with bench(tmp_path, max_events=10, max_wait=1.0) as b:
@@ -526,39 +490,31 @@ class TestLinger:
 
 
 class TestRequestLimits:
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_max_request_messages_is_honoured(self, tmp_path: Path) -> None:
         """A due batch of 10 on a sink taking 3 per request leaves as 3+3+3+1 — all of it at
         once, none of it waiting another linger."""
         sink = ScriptedSink(max_request_messages=3)
         async with bench(tmp_path, sink, max_events=10, max_wait=1.0, concurrency=8) as b:
             sink.clock = b.clock
-            await b.enqueue(range(10))
-            finish, task = running(b)
+            finish, task = await start(b, range(10))
             await until(sink.wait_for_delivered(10))
             assert b.clock.monotonic() == 0.0
             assert [len(r) for r in sink.requests] == [3, 3, 3, 1]
             assert await stop(b, finish, task) == 0
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_one_message_per_request_after_a_linger(self, tmp_path: Path) -> None:
         """A lingered batch of 4 on a one-message-per-request sink (Kissmetrics) goes whole once
         max_wait has passed, not one message per max_wait."""
         sink = ScriptedSink(max_request_messages=1)
         async with bench(tmp_path, sink, max_events=10, max_wait=1.0, concurrency=8) as b:
             sink.clock = b.clock
-            await b.enqueue(range(4))
-            finish, task = running(b)
+            finish, task = await start(b, range(4))
             await settle(b)
             b.clock.advance(1.0)
             await until(sink.wait_for_delivered(4))
             assert b.clock.monotonic() == 1.0
             assert await stop(b, finish, task) == 0
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_max_request_bytes_is_honoured(self, tmp_path: Path) -> None:
         """Requests are cut so their bodies (plus one separator each) fit max_request_bytes; a
         single message never exceeds it here, and none is dropped."""
@@ -575,14 +531,11 @@ class TestRequestLimits:
 
 
 class TestDrain:
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_drain_delivers_everything_and_returns_0(self, tmp_path: Path) -> None:
         """Rows committed while running and after `finish` is set are all delivered; `run`
         returns 0 with the outbox empty."""
         async with bench(tmp_path, max_events=50, max_wait=10.0) as b:
-            await b.enqueue(range(5))
-            finish, task = running(b)
+            finish, task = await start(b, range(5))
             await settle(b)
             finish.set()
             await b.enqueue(range(5, 8))
@@ -590,13 +543,10 @@ class TestDrain:
             assert await b.rows() == []
             assert b.sink.delivered == {msg_id(n): 1 for n in range(8)}
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_finish_wakes_an_idle_sender(self, tmp_path: Path) -> None:
         """An idle sender (nothing to send, no timer) returns 0 as soon as `finish` is set."""
         async with bench(tmp_path) as b:
-            await b.enqueue(range(2))
-            finish, task = running(b)
+            finish, task = await start(b, range(2))
             await until(b.sink.wait_for_delivered(2))
             await quiesce(b)
             finish.set()
@@ -604,8 +554,6 @@ class TestDrain:
                 assert await task == 0
             assert await b.rows() == []
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_a_commit_during_a_fetch_is_not_lost(self, tmp_path: Path) -> None:
         """Rows committed (and notified) while the sender's outbox read is in progress are
         delivered, though that read did not see them."""
@@ -625,8 +573,6 @@ class TestDrain:
             assert await stop(b, finish, task) == 0
             assert await b.rows() == []
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_drain_deadline_with_a_hanging_sink(self, tmp_path: Path) -> None:
         """A sink that never answers: `run` returns non-zero at the drain deadline, and every
         row that was not acknowledged is still in the outbox."""
@@ -651,8 +597,6 @@ class TestDrain:
             assert await b.dead() == []
             assert b.sender.stats.sent == 4
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_undelivered_rows_are_sent_again_by_the_next_sender(self, tmp_path: Path) -> None:
         """What a cancelled request carried is sent by the next run with the same bytes."""
         sink = ScriptedSink()
@@ -681,13 +625,10 @@ class TestDrain:
 
 
 class TestCursor:
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_rows_committed_after_the_outbox_emptied_are_sent(self, tmp_path: Path) -> None:
         """Once every row was delivered, new rows (SQLite reuses their ids) are still sent."""
         async with bench(tmp_path) as b:
-            await b.enqueue(range(5))
-            finish, task = running(b)
+            finish, task = await start(b, range(5))
             await until(b.sink.wait_for_delivered(5))
             await quiesce(b)
             await b.enqueue(range(5, 8))
@@ -695,8 +636,6 @@ class TestCursor:
             assert await stop(b, finish, task) == 0
             assert b.sink.seen == {msg_id(n): 1 for n in range(8)}
 
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_new_rows_are_sent_while_an_older_one_waits_to_retry(
         self, tmp_path: Path
     ) -> None:
@@ -704,8 +643,7 @@ class TestCursor:
         now are sent at once, not after the retry."""
         async with bench(tmp_path) as b:
             b.sink.fail(msg_id(0), times=1)
-            await b.enqueue(range(3))
-            finish, task = running(b)
+            finish, task = await start(b, range(3))
             await until(b.sink.wait_for_delivered(2))
             await settle(b)  # msg 0 waits 0.5 s of fake time
             await b.enqueue(range(3, 5))
@@ -717,8 +655,6 @@ class TestCursor:
 
 
 class TestSinkRaises:
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_a_raising_sink_loses_nothing(self, tmp_path: Path) -> None:
         """A sink whose send raises: its messages are retried (counted `connect`) and then
         delivered; nothing is dead-lettered."""
@@ -734,8 +670,6 @@ class TestSinkRaises:
 
 
 class TestOneBackoffPerRequest:
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_a_failed_request_comes_back_as_one_request(self, tmp_path: Path) -> None:
         """The messages of a request that failed share one backoff (one draw of the jitter),
         so they are retried together in one request, not scattered into many small ones."""
@@ -749,8 +683,6 @@ class TestOneBackoffPerRequest:
 
 
 class TestBrokenContract:
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_a_wrong_number_of_outcomes_stops_the_sender(self, tmp_path: Path) -> None:
         """A sink that answers a request with fewer outcomes than messages is a bug: `run`
         raises it instead of carrying on, and the messages stay in the outbox."""
@@ -768,8 +700,6 @@ class TestBrokenContract:
 
 
 class TestCounters:
-    @pytest.mark.timeout(10)
-    @pytest.mark.anyio
     async def test_counters_equal_what_happened(self, tmp_path: Path) -> None:
         """stats.sent, stats.failures by reason, stats.dead_by_reason and stats.dead_letters
         count exactly the outcomes the sink gave."""

@@ -20,7 +20,14 @@ from tests.helpers import (
     wait_until,
     write_access_log,
 )
-from tests.sources.tailing import Agent, assert_exactly_once, file_rows
+from tests.sources.tailing import (
+    TOO_LONG,
+    Agent,
+    assert_exactly_once,
+    file_rows,
+    overlong_agent,
+    write_overlong,
+)
 
 
 def _offsets(agent: Agent) -> dict[str, int]:
@@ -60,26 +67,17 @@ def test_overlong_lines_are_skipped_counted_and_tailing_goes_on(tmp_path: Path) 
     """S26: a 1 MiB line and a line of many MiB that has no newline for a while are skipped and
     counted (too_long); the lines around them are delivered. (Peak memory while skipping:
     `bench/memory.py overlong`.)"""
-    log = tmp_path / "app.log"
-    port = free_port()
-    agent = Agent(tmp_path, [str(log)], {"metrics": {"listen": f"127.0.0.1:{port}"}})
-    write_access_log(log, 0, 10)
+    agent, log, port = overlong_agent(tmp_path)
     agent.start()
     try:
         agent.wait_seqs(10)
-        with log.open("ab") as fh:
-            fh.write(b"A" * (1 << 20) + b"\n")
-            fh.flush()
-            for _ in range(scaled(20, 100)):  # MiB of one line, no newline yet
-                fh.write(b"B" * (1 << 20))
-                fh.flush()
-        too_long = 'trackd_lines_skipped_total{reason="too_long",source="web"}'
-        wait_for_metric(port, too_long, 30)  # the 1 MiB line counted
+        write_overlong(log, scaled(20, 100))  # MiB of one line, no newline yet
+        wait_for_metric(port, TOO_LONG, 30)  # the 1 MiB line counted
         with log.open("ab") as fh:
             fh.write(b"\n")  # ends the endless line: it is skipped, what follows is read
         write_access_log(log, 10, 5)
         assert_exactly_once(agent.wait_seqs(15, timeout=60), range(15))
-        assert metric(port, too_long) == 2
+        assert metric(port, TOO_LONG) == 2
     finally:
         agent.close()
 
