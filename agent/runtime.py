@@ -85,17 +85,11 @@ class Runtime:
         await self.on_pipeline(self._open_pipeline, self.sink)
         if self.sink.http is not None:
             self._send_conn = await self.on_sender(connect, self.paths.db)
-            sink_cfg = self.config.sink
+            cfg = self.config.sink
             self.sender = Sender(
-                self.sink.http,
-                self._send_conn,
-                self.on_sender,
-                batch=sink_cfg.batch,
-                retry=sink_cfg.retry,
-                concurrency=sink_cfg.concurrency,
-                clock=self._clock,
-                level=self.level,
-            )
+                self.sink.http, self._send_conn, self.on_sender, clock=self._clock, level=self.level,
+                batch=cfg.batch, retry=cfg.retry, concurrency=cfg.concurrency,
+            )  # fmt: skip
 
     def _open_pipeline(self, sink: SinkParts) -> None:
         conn = open_state(self.config.state_dir, on_corrupt=self.config.state.on_corrupt)

@@ -37,29 +37,15 @@ from agent import __version__
 from agent.config import Config
 from agent.config.schema import SegmentSinkConfig
 from agent.errors import StartupError
+from agent.sinks import segment_wire as wire
 from agent.sinks.base import DELIVERED, OutboxMessage, Outcome, Pause, Reject, Retry
 from agent.sinks.http import build_client, classify_exception, classify_status, redact_url, request
-from agent.sinks.segment_wire import (
-    MAX_MESSAGE_BYTES,
-    MAX_REQUEST_BYTES,
-    MAX_REQUEST_MESSAGES,
-    SegmentEnvelope,
-    auth_headers,
-    bisect,
-    match_errors,
-    normalize_url,
-    oversized,
-    parse_errors,
-    sent_at,
-    split_requests,
-    user_agent,
-)
 from agent.state.outbox import message_id
 
 if TYPE_CHECKING:
     from agent.sinks.registry import SinkParts
 
-__all__ = ["SegmentSink", "build", "normalize_url"]
+__all__ = ["SegmentSink", "build"]
 
 log = structlog.get_logger("trackd.sink")
 
@@ -112,21 +98,21 @@ class SegmentSink:
                 f"sink.{needed}: required for auth: {sink.auth} (set {needed}: ${{ENV_VAR}}, "
                 f"{needed}_file: PATH, or a systemd credential named {needed})"
             )
-        auth = auth_headers(sink.auth, write_key, token)
-        url, appended = normalize_url(sink.url)
+        auth = wire.auth_headers(sink.auth, write_key, token)
+        url, appended = wire.normalize_url(sink.url)
         self.name = "segment"
         self._url = url
         self._wall = wall
         self._max_backoff = sink.retry.max_backoff
-        self._envelope = SegmentEnvelope(
+        self._envelope = wire.SegmentEnvelope(
             version, write_key if sink.auth == "bearer" else None, sink.gzip
         )
-        self._headers: dict[str, str] = {**auth, "User-Agent": user_agent(version)}
-        self.max_request_messages = min(sink.batch.max_events, MAX_REQUEST_MESSAGES)
+        self._headers: dict[str, str] = {**auth, "User-Agent": wire.user_agent(version)}
+        self.max_request_messages = min(sink.batch.max_events, wire.MAX_REQUEST_MESSAGES)
         # The batcher counts each body plus one separator between bodies, which is exactly what
         # the envelope adds around them besides its fixed overhead: a request it cuts is at most
-        # MAX_REQUEST_BYTES uncompressed, envelope included.
-        self.max_request_bytes: int | None = MAX_REQUEST_BYTES - self._envelope.overhead()
+        # wire.MAX_REQUEST_BYTES uncompressed, envelope included.
+        self.max_request_bytes: int | None = wire.MAX_REQUEST_BYTES - self._envelope.overhead()
         self._owns_client = client is None
         self._client = client if client is not None else build_client(sink, sink.concurrency)
         if appended:
@@ -137,7 +123,7 @@ class SegmentSink:
 
     @property
     def url(self) -> str:
-        """The batch endpoint requests go to (after `normalize_url`)."""
+        """The batch endpoint requests go to (after `wire.normalize_url`)."""
         return self._url
 
     def describe(self) -> str:
@@ -152,17 +138,17 @@ class SegmentSink:
     async def send(self, batch: Sequence[OutboxMessage], retry: int) -> Sequence[Outcome]:
         out: list[Outcome | None] = [None] * len(batch)
         sizes = [len(m.body) for m in batch]
-        for i in oversized(sizes):
+        for i in wire.oversized(sizes):
             out[i] = Reject(
                 "too_large",
-                f"message of {sizes[i]} bytes is over Segment's {MAX_MESSAGE_BYTES}-byte limit",
+                f"message of {sizes[i]} bytes is over Segment's {wire.MAX_MESSAGE_BYTES}-byte limit",
             )
         rest = [i for i, o in enumerate(out) if o is None]
         if rest:
             budget = _Budget(2 * len(rest))
             # The sender already cut the batch to the limits: this is one request. The split is
             # only a guard for callers that did not.
-            for start, end in split_requests(
+            for start, end in wire.split_requests(
                 [sizes[i] for i in rest], self._envelope.overhead(), self.max_request_messages
             ):
                 await self._deliver(batch, rest[start:end], retry, out, budget)
@@ -194,10 +180,10 @@ class SegmentSink:
             _fill(out, idx, DELIVERED)
             return None
         if status == 400:
-            errors = parse_errors(response.content)
+            errors = wire.parse_errors(response.content)
             if errors is not None:
                 ids = [message_id(batch[i].body) or "" for i in idx]
-                matched = match_errors(errors, ids)
+                matched = wire.match_errors(errors, ids)
                 if matched:
                     resend = Retry("http_4xx", RESENT_DETAIL)
                     for pos, i in enumerate(idx):
@@ -209,7 +195,7 @@ class SegmentSink:
                 what = "HTTP 413 Content Too Large" if status == 413 else "HTTP 400 Bad Request"
                 out[idx[0]] = Reject(f"http_{status}", f"{what}: refused when sent alone")
                 return None
-            for half in bisect(len(idx)):
+            for half in wire.bisect(len(idx)):
                 stop = await self._deliver(batch, [idx[p] for p in half], retry, out, budget)
                 if stop is not None:
                     # The rest would fare the same: leave it to the sender's backoff.
@@ -224,7 +210,7 @@ class SegmentSink:
 
     async def _post(self, bodies: list[bytes], retry: int) -> httpx.Response | Retry | Pause:
         """One POST attempt (`sentAt` = now); a transport failure comes back as its outcome."""
-        content, headers = self._envelope.encode(bodies, sent_at(self._wall()))
+        content, headers = self._envelope.encode(bodies, wire.sent_at(self._wall()))
         headers.update(self._headers)
         if retry > 0:
             headers["X-Retry-Count"] = str(retry)
