@@ -239,10 +239,16 @@ class Pipeline:
     # -- driving: run --once / backfill ----------------------------------------------------
 
     def run_merged(
-        self, streams: list[tuple[TrackedFile, Iterable[Split]]], pool: PreparePool | None = None
+        self,
+        streams: list[tuple[TrackedFile, Iterable[Split]]],
+        pool: PreparePool | None = None,
+        *,
+        skip: Callable[[Prepared], str | None] | None = None,
     ) -> None:
         """Merge every file's records by event time (SPEC §1.4) and emit them in that order.
-        With a pool, worker processes parse and prepare; this thread merges, resolves, commits."""
+        With a pool, worker processes parse and prepare; this thread merges, resolves, commits.
+        `skip` (backfill's --since/--until) names why a record is not emitted, counted as a
+        skipped line; its file's position still moves past it."""
         gens = [
             self._pooled_items(tf, splits, pool)
             if pool is not None
@@ -253,7 +259,13 @@ class Pipeline:
             self.commit()
             return
         batch: list[Prepared] = []
+        skipped = self.stats.skipped
         for item in merged(gens):
+            if skip is not None:
+                reason = skip(item)
+                if reason is not None:
+                    skipped[(item.source, reason)] += 1
+                    continue
             batch.append(item)
             if len(batch) >= BATCH:
                 self.consume_batch(batch)

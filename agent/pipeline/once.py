@@ -12,12 +12,14 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 
 from agent.config import Config
 from agent.errors import EXIT_OK, EXIT_RUNTIME, OutboxFull
+from agent.pipeline.core import Pipeline
 from agent.pipeline.workers import start_pool
 from agent.runtime import Runtime
 from agent.sources.tailer import Tailer
@@ -109,33 +111,48 @@ async def run_once(rt: Runtime, deliver_timeout: float) -> int:
     """Read, deliver, summarise. `rt` is built but not started."""
     await rt.start()
     summary = Summary()
+    try:
+        await read_and_deliver(rt, lambda: read_snapshot(rt), summary, deliver_timeout)
+    finally:
+        await finish(rt, summary)
+        print(summary.line(), file=sys.stderr, flush=True)
+    return exit_code(summary, deliver_timeout)
+
+
+async def read_and_deliver(
+    rt: Runtime, read: Callable[[], int], summary: Summary, deliver_timeout: float
+) -> None:
+    """Run `read` on the pipeline thread (it returns the files read) while the sender of an HTTP
+    sink delivers each commit; then give delivery `deliver_timeout` to finish. Shared by
+    `run --once` and backfill; `rt` is started."""
     assert rt.pipeline is not None and rt.sink is not None
     summary.sink = f"{rt.sink.name}:{rt.sink.describe()}"
     sender = rt.sender
-    try:
-        if sender is None:
-            summary.files = await rt.on_pipeline(read_snapshot, rt)
-            summary.delivered = rt.pipeline.stats.enqueued
-        else:
-            loop = asyncio.get_running_loop()
-            rt.pipeline.on_commit = lambda _n: loop.call_soon_threadsafe(sender.notify)
-            reading_done = asyncio.Event()
-            rt.pipeline.room_timeout = deliver_timeout
-            async with asyncio.TaskGroup() as tg:
-                delivery = tg.create_task(sender.run(reading_done, deliver_timeout))
-                try:
-                    summary.files = await rt.on_pipeline(read_snapshot, rt)
-                except OutboxFull as exc:
-                    summary.stopped = str(exc)
-                    log.error("reading_stopped_outbox_full", reason=str(exc))
-                finally:
-                    reading_done.set()
-            await delivery
-            summary.delivered = sender.stats.sent
-            summary.dead_letters = sender.stats.dead_letters
-            summary.pending = (await sender.depth()).messages
-    finally:
-        await _finish(rt, summary)
+    if sender is None:
+        summary.files = await rt.on_pipeline(read)
+        summary.delivered = rt.pipeline.stats.enqueued
+        return
+    loop = asyncio.get_running_loop()
+    rt.pipeline.on_commit = lambda _n: loop.call_soon_threadsafe(sender.notify)
+    reading_done = asyncio.Event()
+    rt.pipeline.room_timeout = deliver_timeout
+    async with asyncio.TaskGroup() as tg:
+        delivery = tg.create_task(sender.run(reading_done, deliver_timeout))
+        try:
+            summary.files = await rt.on_pipeline(read)
+        except OutboxFull as exc:
+            summary.stopped = str(exc)
+            log.error("reading_stopped_outbox_full", reason=str(exc))
+        finally:
+            reading_done.set()
+    await delivery
+    summary.delivered = sender.stats.sent
+    summary.dead_letters = sender.stats.dead_letters
+    summary.pending = (await sender.depth()).messages
+
+
+def exit_code(summary: Summary, deliver_timeout: float) -> int:
+    """1 when reading stopped early or delivery did not finish (logged), else 0."""
     if summary.stopped:
         return EXIT_RUNTIME
     if summary.pending:
@@ -149,25 +166,34 @@ async def run_once(rt: Runtime, deliver_timeout: float) -> int:
     return EXIT_OK
 
 
-async def _finish(rt: Runtime, summary: Summary) -> None:
-    assert rt.pipeline is not None
-    stats = rt.pipeline.stats
+async def finish(rt: Runtime, summary: Summary) -> None:
+    """Fill the summary from the pipeline's counters, close the runtime, log the counts."""
+    if rt.pipeline is not None:
+        collect(rt.pipeline, summary)
+    await rt.close()
+    if rt.pipeline is not None:
+        log_counts(rt.pipeline)
+
+
+def collect(pipeline: Pipeline, summary: Summary) -> None:
+    stats = pipeline.stats
     summary.lines = sum(stats.lines.values())
-    skipped = stats.skipped_all()
-    summary.skipped = sum(skipped.values())
+    summary.skipped = sum(stats.skipped_all().values())
     summary.messages = dict(stats.messages)
     summary.resolutions = dict(stats.resolutions)
-    summary.new_ids = dict(rt.pipeline.resolver.counts)
-    junk = rt.pipeline.normalizer.junk
-    summary.junk = sum(junk.values())
-    await rt.close()
-    for (source, reason), n in sorted(skipped.items()):
+    summary.new_ids = dict(pipeline.resolver.counts)
+    summary.junk = sum(pipeline.normalizer.junk.values())
+
+
+def log_counts(pipeline: Pipeline) -> None:
+    """Skipped lines, junk identifiers and skipped rules, one log line per kind."""
+    stats = pipeline.stats
+    for (source, reason), n in sorted(stats.skipped_all().items()):
         log.info("lines_skipped", source=source, reason=reason, count=n)
-    for kind, n in sorted(junk.items()):
+    for kind, n in sorted(pipeline.normalizer.junk.items()):
         log.info("identity_junk", kind=kind, count=n)
     for (rule, reason), n in sorted(stats.rule_skipped.items()):
         log.info("rule_skipped", rule=rule, reason=reason, count=n)
-    print(summary.line(), file=sys.stderr, flush=True)
 
 
 async def run_once_config(config: Config, deliver_timeout: float) -> int:

@@ -1,0 +1,535 @@
+"""`trackd backfill` (SPEC §6): replay old files — plain, .gz, .bz2, .xz — merged by event time,
+with their original times, through the same pipeline as `run`.
+
+Standalone: backfill takes the state lock itself, like `run --once`, reads every file to its end
+with `Pipeline.run_merged` (worker processes when it pays), and delivers what it enqueued before
+exiting (`once.read_and_deliver`). Positions commit with the chunk that read them, so a killed
+backfill continues where it stopped, and a file `run` (or an earlier backfill) read is recognised
+by content and resumes at its saved offset (`sources/history.py`).
+
+When a daemon holds the lock, the job is to be handed to it through the state database; that is
+`hand_off` below (not built yet: it says so and exits 3).
+
+`--dry-run` builds the pipeline over an in-memory database and identity store, seeded with the
+state's file rows (read-only), and a sink that only counts and samples: nothing is written, sent
+or locked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sqlite3
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import orjson
+import structlog
+
+from agent.config import Config
+from agent.errors import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME
+from agent.identity.memory_store import MemoryIdentityStore
+from agent.pipeline.blocks import BlockPreparer
+from agent.pipeline.core import Pipeline
+from agent.pipeline.once import Summary, collect, exit_code, log_counts, read_and_deliver
+from agent.pipeline.prepare import Prepared, Preparer
+from agent.pipeline.stats import PipelineStats
+from agent.pipeline.workers import start_pool
+from agent.runtime import Runtime
+from agent.sources.catalog import Catalog
+from agent.sources.history import (
+    HistoryFile,
+    HistoryReader,
+    UsageError,
+    assign,
+    expand,
+    is_live,
+    kind_of,
+    plan,
+)
+from agent.sources.splitter import Split
+from agent.sources.tracked import TrackedFile
+from agent.state.db import StatePaths, connect, migrate
+from agent.state.files import FileRow, load_files
+from agent.state.sinkfile import SinkFileRecord
+
+log = structlog.get_logger("trackd.backfill")
+
+#: Seconds between progress log lines when stderr is no terminal.
+PROGRESS_EVERY = 5.0
+#: Messages a dry run prints.
+SAMPLE = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    patterns: tuple[str, ...]
+    sources: tuple[str, ...] = ()
+    since: float | None = None
+    until: float | None = None
+    dry_run: bool = False
+    deliver_timeout: float = 300.0
+
+
+def parse_time(option: str, text: str) -> float:
+    """ISO 8601 (a date, or a date and time; UTC unless an offset is given) -> epoch seconds."""
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(
+            f"{option} {text!r}: not an ISO 8601 time (e.g. 2026-11-01, 2026-11-01T08:00:00Z "
+            "or 2026-11-01T08:00:00+01:00)"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def window(since: float | None, until: float | None) -> Callable[[Prepared], str | None] | None:
+    """The --since/--until filter for `run_merged`: why a record is outside, or None."""
+    if since is None and until is None:
+        return None
+    lo = -1e300 if since is None else since
+    hi = 1e300 if until is None else until
+
+    def skip(p: Prepared) -> str | None:
+        if p.ts < lo:
+            return "before_since"
+        if p.ts >= hi:
+            return "after_until"
+        return None
+
+    return skip
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Progress:
+    """Files, bytes (as stored: compressed bytes of a compressed file), lines; a rich bar on a
+    terminal, a `backfill_progress` log line every PROGRESS_EVERY seconds otherwise."""
+
+    files: int
+    total: int
+    out: TextIO = field(default_factory=lambda: sys.stderr)
+    started: float = field(default_factory=time.monotonic)
+    done_files: int = 0
+    done_bytes: int = 0
+    lines: int = 0
+    lines_of: Counter[str] = field(default_factory=Counter)
+    _last_log: float = 0.0
+    _bar: Any = None
+    _task: Any = None
+
+    def start(self) -> None:
+        self._last_log = time.monotonic()
+        if not self.out.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import (
+            Progress as Bar,
+        )
+
+        bar = Bar(
+            TextColumn("backfill"),
+            BarColumn(),
+            TextColumn("{task.fields[files]}"),
+            DownloadColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(file=self.out),
+            transient=True,
+        )
+        bar.start()
+        self._bar = bar
+        self._task = bar.add_task("backfill", total=max(self.total, 1), files="", rate="")
+
+    def add(self, path: str, lines: int, nbytes: int) -> None:
+        self.lines += lines
+        self.lines_of[path] += lines
+        self.done_bytes += nbytes
+        self.tick()
+
+    def file_done(self) -> None:
+        self.done_files += 1
+        self.tick()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        rate = self.lines / max(now - self.started, 1e-9)
+        if self._bar is not None:
+            self._bar.update(
+                self._task,
+                completed=min(self.done_bytes, self.total),
+                files=f"{self.done_files}/{self.files} files",
+                rate=f"{rate:,.0f} lines/s",
+            )
+            return
+        if now - self._last_log >= PROGRESS_EVERY:
+            self._last_log = now
+            left = max(0, self.total - self.done_bytes)
+            speed = self.done_bytes / max(now - self.started, 1e-9)
+            log.info(
+                "backfill_progress",
+                files_done=self.done_files,
+                files=self.files,
+                bytes_done=self.done_bytes,
+                bytes=self.total,
+                lines=self.lines,
+                lines_per_s=round(rate),
+                eta_s=round(left / speed) if speed > 0 else None,
+            )
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def _splits(hf: HistoryFile, progress: Progress) -> Iterator[Split]:
+    """A file's splits to its end, counted into the progress."""
+    tf = hf.tf
+    assert tf is not None
+    if isinstance(tf.packed, HistoryReader):
+        reader = tf.packed
+        seen = reader.consumed
+        for split in tf.read_packed():
+            progress.add(hf.path, len(split.lines), reader.consumed - seen)
+            seen = reader.consumed
+            yield split
+        # Damaged: the unread rest counts as done for the bar.
+        progress.add(hf.path, 0, max(0, hf.size - seen))
+    else:
+        last = tf.pos
+        for split in tf.snapshot(hf.size, final=not hf.live):
+            progress.add(hf.path, len(split.lines), split.end - last)
+            last = split.end
+            yield split
+        progress.add(hf.path, 0, max(0, hf.size - last))
+    progress.file_done()
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def _files(config: Config, opts: Options) -> list[HistoryFile]:
+    paths = expand(opts.patterns)
+    sources = {s.name: s for s in config.sources}
+    out = []
+    for path, source in assign(paths, config.sources, opts.sources):
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = 0
+        out.append(HistoryFile(path, source, kind_of(path), size, is_live(path, sources[source])))
+    return out
+
+
+def _order_preparer(pipeline: Pipeline) -> BlockPreparer:
+    """A BlockPreparer for ordering probes, counting into its own (discarded) stats."""
+    stats = PipelineStats()
+    return BlockPreparer(
+        pipeline.config, Preparer(pipeline.config, pipeline.secret, stats.prepare), stats
+    )
+
+
+@dataclass(slots=True)
+class Outcome:
+    files: list[HistoryFile]
+    progress: Progress | None = None
+
+
+def read_history(
+    pipeline: Pipeline,
+    catalog: Catalog,
+    files: list[HistoryFile],
+    opts: Options,
+    outcome: Outcome,
+    out: TextIO,
+) -> int:
+    """Pipeline thread: open `files` at their saved positions, oldest first, and read them all
+    to their end merged by event time; retire the ones read to the end. Returns files read."""
+    plan(catalog, files, _order_preparer(pipeline))
+    todo = [hf for hf in files if hf.tf is not None]
+    for hf in files:
+        if hf.skipped:
+            log.info("backfill_file_skipped", path=hf.path, source=hf.source, why=hf.skipped)
+        elif hf.resumed_at:
+            log.info("backfill_file_resumed", path=hf.path, source=hf.source, offset=hf.resumed_at)
+    total = 0
+    for hf in todo:
+        tf = hf.tf
+        assert tf is not None
+        base = tf.packed.consumed if isinstance(tf.packed, HistoryReader) else tf.pos
+        total += max(0, hf.size - base)
+    progress = Progress(len(todo), total, out)
+    outcome.progress = progress
+    pool = start_pool(pipeline.config, pipeline.secret, total)
+    progress.start()
+    try:
+        streams: list[tuple[TrackedFile, Iterable[Split]]] = []
+        for hf in todo:
+            assert hf.tf is not None
+            streams.append((hf.tf, _splits(hf, progress)))
+        pipeline.run_merged(streams, pool, skip=window(opts.since, opts.until))
+        for hf in todo:
+            tf = hf.tf
+            assert tf is not None
+            if not hf.live:
+                catalog.retire(tf.row, "done")
+            if hf.resumed_at and not progress.lines_of[hf.path] and _damage(hf) is None:
+                hf.skipped = "already read"  # a compressed copy: known only once decompressed
+    finally:
+        progress.stop()
+        if pool is not None:
+            pool.close()
+        for hf in todo:
+            if hf.tf is not None:
+                hf.tf.close()
+    return sum(1 for hf in todo if not hf.skipped)
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def report(summary: Summary, outcome: Outcome, skipped: Counter[tuple[str, str]]) -> str:
+    """The summary: the one-line `run --once` form, then skips by reason and file problems."""
+    lines = [summary.line().replace("trackd:", "trackd backfill:", 1)]
+    if skipped:
+        by_reason: Counter[str] = Counter()
+        for (_source, reason), n in skipped.items():
+            by_reason[reason] += n
+        lines.append(
+            "  lines skipped by reason: "
+            + ", ".join(f"{reason} {n}" for reason, n in sorted(by_reason.items()))
+        )
+    progress = outcome.progress
+    read = [hf for hf in outcome.files if hf.tf is not None and not hf.skipped]
+    already = [hf for hf in outcome.files if hf.skipped]
+    if already:
+        lines.append(f"  files not read again ({len(already)}):")
+        lines.extend(f"    {hf.path}: {hf.skipped}" for hf in already)
+    damaged = [(hf, r) for hf in read if (r := _damage(hf)) is not None]
+    if damaged:
+        lines.append(f"  damaged files ({len(damaged)}): the lines before the damage were read")
+        for hf, reader in damaged:
+            assert hf.tf is not None
+            got = progress.lines_of[hf.path] if progress is not None else 0
+            lost = max(0, reader.size - reader.consumed)
+            partial = hf.tf.splitter.offset < reader.offset
+            lines.append(
+                f"    {hf.path}: {reader.damage}; read {got:,} lines "
+                f"({hf.tf.splitter.offset:,} bytes decompressed); lost: everything after "
+                f"({lost:,} of {reader.size:,} compressed bytes unread"
+                + (", and the partial line at the damage)" if partial else ")")
+            )
+    return "\n".join(lines)
+
+
+def _damage(hf: HistoryFile) -> HistoryReader | None:
+    """The reader of a compressed file found damaged while read, else None."""
+    packed = hf.tf.packed if hf.tf is not None else None
+    return packed if isinstance(packed, HistoryReader) and packed.damage else None
+
+
+def _nothing_read(outcome: Outcome) -> bool:
+    """Nothing at all could be read (every file unreadable or damaged before its first line):
+    exit 1. Files found already read count as read."""
+    lines_of = outcome.progress.lines_of if outcome.progress is not None else Counter[str]()
+    for hf in outcome.files:
+        if hf.skipped and not hf.skipped.startswith("unreadable"):
+            return False
+        if hf.tf is not None and (_damage(hf) is None or lines_of[hf.path] > 0):
+            return False
+    return True
+
+
+# -- standalone -------------------------------------------------------------------------------
+
+
+async def backfill(config: Config, opts: Options) -> int:
+    """Standalone backfill under the state lock; the daemon's hand-off when it holds it."""
+    files = _files(config, opts)  # usage errors before anything is touched
+    if opts.dry_run:
+        return dry_run(config, opts, files)
+    rt = Runtime(config)
+    if rt.lock.held_by_other():
+        return hand_off(config, opts)
+    await rt.start()
+    summary = Summary()
+    outcome = Outcome(files)
+    assert rt.pipeline is not None and rt.catalog is not None
+    pipeline, catalog = rt.pipeline, rt.catalog
+    try:
+        await read_and_deliver(
+            rt,
+            lambda: read_history(pipeline, catalog, files, opts, outcome, sys.stderr),
+            summary,
+            opts.deliver_timeout,
+        )
+    finally:
+        collect(pipeline, summary)
+        await rt.close()
+        log_counts(pipeline)
+        print(report(summary, outcome, pipeline.stats.skipped_all()), file=sys.stderr, flush=True)
+    if _nothing_read(outcome):
+        log.error("backfill_nothing_read", files=len(files))
+        return EXIT_RUNTIME
+    return exit_code(summary, opts.deliver_timeout)
+
+
+def hand_off(config: Config, opts: Options) -> int:
+    """A running `trackd run` holds the lock: the job goes to it through the state database
+    (SPEC §5.1, §6). The seam for that hand-off; not built yet."""
+    print(
+        f"trackd backfill: a running `trackd run` holds the state directory {config.state_dir}. "
+        "Handing a backfill to the running daemon is not built yet in this version: stop "
+        "`trackd run` (e.g. `systemctl stop trackd`) or wait for it to finish, then run "
+        "backfill again (it resumes where `run` stopped and reads nothing twice).",
+        file=sys.stderr,
+    )
+    return EXIT_CONFIG
+
+
+# -- dry run ------------------------------------------------------------------------------------
+
+
+class _SampleSink:
+    """A direct sink that writes nothing: it counts messages and keeps the first few."""
+
+    name = "dry-run"
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.sample: list[bytes] = []
+        self.count = 0
+
+    def describe(self) -> str:
+        return "nothing (dry run)"
+
+    def open(self, recorded: SinkFileRecord | None) -> SinkFileRecord | None:
+        return None
+
+    def write(self, bodies: list[bytes]) -> None:
+        self.count += len(bodies)
+        room = self.keep - len(self.sample)
+        if room > 0:
+            self.sample.extend(bodies[:room])
+
+    def pending_record(self) -> SinkFileRecord | None:
+        return None
+
+    def committed(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _MemoryPositions:
+    """The PositionStore of a dry run: new rows get ids past the state's, nothing is written."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self, rows: Sequence[FileRow]) -> None:
+        self._next = max((r.id for r in rows), default=0) + 1
+
+    def insert(self, row: FileRow) -> int:
+        self._next += 1
+        return self._next - 1
+
+    def update(self, row: FileRow) -> None:
+        pass
+
+    def delete(self, ids: list[int]) -> None:
+        pass
+
+
+def _saved_rows(config: Config) -> list[FileRow]:
+    """The state's file rows, read without writing anything (no state: none)."""
+    paths = StatePaths(config.state_dir)
+    if not os.path.exists(paths.db):
+        return []
+    if os.path.exists(paths.db + "-wal"):
+        conn = connect(paths.db, readonly=True)  # a writer is (or was) active: share its WAL
+    else:
+        # No WAL: a read-only connection would create one; `immutable` reads the file as is.
+        conn = sqlite3.connect(f"file:{paths.db}?immutable=1", uri=True)
+    try:
+        return load_files(conn)
+    finally:
+        conn.close()
+
+
+def _secret(config: Config) -> bytes:
+    path = config.identity.secret_file
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read().strip()
+    except OSError:
+        data = b""
+    if not data:
+        log.warning(
+            "dry_run_ephemeral_secret",
+            path=path,
+            hint="no identity secret yet: derived ids in this dry run differ from a real run's",
+        )
+        data = secrets.token_hex(32).encode()
+    return data
+
+
+def dry_run(config: Config, opts: Options, files: list[HistoryFile]) -> int:
+    """Parse and resolve in memory; print the summary and a sample of messages to stdout."""
+    rows = _saved_rows(config)
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn)
+    sink = _SampleSink(SAMPLE)
+    pipeline = Pipeline(config, conn, MemoryIdentityStore(), _secret(config), direct_sink=sink)
+    pipeline.open_direct_sink()
+    catalog = Catalog(
+        rows,
+        _MemoryPositions(rows),
+        first_start=False,
+        start_at="beginning",
+        max_line_bytes=config.max_line_bytes,
+    )
+    summary = Summary()
+    summary.sink = "nothing (dry run)"
+    outcome = Outcome(files)
+    summary.files = read_history(pipeline, catalog, files, opts, outcome, sys.stderr)
+    collect(pipeline, summary)
+    summary.delivered = 0
+    log_counts(pipeline)
+    conn.close()
+    out = sys.stdout
+    out.write(report(summary, outcome, pipeline.stats.skipped_all()) + "\n")
+    if sink.sample:
+        out.write(f"sample ({len(sink.sample)} of {sink.count} messages):\n")
+        for body in sink.sample:
+            out.write(orjson.dumps(orjson.loads(body)).decode() + "\n")
+    out.write("dry run: no state changed, nothing sent\n")
+    out.flush()
+    return EXIT_RUNTIME if _nothing_read(outcome) else EXIT_OK
+
+
+def run_backfill(config: Config, opts: Options) -> int:
+    return asyncio.run(backfill(config, opts))

@@ -1,0 +1,210 @@
+"""`trackd backfill` over a gzipped history, next to a bare `zcat | python regex loop` over the
+same file, measured in the same run: lines/s, CPU seconds (all processes: workers included),
+peak RSS.
+
+    .venv/bin/python bench/backfill.py [--lines 1000000] [--workers auto|0|N]
+
+Prints a table and writes bench/results/backfill.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gen import NGINX_FORMAT, access_log
+from run_once import BARE
+
+#: The bare loop CONVENTIONS.md names, reading decompressed lines from stdin.
+BARE_LOOP = f"""
+import re, sys
+rx = re.compile({BARE.pattern!r})
+n = 0
+for line in sys.stdin.buffer:
+    m = rx.match(line)
+    if m is not None:
+        d = m.groupdict()
+        d["cookie"].split(b"; ")
+    n += 1
+print(n)
+"""
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class GroupSampler(threading.Thread):
+    """Samples every process of a process group from /proc: CPU (utime + stime, the last value
+    seen per process) and the peak of their summed RSS."""
+
+    def __init__(self, pgid: int) -> None:
+        super().__init__(daemon=True)
+        self.pgid = pgid
+        self.cpu: dict[int, float] = {}
+        self.peak_rss = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            rss = 0
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        fields = fh.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) != self.pgid:  # fields[2] is pgrp (after state, ppid)
+                    continue
+                self.cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / _TICK
+                rss += int(fields[21]) * _PAGE
+            self.peak_rss = max(self.peak_rss, rss)
+            self.stop.wait(0.05)
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float | str]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    sampler = GroupSampler(proc.pid)
+    sampler.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[:3]} failed ({proc.returncode}): {err[-2000:]}")
+    waited = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "wall_s": wall,
+        "cpu_s": max(waited, sum(sampler.cpu.values())),
+        "peak_rss_mib": max(sampler.peak_rss, after.ru_maxrss * 1024) / (1 << 20),
+        "stdout": out,
+        "stderr": err,
+    }
+
+
+def config(work: Path, log: Path) -> Path:
+    (work / "secret").write_text("bench-secret\n")
+    cfg = work / "trackd.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "state_dir": str(work / "state"),
+                "identity": {"secret_file": str(work / "secret")},
+                "sources": [
+                    {
+                        "name": "web",
+                        "kind": "access",
+                        "paths": [str(log.parent / "access.log")],
+                        "format": "nginx",
+                        "log_format": NGINX_FORMAT,
+                        "base_url": "https://www.example.com",
+                    }
+                ],
+                "sink": {"type": "file", "path": str(work / "out.jsonl")},
+                "metrics": {"listen": ""},
+                "log": {"format": "json", "level": "warning"},
+            }
+        )
+    )
+    return cfg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--workers", default="auto", help="TRACKD_WORKERS (auto: trackd decides)")
+    args = ap.parse_args()
+    if shutil.which("zcat") is None:
+        raise SystemExit("zcat not found")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        plain = access_log(root / "plain.log", args.lines)
+        logs = root / "logs"
+        logs.mkdir()
+        packed = logs / "access.log.1.gz"
+        with plain.open("rb") as src, gzip.open(packed, "wb", compresslevel=6) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        sizes = (plain.stat().st_size, packed.stat().st_size)
+        plain.unlink()
+
+        bare = measure(
+            ["/bin/sh", "-c", f'zcat "{packed}" | "{sys.executable}" -c "$BARE_LOOP"'],
+            env={**os.environ, "BARE_LOOP": BARE_LOOP},
+        )
+        assert int(str(bare["stdout"]).strip()) == args.lines
+        env = dict(os.environ)
+        if args.workers != "auto":
+            env["TRACKD_WORKERS"] = args.workers
+        work = root / "work"
+        work.mkdir()
+        cfg = config(work, packed)
+        trackd = measure(
+            [sys.executable, "-m", "agent", "backfill", "-c", str(cfg), str(packed)], env=env
+        )
+        summary = str(trackd["stderr"]).strip().splitlines()
+    rows = [("zcat | python bare regex loop", bare), ("trackd backfill", trackd)]
+    print(
+        f"{args.lines:,} lines, {sizes[0] / (1 << 20):.0f} MiB plain, "
+        f"{sizes[1] / (1 << 20):.0f} MiB gzipped; {os.cpu_count()} cpus; workers={args.workers}"
+    )
+    print(f"{'measure':<34}{'lines/s':>12}{'wall s':>9}{'CPU s':>9}{'peak RSS MiB':>14}")
+    for name, r in rows:
+        wall = float(r["wall_s"])
+        print(
+            f"{name:<34}{args.lines / wall:>12,.0f}{wall:>9.2f}{float(r['cpu_s']):>9.2f}"
+            f"{float(r['peak_rss_mib']):>14.0f}"
+        )
+    print(f"ratio trackd / bare: {float(bare['wall_s']) / float(trackd['wall_s']):.2f}")
+    print("summary: " + next((s for s in summary if s.startswith("trackd backfill:")), "(none)"))
+    out = Path(__file__).resolve().parent / "results" / "backfill.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "lines": args.lines,
+                "plain_bytes": sizes[0],
+                "gzip_bytes": sizes[1],
+                "workers": args.workers,
+                **{
+                    key: {
+                        "lines_per_s": round(args.lines / float(r["wall_s"])),
+                        "wall_s": round(float(r["wall_s"]), 2),
+                        "cpu_s": round(float(r["cpu_s"]), 2),
+                        "peak_rss_mib": round(float(r["peak_rss_mib"])),
+                    }
+                    for key, r in (("bare", bare), ("backfill", trackd))
+                },
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
