@@ -43,7 +43,7 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_arg_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-c",
@@ -340,7 +340,7 @@ def _not_yet(command: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_arg_parser().parse_args(argv)
     as_json = bool(getattr(args, "json", False))
     setup_logging("info", "auto")
     log = structlog.get_logger("trackd")
