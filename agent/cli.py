@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import sys
+import traceback
 from typing import Any
 
 import orjson
@@ -226,7 +228,13 @@ def _cmd_check(args: argparse.Namespace, as_json: bool) -> int:
             for issue in exc.issues:
                 print(f"  {issue}", file=sys.stderr)
         return EXIT_CONFIG
-    reports = check.check_sources(config, args.sample)
+    try:
+        reports = check.check_sources(config, args.sample, strict_sample=True)
+    except check.SampleError as exc:
+        if as_json:
+            _print_json({"valid": True, "config": config.config_path, "sample_error": str(exc)})
+        print(f"trackd check: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     warnings = check.config_warnings(config, reports)
     if as_json:
         _print_json(
@@ -373,10 +381,55 @@ def main(argv: list[str] | None = None) -> int:
         # A task of the supervisor's TaskGroup failed: report our own error plainly.
         first = _first_trackd_error(group)
         if first is None:
-            raise
+            return _unexpected(args, group, _first_leaf(group))
         log.error("fatal", error=str(first), exit_code=first.exit_code)
         print(f"trackd: {first}", file=sys.stderr)
         return first.exit_code
+    except Exception as exc:  # noqa: BLE001 - the one top-level handler: any surprise is one line
+        return _unexpected(args, exc, exc)
+
+
+def _unexpected(args: argparse.Namespace, raised: BaseException, exc: BaseException) -> int:
+    """An error trackd did not foresee: one line on stderr (what failed, where, what to try),
+    exit 1; the traceback too when TRACKD_DEBUG=1 or the config says `log.level: debug`."""
+    if _debug_wanted(args):
+        traceback.print_exception(raised, file=sys.stderr)
+    detail = " ".join(str(exc).split())
+    if len(detail) > 300:
+        detail = detail[:297] + "..."
+    what = type(exc).__name__ + (f": {detail}" if detail else "")
+    print(
+        f"trackd {args.command}: unexpected error {what}{_where(exc)}; this is a fault trackd "
+        "does not handle yet: run it again with TRACKD_DEBUG=1 (or log.level: debug) to see the "
+        "traceback, and report it with that output",
+        file=sys.stderr,
+    )
+    return EXIT_RUNTIME
+
+
+def _debug_wanted(args: argparse.Namespace) -> bool:
+    if os.environ.get("TRACKD_DEBUG", "") not in ("", "0"):
+        return True
+    try:
+        return _load(args).log.level == "debug"
+    except Exception:  # noqa: BLE001 - the config may be what failed; no traceback then
+        return False
+
+
+def _where(exc: BaseException) -> str:
+    """` (at agent/x.py:12 in f)`: the innermost frame of trackd's own code, if any."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(package)]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    rel = os.path.relpath(frame.filename, os.path.dirname(package))
+    return f" (at {rel}:{frame.lineno} in {frame.name})"
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _first_trackd_error(group: BaseExceptionGroup[BaseException]) -> TrackdError | None:

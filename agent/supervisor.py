@@ -75,7 +75,13 @@ class Daemon:
         )
         if self.config.metrics.listen:
             self.server = MetricsServer(self.config.metrics.listen, self.metrics, self._health)
-            await self.server.start()
+            try:
+                await self.server.start()
+            except BaseException:
+                # Nothing has run yet: release the state (lock, connections) before exiting 3.
+                self.server = None
+                await self.rt.close()
+                raise
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._reading())

@@ -12,18 +12,24 @@ import bz2
 import gzip
 import lzma
 import os
+import stat
+import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from agent.commands.masking import RecordMasker
 from agent.config import Config, FileSinkConfig
 from agent.config.schema import SegmentSinkConfig
+from agent.errors import EXIT_CONFIG, TrackdError
 from agent.parse import AccessParser, AppParser, build_parser
 from agent.records import Continuation
 from agent.sources.discovery import expand
 
 SAMPLE_LINES = 1000
 SHOW_UNPARSED = 5
+#: At most this much of a sample is read (decompressed): a sample is for looking, not loading.
+SAMPLE_BYTES = 16 * 1024 * 1024
+_SKIP_BLOCK = 1024 * 1024
 _COMPRESSED = ((b"\x1f\x8b", gzip), (b"BZh", bz2), (b"\xfd7zXZ\x00", lzma))
 
 
@@ -61,23 +67,94 @@ class SourceReport:
         }
 
 
-def _read_sample(path: str, limit: int) -> list[bytes]:
+class SampleError(TrackdError):
+    """`--sample FILE` cannot be read (missing, unreadable, not a regular file): exit 3."""
+
+    exit_code = EXIT_CONFIG
+
+
+def _open_regular(path: str) -> BinaryIO:
+    """`path` opened for reading if it is a regular file. O_NONBLOCK so that opening a FIFO never
+    waits for a writer; fstat on the open descriptor, so what is checked is what is read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise SampleError(f"{path} is {_kind_of(mode)}, not a regular file (give a log file)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a file"
+
+
+def _read_sample(
+    path: str, limit: int, max_line: int = 64 * 1024, max_bytes: int = SAMPLE_BYTES
+) -> list[bytes]:
     """The first `limit` lines of a plain, gzip, bzip2 or xz file (detected by content), each
-    without its newline (a `\\r` before it is removed, as the pipeline does)."""
-    with open(path, "rb") as probe:
-        magic = probe.read(6)
-    opener: Any = open
-    for prefix, module in _COMPRESSED:
-        if magic.startswith(prefix):
-            opener = module.open
+    without its newline (a `\\r` before it is removed, as the pipeline does).
+
+    Bounded whatever the file holds: at most `max_bytes` (decompressed) are read in all, and a
+    line is kept to its first `max_line + 1` bytes — enough to report it as too long — with the
+    rest skipped. Raises SampleError for anything but a regular file, OSError if it cannot be read.
+    """
+    raw = _open_regular(path)
+    with raw:
+        magic = raw.read(6)
+        raw.seek(0)
+        fh: Any = raw
+        for prefix, module in _COMPRESSED:
+            if magic.startswith(prefix):
+                fh = module.open(raw, "rb")
+        with fh:
+            return _bounded_lines(fh, limit, max_line, max_bytes)
+
+
+def _bounded_lines(fh: Any, limit: int, max_line: int, max_bytes: int) -> list[bytes]:
     lines: list[bytes] = []
-    with opener(path, "rb") as fh:
-        for raw in fh:
-            line = raw[:-1] if raw.endswith(b"\n") else raw
-            lines.append(line[:-1] if line.endswith(b"\r") else line)
-            if len(lines) >= limit:
-                break
+    left = max_bytes
+    while len(lines) < limit and left > 0:
+        raw = fh.readline(min(max_line + 1, left))
+        if not raw:
+            break
+        left -= len(raw)
+        if raw.endswith(b"\n"):
+            line = raw[:-1]
+        else:
+            line = raw
+            # An overlong line: skip to its end without keeping it (still within max_bytes).
+            while left > 0 and not raw.endswith(b"\n"):
+                raw = fh.readline(min(_SKIP_BLOCK, left))
+                if not raw:
+                    break
+                left -= len(raw)
+        lines.append(line[:-1] if line.endswith(b"\r") else line)
     return lines
+
+
+def _load_sample(path: str, max_line: int) -> list[bytes]:
+    """`--sample FILE`'s lines, or SampleError saying why they cannot be read."""
+    try:
+        return _read_sample(path, SAMPLE_LINES, max_line)
+    except SampleError:
+        raise
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SampleError(f"cannot read sample {path}: {detail}") from None
 
 
 def _sample_source(
@@ -90,7 +167,8 @@ def _sample_source(
         rep.lines += 1
         reason: str | None = None
         if len(raw) > config.max_line_bytes:
-            reason = f"longer than max_line_bytes ({len(raw):,} > {config.max_line_bytes:,} bytes)"
+            # The sample keeps only the first max_line_bytes + 1 bytes of an overlong line.
+            reason = f"longer than max_line_bytes ({config.max_line_bytes:,} bytes)"
         elif is_app:
             try:
                 text = raw.decode("utf-8")
@@ -112,7 +190,21 @@ def _sample_source(
             rep.first_fields = masker(rec)
 
 
-def check_sources(config: Config, sample: str | None) -> list[SourceReport]:
+def check_sources(
+    config: Config, sample: str | None, *, strict_sample: bool = False
+) -> list[SourceReport]:
+    """A report per source. `sample` (`--sample FILE`) is read once, for every source. A file
+    that cannot be read is a warning in the report — or, for `sample` with `strict_sample` (the
+    CLI: exit 3), SampleError."""
+    sample_lines: list[bytes] | None = None
+    sample_warning = ""
+    if sample is not None:
+        try:
+            sample_lines = _load_sample(sample, config.max_line_bytes)
+        except SampleError as exc:
+            if strict_sample:
+                raise
+            sample_lines, sample_warning = [], str(exc)
     reports = []
     for src in config.sources:
         rep = SourceReport(src.name, src.kind, src.format, list(src.paths))
@@ -128,12 +220,16 @@ def check_sources(config: Config, sample: str | None) -> list[SourceReport]:
         path = sample or next((f.path for f in found if f.size > 0), None)
         if path is not None:
             rep.sample_from = path
-            try:
-                lines = _read_sample(path, SAMPLE_LINES)
-            except (OSError, EOFError, lzma.LZMAError) as exc:
-                detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                rep.warnings.append(f"cannot read sample {path}: {detail}")
-                lines = []
+            if sample_lines is not None:
+                lines = sample_lines
+                if not lines and sample_warning:
+                    rep.warnings.append(sample_warning)
+            else:
+                try:
+                    lines = _load_sample(path, config.max_line_bytes)
+                except SampleError as exc:
+                    rep.warnings.append(str(exc))
+                    lines = []
             # The config was validated, so the parser builds (a bad format failed validation).
             _sample_source(rep, build_parser(src), lines, config)
         reports.append(rep)
@@ -142,6 +238,8 @@ def check_sources(config: Config, sample: str | None) -> list[SourceReport]:
 
 def config_warnings(config: Config, reports: list[SourceReport]) -> list[str]:
     out = list(config.warnings)
+    if not config.sources:
+        out.append("no sources configured: trackd reads nothing (add a sources: list, see SPEC §9)")
     by_file: dict[str, list[str]] = {}
     for rep in reports:
         for path, _ in rep.files:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from agent.commands.readstate import open_readonly
 from agent.config import Config
 from agent.errors import StartupError
 from agent.state import deadletters, requests
@@ -35,7 +36,7 @@ def _paths(config: Config) -> StatePaths:
 
 def listing(config: Config, limit: int | None = None) -> dict[str, Any]:
     paths = _paths(config)
-    conn = connect(paths.db, readonly=True)
+    conn = open_readonly(paths.db)
     try:
         rows = deadletters.listing(conn, limit)
         reasons = deadletters.by_reason(conn)

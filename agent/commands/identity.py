@@ -9,11 +9,12 @@ import sqlite3
 import time
 from typing import Any
 
+from agent.commands.readstate import open_readonly
 from agent.config import Config
 from agent.errors import StartupError
 from agent.identity.graph import Device, IdentityStore
 from agent.identity.sqlite_store import SqliteIdentityStore
-from agent.state.db import StatePaths, connect
+from agent.state.db import StatePaths
 
 
 def _iso(ts: float | None) -> str | None:
@@ -27,7 +28,7 @@ def collect(config: Config, ident: str) -> dict[str, Any]:
     paths = StatePaths(config.state_dir)
     if not os.path.exists(paths.db):
         raise StartupError(f"no state database at {paths.db} yet: trackd has not run here")
-    conn = connect(paths.db, readonly=True)
+    conn = open_readonly(paths.db)
     try:
         return _collect(SqliteIdentityStore(conn), ident)
     except sqlite3.DatabaseError as exc:

@@ -12,11 +12,12 @@ from typing import Any
 
 import orjson
 
+from agent.commands.readstate import open_readonly
 from agent.config import Config
 from agent.errors import StartupError
 from agent.identity.sqlite_store import SqliteIdentityStore
 from agent.state import deadletters, meta, outbox, sinkfile
-from agent.state.db import StateLock, StatePaths, connect
+from agent.state.db import StateLock, StatePaths
 from agent.state.files import load_files
 
 
@@ -26,7 +27,7 @@ def collect(config: Config) -> dict[str, Any]:
         raise StartupError(
             f"no state database at {paths.db} yet: trackd has not run with this state_dir"
         )
-    conn = connect(paths.db, readonly=True)
+    conn = open_readonly(paths.db)
     try:
         return _collect(conn, paths, config)
     except sqlite3.DatabaseError as exc:

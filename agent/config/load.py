@@ -17,7 +17,13 @@ from pydantic import ValidationError
 from agent.config.features import not_supported_yet
 from agent.config.schema import Config, FileSinkConfig
 from agent.config.validate import semantic_findings
-from agent.config.yamlmarks import MarkedDocument, Path, format_path, parse_yaml
+from agent.config.yamlmarks import (
+    MAX_CONFIG_BYTES,
+    MarkedDocument,
+    Path,
+    format_path,
+    parse_yaml,
+)
 from agent.errors import ConfigError, ConfigIssue
 
 DEFAULT_CONFIG = "/etc/trackd/trackd.yaml"
@@ -38,7 +44,8 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
     abspath = os.path.abspath(path)
     try:
         with open(abspath, encoding="utf-8") as fh:
-            text = fh.read()
+            # At most one character past the limit: a huge file (or a device) is refused, not read.
+            text = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise _single(
             abspath, "config file not found (give one with -c PATH or $TRACKD_CONFIG)"
@@ -69,7 +76,7 @@ def load_config_text(text: str, filename: str, env: Mapping[str, str] | None = N
     base_dir = os.path.dirname(filename)
     literal_secrets: list[str] = []
     findings: list[tuple[Path, str]] = []
-    data = _interpolate(data, (), env, findings, literal_secrets)
+    data = _Interpolator(env, findings, literal_secrets)(data, ())
     env_findings = len(findings)
     _resolve_secret_files(data, base_dir, env, findings)
     findings.extend(semantic_findings(data))
@@ -109,47 +116,73 @@ def _single(path: str, message: str) -> ConfigError:
     return ConfigError([ConfigIssue("", message, file=path)])
 
 
-def _interpolate(
-    value: Any,
-    path: Path,
-    env: Mapping[str, str],
-    findings: list[tuple[Path, str]],
-    literal_secrets: list[str],
-) -> Any:
-    """Replace `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`."""
-    if isinstance(value, dict):
-        return {
-            k: _interpolate(v, (*path, k), env, findings, literal_secrets) for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [
-            _interpolate(v, (*path, i), env, findings, literal_secrets) for i, v in enumerate(value)
-        ]
-    if not isinstance(value, str):
-        return value
-    if path[:1] == ("sink",) and len(path) == 2 and path[1] in _SECRET_KEYS and "${" not in value:
-        literal_secrets.append(str(path[1]))
-    if "$" not in value:
-        return value
+class _Interpolator:
+    """Replace `${VAR}` / `${VAR:-default}` in every string; `$$` is a literal `$`.
 
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name, default = m.group(1), m.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        hint = ""
-        if path[-1:] in (("log_format",), ("regex",)):
-            # nginx's braced variables look like ours: `${status}` is read as an env reference.
-            hint = f"; for nginx's variable write $${{{name}}} or ${name}"
-        findings.append(
-            (path, f"environment variable {name} is not set (referenced as ${{{name}}}){hint}")
-        )
-        return ""
+    The data may share one list or mapping in several places (YAML aliases): each is rewritten
+    once, memoised by identity, and the result shared again, so interpolating never expands an
+    alias into copies. (A reference under a shared value is reported at its first path.)
+    """
 
-    return _ENV_REF.sub(sub, value)
+    __slots__ = ("_done", "_env", "_findings", "_literal_secrets")
+
+    def __init__(
+        self, env: Mapping[str, str], findings: list[tuple[Path, str]], literal_secrets: list[str]
+    ) -> None:
+        self._env = env
+        self._findings = findings
+        self._literal_secrets = literal_secrets
+        self._done: dict[int, Any] = {}
+
+    def __call__(self, value: Any, path: Path) -> Any:
+        if isinstance(value, dict | list):
+            key = id(value)
+            if key in self._done:
+                return self._done[key]
+            if isinstance(value, dict):
+                out: Any = {}
+                self._done[key] = out
+                for k, v in value.items():
+                    out[k] = self(v, (*path, k))
+                return out
+            items: list[Any] = []
+            self._done[key] = items
+            items.extend(self(v, (*path, i)) for i, v in enumerate(value))
+            return items
+        if not isinstance(value, str):
+            return value
+        return self._string(value, path)
+
+    def _string(self, value: str, path: Path) -> str:
+        if (
+            path[:1] == ("sink",)
+            and len(path) == 2
+            and path[1] in _SECRET_KEYS
+            and "${" not in value
+        ):
+            self._literal_secrets.append(str(path[1]))
+        if "$" not in value:
+            return value
+        env, findings = self._env, self._findings
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            hint = ""
+            if path[-1:] in (("log_format",), ("regex",)):
+                # nginx's braced variables look like ours: `${status}` is read as an env reference.
+                hint = f"; for nginx's variable write $${{{name}}} or ${name}"
+            findings.append(
+                (path, f"environment variable {name} is not set (referenced as ${{{name}}}){hint}")
+            )
+            return ""
+
+        return _ENV_REF.sub(sub, value)
 
 
 def _resolve_secret_files(
@@ -236,6 +269,12 @@ def _message(err: Any, path: Path) -> str:
         return f"unknown sink type {_short(ctx.get('tag'))} (expected one of: {expected})"
     if kind == "union_tag_not_found":
         return "required key 'type' is missing (file, kissmetrics or segment)"
+    if kind == "too_short" and path[-1:] == ("paths",):
+        return "give at least one path or glob"
+    if kind == "too_short":
+        return f"give at least {ctx.get('min_length', 1)} item(s)"
+    if kind in ("tuple_type", "list_type"):
+        return f"expected a list (got {shown})"
     if kind in ("value_error", "assertion_error"):
         return str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     msg = str(err["msg"])

@@ -273,6 +273,17 @@ class Config(_Model):
     _config_path: str = PrivateAttr(default="")
     _warnings: tuple[str, ...] = PrivateAttr(default=())
 
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: str) -> str:
+        # An empty value (often an unset ${VAR:-}) would put the state next to the config file.
+        if not value.strip():
+            raise ValueError(
+                "empty path (give the state directory, e.g. /var/lib/trackd; "
+                'an empty ${VAR} gives "")'
+            )
+        return value
+
     @property
     def config_path(self) -> str:
         """The absolute path of the file this config was loaded from ("" when built in code)."""

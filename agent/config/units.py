@@ -6,14 +6,15 @@ Sizes: `^\\d+(B|KB|MB|GB|KiB|MiB|GiB)?$` or a bare number of bytes -> int bytes 
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
 from pydantic import BeforeValidator
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$", re.ASCII)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE = re.compile(r"^(\d+)(B|KB|MB|GB|KiB|MiB|GiB)?$")
+_SIZE = re.compile(r"^(\d+)(B|KB|MB|GB|KiB|MiB|GiB)?$", re.ASCII)
 _SIZE_UNITS = {
     None: 1,
     "B": 1,
@@ -27,25 +28,23 @@ _SIZE_UNITS = {
 
 
 def parse_duration(value: object) -> float:
-    """`"250ms"`, `"30s"`, `"5m"`, `"7d"` or a bare number of seconds -> seconds."""
+    """`"250ms"`, `"30s"`, `"5m"`, `"7d"` or a bare number of seconds -> seconds.
+
+    Only SPEC §9's grammar: `inf`, `nan`, `1e9`, `1_000` or `+5` (which Python's float() takes)
+    are not durations, nor is a YAML `.inf`/`.nan`.
+    """
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r} (use e.g. 250ms, 30s, 5m, 24h, 7d)")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"invalid duration {value!r} (use e.g. 250ms, 30s, 5m, 24h, 7d)")
         if value < 0:
             raise ValueError(f"invalid duration {value!r}: must not be negative")
         return float(value)
     if isinstance(value, str):
-        text = value.strip()
-        m = _DURATION.match(text)
+        m = _DURATION.match(value.strip())
         if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        try:
-            seconds = float(text)
-        except ValueError:
-            pass
-        else:
-            if seconds >= 0:
-                return seconds
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
     raise ValueError(f"invalid duration {value!r} (use e.g. 250ms, 30s, 5m, 24h, 7d)")
 
 

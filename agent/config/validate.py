@@ -110,6 +110,11 @@ def _sources(sources: list[Any], kinds: dict[str, str]) -> Iterator[Finding]:
                     f"unknown format {fmt!r} (expected one of: {', '.join(allowed)}){hint}",
                 )
             yield from _format_options(src, base, kind, fmt)
+        elif isinstance(fmt, str) and fmt not in ACCESS_FORMATS and fmt not in APP_FORMATS:
+            # The kind is invalid (pydantic says so): the format can still be wrong for every
+            # kind, and saying so now saves a second round of `trackd check`.
+            known = ", ".join(dict.fromkeys((*ACCESS_FORMATS, *APP_FORMATS)))
+            yield (*base, "format"), f"unknown format {fmt!r} (expected one of: {known})"
         base_url = src.get("base_url")
         if isinstance(base_url, str) and not re.match(r"^https?://[^/\s?#]+/?$", base_url):
             yield (

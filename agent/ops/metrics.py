@@ -9,6 +9,7 @@ per line.
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent.config import Config
+from agent.errors import StartupError
 from agent.sinks.base import FAILURE_REASONS
 
 log = structlog.get_logger("trackd.metrics")
@@ -202,7 +204,21 @@ class MetricsServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        """Listen, or raise StartupError (exit 3) naming the address and the key to change."""
+        try:
+            self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        except OSError as exc:
+            address = f"{self._host}:{self._port}"
+            why = exc.strerror or str(exc)
+            hint = (
+                "another process listens there; stop it, or choose another port"
+                if exc.errno == errno.EADDRINUSE
+                else "check the address"
+            )
+            raise StartupError(
+                f"metrics.listen: cannot listen on {address}: {why} "
+                f'({hint} in metrics.listen, or set it to "" to disable the metrics server)'
+            ) from None
         log.info("metrics_listening", address=f"{self._host}:{self.port}")
 
     async def close(self) -> None:
