@@ -9,6 +9,7 @@ delivery). The event loop only schedules; CPU and disk work never runs on it.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -26,8 +27,16 @@ from agent.sinks.backoff import Clock
 from agent.sinks.registry import SinkParts, build_sink
 from agent.sinks.sender import Sender
 from agent.sources.catalog import Catalog
-from agent.state import meta, outbox, requests
-from agent.state.db import StateLock, StatePaths, connect, ensure_state_dir, open_state, transaction
+from agent.state import meta, outbox, requests, sinkfile
+from agent.state.db import (
+    OpenedState,
+    StateLock,
+    StatePaths,
+    connect,
+    ensure_state_dir,
+    open_state_checked,
+    transaction,
+)
 from agent.state.files import SqlitePositions, load_files
 
 log = structlog.get_logger("trackd.runtime")
@@ -37,6 +46,9 @@ T = TypeVar("T")
 StoreFactory = Callable[[Config, sqlite3.Connection], IdentityStore]
 #: Builds the sink from the config (tests pass scripted sinks).
 SinkFactory = Callable[[Config], SinkParts]
+#: `meta` key: the `start_at` of the first start when it is not the config's (a reset or lost
+#: state starts files at `end`); kept until the first discovery, so a crash before it keeps it.
+FIRST_START_AT = "first_start_at"
 
 
 def default_store(config: Config, conn: sqlite3.Connection) -> IdentityStore:
@@ -92,8 +104,10 @@ class Runtime:
             )  # fmt: skip
 
     def _open_pipeline(self, sink: SinkParts) -> None:
-        conn = open_state(self.config.state_dir, on_corrupt=self.config.state.on_corrupt)
+        opened = open_state_checked(self.config.state_dir, on_corrupt=self.config.state.on_corrupt)
+        conn = opened.conn
         self._pipe_conn = conn
+        start_at = self._first_start_at(opened, sink)
         secret = load_or_create_secret(self.config.identity.secret_file)
         store = self._store_factory(self.config, conn)
         self.pipeline = Pipeline(
@@ -111,9 +125,53 @@ class Runtime:
             load_files(conn),
             SqlitePositions(conn),
             first_start=self.first_start,
-            start_at=self.config.start_at,
+            start_at=start_at,
             max_line_bytes=self.config.max_line_bytes,
         )
+
+    def _first_start_at(self, opened: OpenedState, sink: SinkParts) -> str:
+        """Where the files of a first start begin. SPEC §5.1: a state reset after corruption
+        starts them at `end`. So does a lost state — no record of a file sink that already holds
+        messages (state.db deleted or zero-length): reading from `start_at` would append again
+        what the file holds (SPEC §4 promises exactly once into a file), so trackd warns and
+        starts at `end`; moving the sink file aside makes `start_at` apply again."""
+        conn = opened.conn
+        if meta.get(conn, meta.FIRST_START_DONE) is not None:
+            return self.config.start_at
+        override = meta.get(conn, FIRST_START_AT)
+        if override is not None:
+            return override
+        if opened.reset:
+            log.warning(
+                "state_reset_files_at_end",
+                state_db=self.paths.db,
+                hint="state.on_corrupt: reset: files are read from their current end; "
+                "what was appended while trackd was down is not read",
+            )
+        else:
+            path = getattr(sink.direct, "path", "-") if sink.direct is not None else "-"
+            try:
+                size = os.stat(path).st_size if path != "-" else 0
+            except OSError:
+                size = 0
+            if size == 0 or sinkfile.load(conn, path) is not None:
+                return self.config.start_at
+            log.warning(
+                "sink_file_not_in_state",
+                sink_file=path,
+                size=size,
+                state_db=self.paths.db,
+                state="empty" if opened.fresh else "without a record of it",
+                hint=f"the state does not know the {size} bytes already in {path} (was "
+                "state.db deleted or emptied?): files are read from their end so that nothing "
+                "is delivered twice. To read from start_at instead, stop trackd, move the sink "
+                "file aside and start again",
+            )
+        if self.config.start_at == "end":
+            return "end"
+        with transaction(conn):
+            meta.put(conn, FIRST_START_AT, "end")
+        return "end"
 
     def outbox_oldest(self) -> float | None:
         """Pipeline thread: enqueue time of the oldest outbox message."""

@@ -116,6 +116,8 @@ class Daemon:
     def _health(self) -> tuple[bool, str]:
         if self.tail is not None and self.tail.state_error is not None:
             return False, f"state database unavailable: {self.tail.state_error}"
+        if self.tail is not None and self.tail.sink_error is not None:
+            return False, f"sink unavailable: {self.tail.sink_error}"
         level = self.rt.level
         if level is not None and level.full:
             return False, f"outbox full ({level.messages} messages): reading is paused"

@@ -27,7 +27,14 @@ log = structlog.get_logger("trackd.metrics")
 SKIP_REASONS = ("parse_error", "too_long", "encoding", "too_old", "future")
 MESSAGE_TYPES = ("page", "track", "identify", "alias")
 IDENTITY_KINDS = ("device", "named", "derived", "session")
-DROP_REASONS = ("cookieless", "optout", "rotated_hold", "identity_cap", "state_unavailable")
+DROP_REASONS = (
+    "cookieless",
+    "optout",
+    "rotated_hold",
+    "identity_cap",
+    "state_unavailable",
+    "sink_unavailable",
+)
 RULE_SKIP_REASONS = ("no_user", "junk_user", "no_session_or_device")
 
 

@@ -383,6 +383,10 @@ class Pipeline:
             self._write(chunk, changes, positions, stamps, now)
         except BaseException as exc:
             self._undo(changes, stamps, exc)
+            if isinstance(exc, SinkError):
+                # A full disk under the sink file: the chunk stays pending, as for the state.
+                log.error("sink_write_failed", error=str(exc), messages=len(messages))
+                raise
             if not isinstance(exc, sqlite3.Error):
                 raise
             self.state_failures += 1
@@ -427,12 +431,14 @@ class Pipeline:
 
     def _undo(self, changes: Changes, stamps: list[int | None] | None, exc: BaseException) -> None:
         """The chunk did not commit: its identity changes are pending again, its stamps are
-        free again, and bytes the file sink wrote are cut back off."""
+        free again, and bytes the file sink wrote are cut back off — also when the sink's own
+        write failed half-way (`abort` never raises; the sink's length stays the committed one
+        until `_committed`)."""
         self.resolver.requeue(changes)
         if self.stamper is not None and stamps is not None:
             self.stamper.rolled_back()
         direct = self.direct_sink
-        if direct is not None and self.chunk.messages and not isinstance(exc, SinkError):
+        if direct is not None and self.chunk.messages:
             direct.abort()
 
     def _committed(

@@ -16,7 +16,7 @@ import structlog
 
 from agent.config import Config, load_config
 from agent.config.reload import ReloadPlan, plan_reload
-from agent.errors import ConfigError, StateError
+from agent.errors import ConfigError, SinkError, StateError
 from agent.ops.metrics import Metrics
 from agent.runtime import Runtime
 from agent.sources.tailer import Tailer
@@ -50,6 +50,10 @@ PATH_EVERY = 5
 class TailLoop:
     """The daemon's reading side: owns the tailer, its watcher, and SIGHUP reload."""
 
+    #: The first wait before a refused commit is retried (then doubled, up to RETRY_MAX).
+    retry_initial = 1.0
+    RETRY_MAX = 30.0
+
     def __init__(
         self,
         config: Config,
@@ -81,6 +85,8 @@ class TailLoop:
         self._housekept = 0.0
         #: Set while the state database refuses commits (then /healthz answers 503).
         self.state_error: str | None = None
+        #: Set while the sink cannot be written (a full disk under the sink file).
+        self.sink_error: str | None = None
 
     def wake(self, *, rewatch: bool = False) -> None:
         if rewatch:
@@ -220,7 +226,7 @@ class TailLoop:
                 changed = self.watcher.take_changed()
                 try:
                     _n, discovered = await self.rt.on_pipeline(self._step, discover, sweep, changed)
-                except StateError as exc:
+                except (StateError, SinkError) as exc:
                     await self._until_state_commits(exc)
                     continue
                 self.progress = time.monotonic()
@@ -250,21 +256,31 @@ class TailLoop:
             log.info("reading_stopped")
             self.reading_stopped.set()
 
-    async def _until_state_commits(self, first: StateError) -> None:
+    async def _until_state_commits(self, first: StateError | SinkError) -> None:
         """SCENARIOS 16/44: the state database refused a commit (full disk, read-only directory,
-        a lock held elsewhere). Reading stops — nothing goes past what is committed — and the
-        pending chunk is retried with backoff; /healthz says 503 meanwhile. A second signal still
-        quits at once (safely); SIGTERM stops the retries."""
-        self.state_error = str(first)
-        self.metrics.dropped.labels("state_unavailable").inc()
-        delay = 1.0
+        a lock held elsewhere), or the sink file could not be written (a full disk under it).
+        Reading stops — nothing goes past what is committed — and the pending chunk is retried
+        with backoff; /healthz says 503 meanwhile. A second signal still quits at once (safely);
+        SIGTERM stops the retries. Either failure may follow the other while retrying."""
+        self._note_failure(first)
+        delay = self.retry_initial
         while not self.stop.is_set():
-            log.error(
-                "state_unavailable",
-                error=self.state_error,
-                retry_in_s=delay,
-                hint="free disk space, make state_dir writable, or stop what holds the database",
-            )
+            if self.sink_error is not None:
+                log.error(
+                    "sink_unavailable",
+                    error=self.sink_error,
+                    retry_in_s=delay,
+                    hint="free disk space under the sink file, or fix its permissions; "
+                    "reading resumes by itself and delivers each message once",
+                )
+            else:
+                log.error(
+                    "state_unavailable",
+                    error=self.state_error,
+                    retry_in_s=delay,
+                    hint="free disk space, make state_dir writable, "
+                    "or stop what holds the database",
+                )
             try:
                 await asyncio.wait_for(self.stop.wait(), timeout=delay)
             except TimeoutError:
@@ -273,19 +289,27 @@ class TailLoop:
                 return
             try:
                 await self.rt.on_pipeline(self._retry_commit)
-            except StateError as exc:
-                self.state_error = str(exc)
-                self.metrics.dropped.labels("state_unavailable").inc()
+            except (StateError, SinkError) as exc:
+                self._note_failure(exc)
                 self.progress = time.monotonic()  # waiting on purpose is not being stuck
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, self.RETRY_MAX)
                 continue
             log.info(
-                "state_recovered",
+                "sink_recovered" if self.sink_error is not None else "state_recovered",
                 after_failures=self.rt.pipeline.state_failures if self.rt.pipeline else 0,
             )
-            self.state_error = None
+            self.state_error = self.sink_error = None
             self.progress = time.monotonic()
             return
+
+    def _note_failure(self, exc: StateError | SinkError) -> None:
+        """Keep the reason for /healthz and count the refused commit."""
+        if isinstance(exc, SinkError):
+            self.sink_error, self.state_error = str(exc), None
+            self.metrics.dropped.labels("sink_unavailable").inc()
+        else:
+            self.state_error, self.sink_error = str(exc), None
+            self.metrics.dropped.labels("state_unavailable").inc()
 
     def _retry_commit(self) -> None:
         """Pipeline thread: commit the chunk that is still pending."""

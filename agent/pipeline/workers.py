@@ -9,12 +9,24 @@ config.
 
 Prepared records travel as plain tuples: a NamedTuple is rebuilt field by field on unpickling,
 three times slower.
+
+Workers die with trackd, even by kill -9 (issue 13 #6): the forkserver, not trackd, is their
+parent, so each worker asks for SIGKILL when the forkserver dies (`PR_SET_PDEATHSIG`) and watches
+trackd itself through a pidfd; when trackd is gone it ends the forkserver and then itself. The
+resource tracker ends by itself once no process holds its pipe.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
+import select
+import signal
+import sys
+import threading
+import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -30,6 +42,8 @@ from agent.records import FileRef
 
 log = structlog.get_logger("trackd.workers")
 
+#: prctl(2): the signal a process gets when its parent (the thread that forked it) ends.
+PR_SET_PDEATHSIG = 1
 #: Below this many bytes to read, workers cost more to start than they save.
 PARALLEL_MIN_BYTES = 16 << 20
 
@@ -38,10 +52,63 @@ _worker: tuple[BlockPreparer, PipelineStats] | None = None
 StatsDump = dict[str, Any]
 
 
-def _init(config: Config, secret: bytes) -> None:
+def _init(config: Config, secret: bytes, parent: int) -> None:
     global _worker
+    _die_with(parent)
     stats = PipelineStats()
     _worker = (BlockPreparer(config, Preparer(config, secret, stats.prepare), stats), stats)
+
+
+def _die_with(trackd: int) -> None:
+    """Worker: end when the forkserver (our parent) or `trackd` (its parent) ends."""
+    forkserver = os.getppid()
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if _parent_of(forkserver) != trackd:
+            os._exit(1)  # the forkserver died before prctl, or trackd before we were forked
+    try:
+        fd: int | None = os.pidfd_open(trackd)
+    except (AttributeError, OSError):  # no pidfds (old kernel), or trackd gone already
+        fd = None
+        if not _alive(trackd):
+            os._exit(1)
+    threading.Thread(
+        target=_watch, args=(trackd, fd, forkserver), name="trackd-watch", daemon=True
+    ).start()
+
+
+def _watch(trackd: int, fd: int | None, forkserver: int) -> None:
+    """Worker thread: wait for trackd's end; then end the forkserver (it would outlive trackd
+    holding the terminal and the resource tracker's pipe) and this worker."""
+    if fd is not None:
+        select.select([fd], [], [])  # a pidfd is readable once its process exited
+    else:
+        while _alive(trackd):
+            time.sleep(1.0)
+    # Only while it is still our parent: a pid we are not the child of may have been reused.
+    if os.getppid() == forkserver:
+        with contextlib.suppress(OSError):
+            os.kill(forkserver, signal.SIGKILL)
+    os._exit(1)
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _prepare_block(
@@ -100,7 +167,7 @@ class PreparePool:
             max_workers=self.processes,
             mp_context=multiprocessing.get_context("forkserver"),
             initializer=_init,
-            initargs=(config, secret),
+            initargs=(config, secret, os.getpid()),
         )
         #: Blocks submitted and not yet taken back (bounds memory across many files).
         self.in_flight = 0

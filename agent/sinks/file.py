@@ -4,10 +4,16 @@ For a regular file each batch is appended and fsynced, then the outbox rows are 
 file's (device, inode) and new length committed in one transaction. A crash between the two leaves
 the file longer than recorded: on start it is truncated back, and the rows, still in the outbox, are
 written again. A file replaced meanwhile (rotated away, deleted) is left alone and recorded afresh.
+
+A write that fails (a full disk under the sink: ENOSPC part-way through a chunk, or at fsync)
+takes its own bytes back before raising SinkError, so no torn line stays behind; a cut that
+fails itself (an I/O error) is made again before the next write. The file is therefore never
+longer than its committed length plus the one chunk in flight.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import structlog
@@ -34,6 +40,8 @@ class FileSink:
         self._ino = 0
         self._length = 0
         self._pending_length = 0
+        #: Bytes past `_length` may be in the file (an abort whose cut failed): cut first.
+        self._must_cut = False
 
     def describe(self) -> str:
         return "stdout" if self._path == STDOUT else self._path
@@ -88,6 +96,8 @@ class FileSink:
         if fd is None:
             raise SinkError("file sink used before open()")
         data = memoryview(b"\n".join(bodies) + b"\n")
+        if self._must_cut:
+            self._cut()
         try:
             written = 0
             while written < len(data):
@@ -97,6 +107,12 @@ class FileSink:
         except BrokenPipeError:
             raise SinkError("stdout was closed (the reader of trackd's output went away)") from None
         except OSError as exc:
+            if fd != 1:
+                # A full disk part-way through: take the torn chunk back (truncating frees
+                # space, so it works on a full disk); the caller retries the whole chunk.
+                self._must_cut = True
+                with contextlib.suppress(SinkError):
+                    self._cut()
             raise SinkError(f"cannot write sink file {self.describe()}: {exc.strerror}") from None
         self._pending_length = self._length + len(data)
 
@@ -111,14 +127,31 @@ class FileSink:
         self._length = self._pending_length
 
     def abort(self) -> None:
-        """The commit after `deliver` failed: cut the file back to its committed length, so
-        the retry appends those messages once (stdout cannot take bytes back: at least once)."""
+        """The chunk's transaction failed: cut the file back to its committed length, so the
+        retry appends those messages once (stdout cannot take bytes back: at least once). Never
+        raises: a cut that fails is made again before the next write."""
         if self._fd in (None, 1):
             return
-        assert self._fd is not None
-        os.ftruncate(self._fd, self._length)
-        os.fsync(self._fd)
         self._pending_length = self._length
+        self._must_cut = True
+        try:
+            self._cut()
+        except SinkError as exc:
+            log.error("sink_file_cut_failed", path=self._path, error=str(exc))
+
+    def _cut(self) -> None:
+        """Truncate to the committed length (and fsync); SinkError when the system refuses."""
+        fd = self._fd
+        assert fd is not None and fd != 1
+        try:
+            os.ftruncate(fd, self._length)
+            os.fsync(fd)
+        except OSError as exc:
+            raise SinkError(
+                f"cannot cut sink file {self._path} back to its committed length "
+                f"{self._length}: {exc.strerror}"
+            ) from None
+        self._must_cut = False
 
     def close(self) -> None:
         if self._fd is not None and self._fd != 1:

@@ -141,13 +141,32 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+@dataclass(frozen=True, slots=True)
+class OpenedState:
+    """An opened state database and what opening it found."""
+
+    conn: sqlite3.Connection
+    #: The database was damaged and `on_corrupt: reset` started it afresh: SPEC §5.1 starts
+    #: files at `end` then, whatever `start_at` says.
+    reset: bool
+    #: There was no database before (missing or zero-length, or reset): the state knows nothing.
+    fresh: bool
+
+
 def open_state(state_dir: str, *, on_corrupt: str = "fail") -> sqlite3.Connection:
     """Open (creating if needed) and migrate the database; check its integrity first.
 
     A database that fails `PRAGMA quick_check` is moved aside to `state.db.corrupt-<timestamp>`;
     then trackd exits 3 (`on_corrupt: fail`) or starts fresh (`on_corrupt: reset`).
+    `open_state_checked` also says whether it was reset.
     """
+    return open_state_checked(state_dir, on_corrupt=on_corrupt).conn
+
+
+def open_state_checked(state_dir: str, *, on_corrupt: str = "fail") -> OpenedState:
+    """`open_state`, telling the caller whether the database was reset or did not exist."""
     paths = StatePaths(state_dir)
+    fresh = not os.path.exists(paths.db) or os.path.getsize(paths.db) == 0
     problem = _integrity_problem(paths.db)
     if problem is not None:
         aside = _move_aside(paths.db)
@@ -155,15 +174,17 @@ def open_state(state_dir: str, *, on_corrupt: str = "fail") -> sqlite3.Connectio
         if on_corrupt != "reset":
             raise StartupError(
                 f"state database {paths.db} is damaged ({problem}); it was moved to {aside}. "
-                "Start again to begin with fresh state (files are then read from start_at), or "
-                "set state.on_corrupt: reset to do this automatically"
+                "Start again to begin with fresh state (files are then read from start_at, or "
+                "from their end when the file sink already holds messages), or set "
+                "state.on_corrupt: reset to start fresh automatically with files at their end"
             )
     try:
         conn = connect(paths.db)
         migrate(conn)
     except sqlite3.DatabaseError as exc:
         raise StartupError(f"cannot open state database {paths.db}: {exc}") from None
-    return conn
+    reset = problem is not None
+    return OpenedState(conn, reset=reset, fresh=fresh or reset)
 
 
 def _integrity_problem(db: str) -> str | None:
