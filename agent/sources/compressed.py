@@ -12,8 +12,9 @@ import bz2
 import gzip
 import lzma
 import os
+import zlib
 from collections.abc import Iterator
-from typing import IO, cast
+from typing import IO, Protocol, cast
 
 from agent.sources.fileid import FP_MAX, MARKER_MAX, marker_matches
 
@@ -22,7 +23,9 @@ _MAGIC = ((b"\x1f\x8b", "gz"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
 BLOCK = 1 << 20
 
 #: What a damaged or still-being-written compressed file raises while it is decompressed.
-DecompressError = (EOFError, OSError, lzma.LZMAError, ValueError)
+DecompressError = (EOFError, OSError, lzma.LZMAError, ValueError, zlib.error)
+#: Compressed bytes fed per step: a damaged archive loses at most the step around the damage.
+_FEED = 2 << 10
 
 
 def compression_of(path: str) -> str | None:
@@ -66,48 +69,130 @@ def head_of(path: str, kind: str) -> bytes | None:
         return None
 
 
-class PackedReader:
-    """Reads a compressed file's decompressed bytes from an offset to the end, once."""
+class _Decompressor(Protocol):
+    @property
+    def eof(self) -> bool: ...
 
-    __slots__ = ("_stream", "kind", "path")
+    @property
+    def unused_data(self) -> bytes: ...
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+def _decompressor(kind: str) -> _Decompressor:
+    if kind == "gz":
+        return zlib.decompressobj(wbits=31)
+    if kind == "bz2":
+        return bz2.BZ2Decompressor()
+    return lzma.LZMADecompressor()
+
+
+class Damaged(Exception):
+    """A compressed file that stops (truncated) or breaks (corrupt) before its end."""
+
+
+class PackedReader:
+    """Reads a compressed file's decompressed bytes from an offset to the end, once. It feeds
+    the decompressor itself, in small pieces: a truncated or corrupt archive yields every byte
+    decompressed before the damage (the library's buffered readers drop the block in progress),
+    and `consumed` tells how far into the file reading got."""
+
+    __slots__ = ("_gen", "consumed", "damage", "kind", "offset", "path", "size")
 
     def __init__(self, path: str, kind: str) -> None:
         self.path = path
         self.kind = kind
-        self._stream: IO[bytes] | None = None
+        self._gen: Iterator[bytes] | None = None
+        #: Compressed bytes read, the file's size, decompressed bytes produced.
+        self.consumed = 0
+        self.size = 0
+        self.offset = 0
+        #: What went wrong, when the archive is damaged ("" while it is not).
+        self.damage = ""
+
+    def _chunks(self) -> Iterator[bytes]:
+        """Decompressed pieces from the start; raises Damaged (after yielding what was read)."""
+        with open(self.path, "rb") as fh:
+            self.size = os.fstat(fh.fileno()).st_size
+            dec = _decompressor(self.kind)
+            fresh = True  # at a stream boundary: the file may end here
+            while True:
+                raw = fh.read(_FEED)
+                if not raw:
+                    if fresh:
+                        return
+                    raise Damaged(
+                        f"truncated: the archive ends at byte {self.consumed:,} before its "
+                        "end-of-stream marker"
+                    )
+                self.consumed += len(raw)
+                while raw:
+                    try:
+                        out = dec.decompress(raw)
+                    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
+                        raise Damaged(
+                            f"corrupt near byte {self.consumed:,} of {self.size:,}: {exc}"
+                        ) from None
+                    fresh = False
+                    if out:
+                        self.offset += len(out)
+                        yield out
+                    if not dec.eof:
+                        break
+                    # End of one stream: another may follow (multi-member gzip, concatenated
+                    # bz2/xz); trailing zero padding ends the file.
+                    raw = dec.unused_data
+                    fresh = True
+                    dec = _decompressor(self.kind)
+                    if not raw.strip(b"\x00"):
+                        raw = b""
 
     def seek_checked(self, offset: int, marker_len: int, marker: bytes | None) -> bool:
-        """Position the stream at `offset`; True when the content there is at least `offset`
-        long and the bytes before it match the saved marker."""
         self.close()
+        self.consumed = self.offset = 0
+        self.damage = ""
+        chunks = self._chunks()
+        keep = max(marker_len, MARKER_MAX)
+        before = b""
+        pending = b""
         try:
-            stream = open_stream(self.path, self.kind)
-            start = max(0, offset - max(marker_len, MARKER_MAX))
-            stream.seek(start)
-            before = read_exact(stream, offset - start)
-        except DecompressError:
+            while self.offset < offset:
+                data = next(chunks)
+                if self.offset > offset:
+                    cut = len(data) - (self.offset - offset)
+                    pending = data[cut:]
+                    data = data[:cut]
+                before = (before + data)[-keep:]
+        except StopIteration:
             return False
-        self._stream = stream
-        if len(before) < offset - start:
+        except Damaged as exc:
+            self.damage = str(exc)
             return False
+        self._gen = _prepend(pending, chunks)
         return marker_matches(before, marker_len, marker)
 
     def blocks(self) -> Iterator[bytes]:
-        """Decompressed blocks from the current position to the end; raises DecompressError on
-        a damaged or incomplete file (what was read before it stays read)."""
-        stream = self._stream
-        if stream is None:
+        gen = self._gen
+        if gen is None:
             return
-        while True:
-            data = stream.read(BLOCK)
-            if not data:
-                return
-            yield data
+        try:
+            yield from gen
+        except Damaged as exc:
+            self.damage = str(exc)
+            raise EOFError(str(exc)) from None  # TrackedFile.read_packed logs and stops
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        gen = self._gen
+        if gen is not None:
+            self._gen = None
+            if hasattr(gen, "close"):
+                gen.close()
 
     def __repr__(self) -> str:
         return f"PackedReader({os.path.basename(self.path)!r}, {self.kind})"
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from rest

@@ -14,17 +14,13 @@ its end yields nothing and a half-read one continues where the last reader stopp
 
 from __future__ import annotations
 
-import bz2
 import fnmatch
 import glob
-import lzma
 import math
 import os
 import re
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import structlog
 
@@ -33,14 +29,12 @@ from agent.errors import EXIT_USAGE, TrackdError
 from agent.pipeline.blocks import BlockPreparer
 from agent.records import FileRef
 from agent.sources.catalog import Catalog
-from agent.sources.compressed import PackedReader, compression_of
+from agent.sources.compressed import Damaged, PackedReader, compression_of
 from agent.sources.fileid import (
     FP_MAX,
-    MARKER_MAX,
     fingerprint,
     head_matches,
     line_fp_of_head,
-    marker_matches,
     marker_ok,
     matches_fingerprint,
     read_at,
@@ -53,7 +47,6 @@ log = structlog.get_logger("trackd.backfill")
 
 _NUMBER = re.compile(r"\.(\d+)(?:\.(?:gz|bz2|xz))?$")
 #: Compressed bytes fed to the decompressor at a time: what a corrupt block can take with it.
-_FEED = 64 << 10
 
 
 class UsageError(TrackdError):
@@ -169,128 +162,8 @@ def first_event_time(head: bytes, source: str, blocks: BlockPreparer) -> float:
 # -- a decompressing reader that keeps everything before damage -------------------------------
 
 
-class _Decompressor(Protocol):
-    @property
-    def eof(self) -> bool: ...
-
-    @property
-    def unused_data(self) -> bytes: ...
-
-    def decompress(self, data: bytes) -> bytes: ...
-
-
-def _decompressor(kind: str) -> _Decompressor:
-    if kind == "gz":
-        return zlib.decompressobj(wbits=31)
-    if kind == "bz2":
-        return bz2.BZ2Decompressor()
-    return lzma.LZMADecompressor()
-
-
-class Damaged(Exception):
-    """A compressed file that stops (truncated) or breaks (corrupt) before its end."""
-
-
-class HistoryReader(PackedReader):
-    """A PackedReader that feeds the decompressor itself, in small pieces: a truncated or corrupt
-    archive yields every byte decompressed before the damage (the library's buffered readers
-    drop the block in progress), and `consumed` tells how far into the file reading got."""
-
-    __slots__ = ("_gen", "consumed", "damage", "offset", "size")
-
-    def __init__(self, path: str, kind: str) -> None:
-        super().__init__(path, kind)
-        self._gen: Iterator[bytes] | None = None
-        #: Compressed bytes read, the file's size, decompressed bytes produced.
-        self.consumed = 0
-        self.size = 0
-        self.offset = 0
-        #: What went wrong, when the archive is damaged ("" while it is not).
-        self.damage = ""
-
-    def _chunks(self) -> Iterator[bytes]:
-        """Decompressed pieces from the start; raises Damaged (after yielding what was read)."""
-        with open(self.path, "rb") as fh:
-            self.size = os.fstat(fh.fileno()).st_size
-            dec = _decompressor(self.kind)
-            fresh = True  # at a stream boundary: the file may end here
-            while True:
-                raw = fh.read(_FEED)
-                if not raw:
-                    if fresh:
-                        return
-                    raise Damaged(
-                        f"truncated: the archive ends at byte {self.consumed:,} before its "
-                        "end-of-stream marker"
-                    )
-                self.consumed += len(raw)
-                while raw:
-                    try:
-                        out = dec.decompress(raw)
-                    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
-                        raise Damaged(
-                            f"corrupt near byte {self.consumed:,} of {self.size:,}: {exc}"
-                        ) from None
-                    fresh = False
-                    if out:
-                        self.offset += len(out)
-                        yield out
-                    if not dec.eof:
-                        break
-                    # End of one stream: another may follow (multi-member gzip, concatenated
-                    # bz2/xz); trailing zero padding ends the file.
-                    raw = dec.unused_data
-                    fresh = True
-                    dec = _decompressor(self.kind)
-                    if not raw.strip(b"\x00"):
-                        raw = b""
-
-    def seek_checked(self, offset: int, marker_len: int, marker: bytes | None) -> bool:
-        self.close()
-        self.consumed = self.offset = 0
-        self.damage = ""
-        chunks = self._chunks()
-        keep = max(marker_len, MARKER_MAX)
-        before = b""
-        pending = b""
-        try:
-            while self.offset < offset:
-                data = next(chunks)
-                if self.offset > offset:
-                    cut = len(data) - (self.offset - offset)
-                    pending = data[cut:]
-                    data = data[:cut]
-                before = (before + data)[-keep:]
-        except StopIteration:
-            return False
-        except Damaged as exc:
-            self.damage = str(exc)
-            return False
-        self._gen = _prepend(pending, chunks)
-        return marker_matches(before, marker_len, marker)
-
-    def blocks(self) -> Iterator[bytes]:
-        gen = self._gen
-        if gen is None:
-            return
-        try:
-            yield from gen
-        except Damaged as exc:
-            self.damage = str(exc)
-            raise EOFError(str(exc)) from None  # TrackedFile.read_packed logs and stops
-
-    def close(self) -> None:
-        gen = self._gen
-        if gen is not None:
-            self._gen = None
-            if hasattr(gen, "close"):
-                gen.close()
-
-
-def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    if first:
-        yield first
-    yield from rest
+#: The salvaging reader now serves every compressed read (agent/sources/compressed.py).
+HistoryReader = PackedReader
 
 
 def salvage_head(path: str, kind: str) -> bytes:
