@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import file_sink_config
 from gen import NGINX_FORMAT, access_log
 from run_once import BARE
 
@@ -104,33 +105,6 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, floa
     }
 
 
-def config(work: Path, log: Path) -> Path:
-    (work / "secret").write_text("bench-secret\n")
-    cfg = work / "trackd.yaml"
-    cfg.write_text(
-        json.dumps(
-            {
-                "state_dir": str(work / "state"),
-                "identity": {"secret_file": str(work / "secret")},
-                "sources": [
-                    {
-                        "name": "web",
-                        "kind": "access",
-                        "paths": [str(log.parent / "access.log")],
-                        "format": "nginx",
-                        "log_format": NGINX_FORMAT,
-                        "base_url": "https://www.example.com",
-                    }
-                ],
-                "sink": {"type": "file", "path": str(work / "out.jsonl")},
-                "metrics": {"listen": ""},
-                "log": {"format": "json", "level": "warning"},
-            }
-        )
-    )
-    return cfg
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -161,7 +135,7 @@ def main() -> None:
             env["TRACKD_WORKERS"] = args.workers
         work = root / "work"
         work.mkdir()
-        cfg = config(work, packed)
+        cfg = file_sink_config(work, packed.parent / "access.log", NGINX_FORMAT)
         trackd = measure(
             [sys.executable, "-m", "agent", "backfill", "-c", str(cfg), str(packed)], env=env
         )

@@ -51,3 +51,31 @@ def write_results(bench: str, **fields: Any) -> None:
         **fields,
     }
     print(f"wrote {write_json(bench, data)}")
+
+
+def file_sink_config(work: Path, log: Path, log_format: str, **top: Any) -> Path:
+    """Write work/trackd.yaml (with its secret, work/secret): one nginx access source `web` over
+    `log` in `log_format`, the file sink at work/out.jsonl, no metrics, JSON warnings only; `top`
+    adds top-level keys (`start_at=...`). Its path."""
+    (work / "secret").write_text("bench-secret\n")
+    cfg = work / "trackd.yaml"
+    settings: dict[str, Any] = {
+        "state_dir": str(work / "state"),
+        **top,
+        "identity": {"secret_file": str(work / "secret")},
+        "sources": [
+            {
+                "name": "web",
+                "kind": "access",
+                "paths": [str(log)],
+                "format": "nginx",
+                "log_format": log_format,
+                "base_url": "https://www.example.com",
+            }
+        ],
+        "sink": {"type": "file", "path": str(work / "out.jsonl")},
+        "metrics": {"listen": ""},
+        "log": {"format": "json", "level": "warning"},
+    }
+    cfg.write_text(json.dumps(settings))
+    return cfg

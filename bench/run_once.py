@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import file_sink_config
 from gen import NGINX_FORMAT, access_log, bare_loop
 
 BARE = re.compile(
@@ -30,30 +31,7 @@ BARE = re.compile(
 
 def run_once(log: Path, work: Path) -> tuple[float, str]:
     work.mkdir(parents=True, exist_ok=True)
-    (work / "secret").write_text("bench-secret\n")
-    cfg = work / "trackd.yaml"
-    cfg.write_text(
-        json.dumps(
-            {
-                "state_dir": str(work / "state"),
-                "start_at": "beginning",
-                "identity": {"secret_file": str(work / "secret")},
-                "sources": [
-                    {
-                        "name": "web",
-                        "kind": "access",
-                        "paths": [str(log)],
-                        "format": "nginx",
-                        "log_format": NGINX_FORMAT,
-                        "base_url": "https://www.example.com",
-                    }
-                ],
-                "sink": {"type": "file", "path": str(work / "out.jsonl")},
-                "metrics": {"listen": ""},
-                "log": {"format": "json", "level": "warning"},
-            }
-        )
-    )
+    cfg = file_sink_config(work, log, NGINX_FORMAT, start_at="beginning")
     lines = sum(1 for _ in log.open("rb"))
     start = time.perf_counter()
     proc = subprocess.run(

@@ -332,6 +332,20 @@ class _Notifier(Notifier):
         self.is_stopping.set()
 
 
+async def _until_ready(notifier: _Notifier, task: asyncio.Task[int], within: float) -> None:
+    """Wait up to `within` s for the daemon `task` to say READY; raise what made it fail if it
+    ended first."""
+    ready = asyncio.ensure_future(notifier.is_ready.wait())
+    try:
+        async with asyncio.timeout(within):
+            await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ready.cancel()
+    if task.done():
+        task.result()  # raises what made the daemon fail at start
+        raise AssertionError("the daemon exited before it was ready")
+
+
 @dataclass
 class DaemonHandle:
     """A `Daemon` running in this event loop, fed to a `ScriptedSink`."""
@@ -380,15 +394,7 @@ async def run_daemon(
     daemon = Daemon(cfg, notifier=notifier, rt=scripted_runtime(cfg, sink, clock))
     task = asyncio.create_task(daemon.run(signals=False))
     handle = DaemonHandle(daemon, sink, cfg, task)
-    ready = asyncio.ensure_future(notifier.is_ready.wait())
-    try:
-        async with asyncio.timeout(ready_within):
-            await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        ready.cancel()
-    if task.done():
-        task.result()  # raises what made the daemon fail at start
-        raise AssertionError("the daemon exited before it was ready")
+    await _until_ready(notifier, task, ready_within)
     try:
         yield handle
     finally:
@@ -396,6 +402,27 @@ async def run_daemon(
             await handle.stop()
         else:
             task.result()
+
+
+@contextlib.asynccontextmanager
+async def real_daemon(
+    config: Config | str | os.PathLike[str], *, stop_within: float = 15.0
+) -> AsyncIterator[Daemon]:
+    """The real daemon (`Runtime(config)`: the sink the config names, built by `build_sink`) as a
+    task, yielded once it is up; on exit `request_stop()` (SIGTERM's drain) and its exit code
+    must be 0."""
+    cfg = as_config(config)
+    notifier = _Notifier()
+    daemon = Daemon(cfg, notifier=notifier, rt=Runtime(cfg))
+    task = asyncio.create_task(daemon.run(signals=False))
+    await _until_ready(notifier, task, 10.0)
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        async with asyncio.timeout(stop_within):
+            code = await task
+        assert code == 0
 
 
 async def run_once(

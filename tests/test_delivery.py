@@ -28,13 +28,10 @@ from typing import Any
 import orjson
 import pytest
 
-from agent.config import load_config
-from agent.ops.notify import Notifier
-from agent.runtime import Runtime
-from agent.sinks.registry import build_sink
 from agent.state import outbox
 from agent.state.db import StatePaths, connect
 from agent.supervisor import Daemon
+from tests.harness import real_daemon
 from tests.helpers import (
     free_port,
     http_get,
@@ -117,42 +114,12 @@ def config(
 # -- the daemon in process -------------------------------------------------------------------
 
 
-class _Ready(Notifier):
-    """sd_notify without a socket: `ready()` sets an event."""
-
-    def __init__(self) -> None:
-        super().__init__(address="")
-        self.watchdog_interval = None
-        self.is_ready = asyncio.Event()
-
-    def ready(self, status: str) -> None:
-        self.is_ready.set()
-
-
 @contextlib.asynccontextmanager
 async def daemon(cfg_path: Path) -> AsyncIterator[Daemon]:
     """The real daemon (real sink from the config) as a task, yielded once it is up; on exit
     `request_stop()` (SIGTERM's drain) and its exit code must be 0."""
-    cfg = load_config(str(cfg_path))
-    notifier = _Ready()
-    d = Daemon(cfg, notifier=notifier, rt=Runtime(cfg, sink_factory=build_sink))
-    task = asyncio.create_task(d.run(signals=False))
-    ready = asyncio.ensure_future(notifier.is_ready.wait())
-    try:
-        async with asyncio.timeout(10):
-            await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        ready.cancel()
-    if task.done():
-        task.result()
-        raise AssertionError("the daemon exited before it was ready")
-    try:
+    async with real_daemon(cfg_path) as d:
         yield d
-    finally:
-        d.request_stop()
-        async with asyncio.timeout(15):
-            code = await task
-        assert code == 0
 
 
 async def until(pred: Callable[[], bool], what: str, within: float = 20) -> None:

@@ -25,13 +25,12 @@ from typing import Any
 
 import pytest
 
-from agent.config import load_config
-from agent.ops.notify import Notifier
 from agent.pipeline import core
 from agent.pipeline.tail import TailLoop
 from agent.state import db as state_db
 from agent.state import files as files_db
 from agent.supervisor import Daemon
+from tests.harness import real_daemon
 from tests.helpers import (
     committed_length,
     free_port,
@@ -55,42 +54,13 @@ def anyio_backend() -> str:
 # -- the daemon in process -----------------------------------------------------------------------
 
 
-class _Ready(Notifier):
-    """sd_notify without a socket: READY=1 sets an event."""
-
-    def __init__(self) -> None:
-        super().__init__(address="")
-        self.watchdog_interval = None
-        self.is_ready = asyncio.Event()
-
-    def ready(self, status: str) -> None:
-        self.is_ready.set()
-
-    def stopping(self) -> None:
-        pass
-
-
 @contextlib.asynccontextmanager
 async def daemon(cfg: Path) -> AsyncIterator[Daemon]:
     """The real daemon with the file sink, yielded once ready; stopped (exit 0) on exit."""
-    notifier = _Ready()
-    d = Daemon(load_config(str(cfg)), notifier=notifier)
-    task = asyncio.create_task(d.run(signals=False))
-    ready = asyncio.ensure_future(notifier.is_ready.wait())
-    async with asyncio.timeout(10):
-        await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-    ready.cancel()
-    if task.done():
-        task.result()
-        raise AssertionError("the daemon exited before it was ready")
-    assert d.tail is not None
-    d.tail.retry_initial = 0.02  # backoff in tests: milliseconds, not seconds
-    try:
+    async with real_daemon(cfg, stop_within=10) as d:
+        assert d.tail is not None
+        d.tail.retry_initial = 0.02  # backoff in tests: milliseconds, not seconds
         yield d
-    finally:
-        d.request_stop()
-        async with asyncio.timeout(10):
-            assert await task == 0
 
 
 async def until(pred: Callable[[], bool], what: str) -> None:

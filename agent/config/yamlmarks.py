@@ -218,13 +218,8 @@ class _Builder:
                     continue
                 child = (*path, skey)
                 if skey in out:
-                    self._issues.append(
-                        ConfigIssue(
-                            format_path(child),
-                            f"duplicate key (first given on line {self._lines[child]})",
-                            line=key_node.start_mark.line + 1,
-                            file=self._filename,
-                        )
+                    self._issue(
+                        child, f"duplicate key (first given on line {self._lines[child]})", key_node
                     )
                     continue
                 built = self._node(value_node, child, depth + 1)
@@ -250,16 +245,17 @@ class _Builder:
         )
         if not isinstance(key, str | int | float | bool) or key is None:
             shown = repr(key) if isinstance(key_node, yaml.ScalarNode) else f"a {_kind(key_node)}"
-            self._issues.append(
-                ConfigIssue(
-                    format_path(path),
-                    f"mapping keys must be plain strings, got {shown}",
-                    line=key_node.start_mark.line + 1,
-                    file=self._filename,
-                )
-            )
+            self._issue(path, f"mapping keys must be plain strings, got {shown}", key_node)
             return None
         return str(key)
+
+    def _issue(self, path: Path, message: str, node: yaml.Node) -> None:
+        """Record a problem at `path`, on the line where `node` starts."""
+        self._issues.append(
+            ConfigIssue(
+                format_path(path), message, line=node.start_mark.line + 1, file=self._filename
+            )
+        )
 
     def _pairs(self, node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
         """`node`'s key/value pairs with `<<:` merge keys resolved as safe_load does (own keys win,

@@ -1,5 +1,5 @@
-"""Helpers the sink tests share: a test certificate, tiny asyncio servers on 127.0.0.1, and the
-sink configs the tests build."""
+"""Helpers the sink tests share: a test certificate, tiny asyncio servers on 127.0.0.1, the
+sink configs the tests build, and the file sink opened and fed as the pipeline does."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import importlib.util
 import shutil
+import sqlite3
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +18,9 @@ from typing import Any
 import pytest
 
 from agent.config.schema import KissmetricsSinkConfig, SegmentSinkConfig
+from agent.sinks.file import FileSink
+from agent.state import sinkfile
+from agent.state.db import transaction
 
 # --- a certificate made at test time ------------------------------------------------------------
 
@@ -182,3 +186,31 @@ def segment_config(**fields: Any) -> SegmentSinkConfig:
 def kissmetrics_config(**fields: Any) -> KissmetricsSinkConfig:
     """A `type: kissmetrics` sink config of `fields`, validated as the config loader does."""
     return KissmetricsSinkConfig.model_validate({"type": "kissmetrics", **fields})
+
+
+# --- the file sink, opened and fed as the pipeline does ------------------------------------------
+
+
+def opened(conn: sqlite3.Connection, path: Path) -> FileSink:
+    """Open the sink as the pipeline does: against the recorded length, saving the new one."""
+    sink = FileSink(str(path))
+    with transaction(conn):
+        record = sink.open(sinkfile.load(conn, str(path)))
+        assert record is not None
+        sinkfile.save(conn, record)
+    return sink
+
+
+def deliver(conn: sqlite3.Connection, sink: FileSink, *bodies: bytes) -> None:
+    """One chunk: write (which takes its own bytes back when it fails), then commit the new
+    length; a failed transaction aborts the written chunk."""
+    sink.write(list(bodies))
+    try:
+        with transaction(conn):
+            record = sink.pending_record()
+            assert record is not None
+            sinkfile.save(conn, record)
+    except BaseException:
+        sink.abort()
+        raise
+    sink.committed()

@@ -5,37 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 from agent.sinks.file import FileSink
 from agent.state import sinkfile
-from agent.state.db import open_state, transaction
-
-
-@pytest.fixture
-def conn(tmp_path: Path) -> sqlite3.Connection:
-    (tmp_path / "state").mkdir()
-    return open_state(str(tmp_path / "state"))
-
-
-def opened(conn: sqlite3.Connection, path: Path) -> FileSink:
-    """Open the sink as the pipeline does: against the recorded length, saving the new one."""
-    sink = FileSink(str(path))
-    with transaction(conn):
-        record = sink.open(sinkfile.load(conn, str(path)))
-        assert record is not None
-        sinkfile.save(conn, record)
-    return sink
-
-
-def deliver(conn: sqlite3.Connection, sink: FileSink, *bodies: bytes) -> None:
-    """One chunk: write, then commit the new length."""
-    sink.write(list(bodies))
-    with transaction(conn):
-        record = sink.pending_record()
-        assert record is not None
-        sinkfile.save(conn, record)
-    sink.committed()
+from tests.sinks.support import deliver, opened
 
 
 def first_chunk(conn: sqlite3.Connection, tmp_path: Path) -> tuple[Path, FileSink]:

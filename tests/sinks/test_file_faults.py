@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 
 from agent.errors import SinkError
-from agent.sinks.file import FileSink
 from agent.state import sinkfile
-from agent.state.db import open_state, transaction
+from tests.sinks.support import deliver, opened
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -55,37 +54,6 @@ def _path_of(fd: int) -> str:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return ""
-
-
-@pytest.fixture
-def conn(tmp_path: Path) -> sqlite3.Connection:
-    (tmp_path / "state").mkdir()
-    return open_state(str(tmp_path / "state"))
-
-
-def opened(conn: sqlite3.Connection, path: Path) -> FileSink:
-    """Open the sink as the pipeline does: against the recorded length, saving the new one."""
-    sink = FileSink(str(path))
-    with transaction(conn):
-        record = sink.open(sinkfile.load(conn, str(path)))
-        assert record is not None
-        sinkfile.save(conn, record)
-    return sink
-
-
-def deliver(conn: sqlite3.Connection, sink: FileSink, *bodies: bytes) -> None:
-    """One chunk: write (which takes its own bytes back when it fails), then commit the new
-    length; a failed transaction aborts the written chunk."""
-    sink.write(list(bodies))
-    try:
-        with transaction(conn):
-            record = sink.pending_record()
-            assert record is not None
-            sinkfile.save(conn, record)
-    except BaseException:
-        sink.abort()
-        raise
-    sink.committed()
 
 
 def committed(conn: sqlite3.Connection, out: Path) -> int:
