@@ -319,7 +319,7 @@ class TestKill9:
         logs = tmp_path / "logs"
         total = write_rotated(logs, 20_000)
         rng = random.Random(10)
-        for i in range(scaled(3, 12)):
+        for i in range(scaled(2, 12)):
             work = tmp_path / f"w{i}"
             work.mkdir()
             cfg = make_config(work, paths=[str(logs / "access.log")])
