@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_torture_loses_and_duplicates_nothing() -> None:
     """Rotations (create, compress, delaycompress; some while the agent is down) and SIGKILLs at
     random moments under a steady writer: `lost=0 dup=0`."""
-    seconds = scaled(20, 60)
+    seconds = scaled(12, 60)
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "torture.py"), "--seconds", str(seconds)],
         capture_output=True,
