@@ -62,7 +62,7 @@ def _play(
             w.login(t + 0.5, user, device=device, session=session)
         else:
             w.logout(t + 0.5, device=device, session=session)
-    w.run()
+    w.run(in_process=True)
 
 
 @settings(
@@ -96,6 +96,6 @@ def test_random_interleavings_never_merge_two_people(
         shutil.rmtree(work / "state")
         if (work / "out.jsonl").exists():
             (work / "out.jsonl").unlink()
-        World(work).run()
+        World(work).run(in_process=True)
         again = (work / "out.jsonl").read_bytes() if (work / "out.jsonl").exists() else b""
         assert again == first

@@ -16,7 +16,7 @@ def test_31_anonymous_then_login(tmp_path: Path) -> None:
     before = [w.hit(t, device=D) for t in (0, 5, 10)]
     w.login(20.5, "n@x.com", device=D)
     after = [w.hit(t, device=D) for t in (30, 40)]
-    messages, _ = w.run()
+    messages, _ = w.run(in_process=True)
     by_path = pages(messages)
     for p in before:
         assert by_path[p]["anonymousId"] == D and "userId" not in by_path[p]
@@ -33,7 +33,7 @@ def test_32_login_joined_by_session_cookie_hit_after(tmp_path: Path) -> None:
     w.login(10.2, "n@x.com", session="sess123456")
     joined = w.hit(12, device=D, session="sess123456")
     later = w.hit(30, device=D)
-    messages, _ = w.run()
+    messages, _ = w.run(in_process=True)
     by_path = pages(messages)
     assert "userId" not in by_path[early]
     assert by_path[joined]["userId"] == "n@x.com" and by_path[later]["userId"] == "n@x.com"
@@ -46,7 +46,7 @@ def test_32_login_joined_by_session_cookie_hit_before(tmp_path: Path) -> None:
     w.hit(8, device=D, session="sess123456")
     w.login(10.2, "n@x.com", session="sess123456")
     later = w.hit(30, device=D)
-    messages, _ = w.run()
+    messages, _ = w.run(in_process=True)
     assert pages(messages)[later]["userId"] == "n@x.com"
     assert aliases(messages) == [(D, "n@x.com")]
 
@@ -93,7 +93,7 @@ def test_35_kiosk_is_marked_shared_at_the_fourth_login(tmp_path: Path) -> None:
         w.login(100.5 * (i + 1), f"user{i}@x.com", device=D)
     late = w.hit(1000, device=D)
     with_cookie = w.hit(1010, device=D, named="user4%40x.com")
-    messages, _ = w.run()
+    messages, _ = w.run(in_process=True)
     by_path = pages(messages)
     assert "userId" not in by_path[late]
     assert by_path[late]["context"]["identity"]["contested"] is True
@@ -130,7 +130,7 @@ def test_37_cookieless_hits_get_one_derived_id_per_day(tmp_path: Path) -> None:
     b = w.hit(3600)
     c = w.hit(86400)
     other = w.hit(10, ip="198.51.100.1")
-    messages, _ = w.run()
+    messages, _ = w.run(in_process=True)
     by_path = pages(messages)
     assert by_path[a]["anonymousId"] == by_path[b]["anonymousId"]
     assert by_path[a]["anonymousId"] != by_path[c]["anonymousId"]
@@ -168,7 +168,7 @@ def test_39_late_events_resolve_by_history_and_never_rewrite(tmp_path: Path) -> 
     w.login(20.5, "n@x.com", device=D)
     before = w.hit(10, device=D)  # written late, but from before the login
     after = w.hit(25, device=D)
-    messages, _ = w.run()
+    messages, _ = w.run(in_process=True)
     assert messages[: len(first)] == first  # nothing rewritten
     by_path = pages(messages)
     assert "userId" not in by_path[before]
@@ -183,6 +183,6 @@ def test_identity_change_links_two_named_ids(tmp_path: Path) -> None:
     w.login(1.5, "old@x.com", device=D)
     w.change(10.5, "old@x.com", "new@x.com")
     h = w.hit(20, device=D)
-    messages, _ = w.run()
+    messages, _ = w.run(in_process=True)
     assert aliases(messages) == [(D, "old@x.com"), ("old@x.com", "new@x.com")]
     assert pages(messages)[h]["userId"] == "new@x.com"

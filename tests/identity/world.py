@@ -143,9 +143,20 @@ class World:
         self.access, self.app = [], []
         return self.config()
 
-    def run(self) -> tuple[list[dict[str, Any]], str]:
-        """Write, run `trackd run --once`, return (all messages so far, stderr)."""
+    def run(self, *, in_process: bool = False) -> tuple[list[dict[str, Any]], str]:
+        """Write, run `trackd run --once`, return (all messages so far, stderr). `in_process`:
+        the product's own `run --once` path in this process (no interpreter start-up; stderr
+        is then not captured and "" is returned)."""
         cfg = self.write()
+        if in_process:
+            import asyncio
+
+            from agent.config import load_config
+            from agent.pipeline.once import run_once_config
+
+            code = asyncio.run(run_once_config(load_config(str(cfg)), 60.0))
+            assert code == 0
+            return read_messages(self.tmp / "out.jsonl"), ""
         proc = run_trackd("run", "--once", "-c", str(cfg))
         assert proc.returncode == 0, proc.stderr
         return read_messages(self.tmp / "out.jsonl"), proc.stderr
