@@ -93,7 +93,7 @@ class Daemon:
         finally:
             if self.server is not None:
                 await self.server.close()
-            await self.rt.on_pipeline(self.tail.tailer.close_all)
+            await self.rt.on_pipeline(self.tail.close)
             await self.rt.close()
         log.info("stopped")
         return EXIT_OK

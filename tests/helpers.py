@@ -181,6 +181,8 @@ class NotifySocket:
 
     def close(self) -> None:
         self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # a later daemon of the same test binds the same path
 
 
 class DaemonHandle:

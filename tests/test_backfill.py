@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from agent.state.db import StateLock, StatePaths
 from tests.conftest import scaled
 from tests.helpers import (
     access_line,
@@ -295,21 +294,6 @@ class TestArguments:
         proc = backfill(cfg, str(tmp_path / "nope-*.log"))
         assert proc.returncode == 2
         assert "no such file" in proc.stderr and "nope-*.log" in proc.stderr
-
-    def test_daemon_holding_the_lock_exits_3(self, tmp_path: Path) -> None:
-        """With the lock held (a running `run`), backfill says the hand-off is not built yet."""
-        (tmp_path / "access.log.1").write_bytes(history(0, 5))
-        cfg = make_config(tmp_path, paths=[str(tmp_path / "access.log")])
-        (tmp_path / "state").mkdir(mode=0o700)
-        lock = StateLock(StatePaths(str(tmp_path / "state")))
-        lock.acquire()
-        try:
-            proc = backfill(cfg, str(tmp_path / "access.log.1"))
-        finally:
-            lock.release()
-        assert proc.returncode == 3
-        assert "not built yet" in proc.stderr and "stop `trackd run`" in proc.stderr
-        assert not (tmp_path / "out.jsonl").exists()
 
 
 @pytest.mark.slow

@@ -7,8 +7,9 @@ exiting (`once.read_and_deliver`). Positions commit with the chunk that read the
 backfill continues where it stopped, and a file `run` (or an earlier backfill) read is recognised
 by content and resumes at its saved offset (`sources/history.py`).
 
-When a daemon holds the lock, the job is to be handed to it through the state database; that is
-`hand_off` below (not built yet: it says so and exits 3).
+When a daemon holds the lock, the job is handed to it through the state database (`hand_off`
+writes a `jobs` row; `pipeline/jobs.py` carries it out between the daemon's live chunks) and this
+command follows its progress; Ctrl-C only stops following.
 
 `--dry-run` builds the pipeline over an in-memory database and identity store, seeded with the
 state's file rows (read-only), and a sink that only counts and samples: nothing is written, sent
@@ -40,7 +41,7 @@ from agent.pipeline.core import Pipeline
 from agent.pipeline.once import Summary, collect, exit_code, log_counts, read_and_deliver
 from agent.pipeline.prepare import Prepared, Preparer
 from agent.pipeline.stats import PipelineStats
-from agent.pipeline.workers import start_pool
+from agent.pipeline.workers import PreparePool, start_pool
 from agent.runtime import Runtime
 from agent.sources.catalog import Catalog
 from agent.sources.history import (
@@ -55,7 +56,8 @@ from agent.sources.history import (
 )
 from agent.sources.splitter import Split
 from agent.sources.tracked import TrackedFile
-from agent.state.db import StatePaths, connect, migrate
+from agent.state import jobs
+from agent.state.db import StateLock, StatePaths, connect, migrate, transaction
 from agent.state.files import FileRow, load_files
 from agent.state.sinkfile import SinkFileRecord
 
@@ -111,26 +113,20 @@ def window(since: float | None, until: float | None) -> Callable[[Prepared], str
 # -- progress ---------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Progress:
-    """Files, bytes (as stored: compressed bytes of a compressed file), lines; a rich bar on a
-    terminal, a `backfill_progress` log line every PROGRESS_EVERY seconds otherwise."""
+class ProgressView:
+    """Shows a backfill's progress: a rich bar on a terminal, a `backfill_progress` log line
+    every PROGRESS_EVERY seconds otherwise (or always, with `out=None`: the daemon's job)."""
 
-    files: int
-    total: int
-    out: TextIO = field(default_factory=lambda: sys.stderr)
-    started: float = field(default_factory=time.monotonic)
-    done_files: int = 0
-    done_bytes: int = 0
-    lines: int = 0
-    lines_of: Counter[str] = field(default_factory=Counter)
-    _last_log: float = 0.0
-    _bar: Any = None
-    _task: Any = None
-
-    def start(self) -> None:
+    def __init__(self, out: TextIO | None, label: str = "backfill") -> None:
+        self.out = out
+        self.label = label
         self._last_log = time.monotonic()
-        if not self.out.isatty():
+        self._bar: Any = None
+        self._task: Any = None
+
+    def start(self, total: int) -> None:
+        self._last_log = time.monotonic()
+        if self.out is None or not self.out.isatty():
             return
         from rich.console import Console
         from rich.progress import (
@@ -145,7 +141,7 @@ class Progress:
         )
 
         bar = Bar(
-            TextColumn("backfill"),
+            TextColumn(self.label),
             BarColumn(),
             TextColumn("{task.fields[files]}"),
             DownloadColumn(),
@@ -158,48 +154,82 @@ class Progress:
         )
         bar.start()
         self._bar = bar
-        self._task = bar.add_task("backfill", total=max(self.total, 1), files="", rate="")
+        self._task = bar.add_task(self.label, total=max(total, 1), files="", rate="")
 
-    def add(self, path: str, lines: int, nbytes: int) -> None:
-        self.lines += lines
-        self.lines_of[path] += lines
-        self.done_bytes += nbytes
-        self.tick()
-
-    def file_done(self) -> None:
-        self.done_files += 1
-        self.tick()
-
-    def tick(self) -> None:
-        now = time.monotonic()
-        rate = self.lines / max(now - self.started, 1e-9)
+    def show(self, p: dict[str, Any], *, force: bool = False) -> None:
+        """`p` is a `Progress.snapshot()`."""
         if self._bar is not None:
             self._bar.update(
                 self._task,
-                completed=min(self.done_bytes, self.total),
-                files=f"{self.done_files}/{self.files} files",
-                rate=f"{rate:,.0f} lines/s",
+                total=max(p["bytes"], 1),
+                completed=min(p["done_bytes"], p["bytes"]),
+                files=f"{p['done_files']}/{p['files']} files",
+                rate=f"{p['lines_per_s']:,} lines/s",
             )
             return
-        if now - self._last_log >= PROGRESS_EVERY:
+        now = time.monotonic()
+        if force or now - self._last_log >= PROGRESS_EVERY:
             self._last_log = now
-            left = max(0, self.total - self.done_bytes)
-            speed = self.done_bytes / max(now - self.started, 1e-9)
             log.info(
                 "backfill_progress",
-                files_done=self.done_files,
-                files=self.files,
-                bytes_done=self.done_bytes,
-                bytes=self.total,
-                lines=self.lines,
-                lines_per_s=round(rate),
-                eta_s=round(left / speed) if speed > 0 else None,
+                files_done=p["done_files"],
+                files=p["files"],
+                bytes_done=p["done_bytes"],
+                bytes=p["bytes"],
+                lines=p["lines"],
+                lines_per_s=p["lines_per_s"],
+                eta_s=p["eta_s"],
             )
 
     def stop(self) -> None:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+@dataclass(slots=True)
+class Progress:
+    """Files, bytes (as stored: compressed bytes of a compressed file), lines, as read."""
+
+    files: int
+    total: int
+    view: ProgressView
+    started: float = field(default_factory=time.monotonic)
+    done_files: int = 0
+    done_bytes: int = 0
+    lines: int = 0
+    lines_of: Counter[str] = field(default_factory=Counter)
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.view.start(self.total)
+
+    def add(self, path: str, lines: int, nbytes: int) -> None:
+        self.lines += lines
+        self.lines_of[path] += lines
+        self.done_bytes += nbytes
+        self.view.show(self.snapshot())
+
+    def file_done(self) -> None:
+        self.done_files += 1
+        self.view.show(self.snapshot())
+
+    def snapshot(self) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        speed = self.done_bytes / elapsed
+        left = max(0, self.total - self.done_bytes)
+        return {
+            "files": self.files,
+            "done_files": self.done_files,
+            "bytes": self.total,
+            "done_bytes": self.done_bytes,
+            "lines": self.lines,
+            "lines_per_s": round(self.lines / elapsed),
+            "eta_s": round(left / speed) if speed > 0 else None,
+        }
+
+    def stop(self) -> None:
+        self.view.stop()
 
 
 def _splits(hf: HistoryFile, progress: Progress) -> Iterator[Split]:
@@ -229,10 +259,17 @@ def _splits(hf: HistoryFile, progress: Progress) -> Iterator[Split]:
 
 
 def _files(config: Config, opts: Options) -> list[HistoryFile]:
-    paths = expand(opts.patterns)
+    return history_files(config, assign(expand(opts.patterns), config.sources, opts.sources))
+
+
+def history_files(config: Config, assigned: Iterable[tuple[str, str]]) -> list[HistoryFile]:
+    """(path, source) pairs -> HistoryFiles, with kind, size and liveness as they are now."""
     sources = {s.name: s for s in config.sources}
     out = []
-    for path, source in assign(paths, config.sources, opts.sources):
+    for path, source in assigned:
+        if source not in sources:
+            out.append(HistoryFile(path, source, None, 0, False, skipped="unknown source"))
+            continue
         try:
             size = os.stat(path).st_size
         except OSError:
@@ -255,6 +292,89 @@ class Outcome:
     progress: Progress | None = None
 
 
+class HistoryRun:
+    """One backfill's reading, shared by the standalone command and the daemon's hand-off job:
+    `open` the files at their saved positions, oldest first; `batches` emits their records merged
+    by event time (the caller commits); `finish` retires the files read to their end; `close`."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        catalog: Catalog,
+        outcome: Outcome,
+        opts: Options,
+        view: ProgressView,
+    ) -> None:
+        self.pipeline = pipeline
+        self.catalog = catalog
+        self.outcome = outcome
+        self.opts = opts
+        self.view = view
+        self.todo: list[HistoryFile] = []
+        self.pool: PreparePool | None = None
+        self.progress = Progress(0, 0, view)
+
+    def open(self) -> None:
+        files = self.outcome.files
+        plan(self.catalog, files, _order_preparer(self.pipeline))
+        self.todo = [hf for hf in files if hf.tf is not None]
+        for hf in files:
+            if hf.skipped:
+                log.info("backfill_file_skipped", path=hf.path, source=hf.source, why=hf.skipped)
+            elif hf.resumed_at:
+                log.info(
+                    "backfill_file_resumed", path=hf.path, source=hf.source, offset=hf.resumed_at
+                )
+        total = 0
+        for hf in self.todo:
+            tf = hf.tf
+            assert tf is not None
+            base = tf.packed.consumed if isinstance(tf.packed, HistoryReader) else tf.pos
+            total += max(0, hf.size - base)
+        self.progress = Progress(len(self.todo), total, self.view)
+        self.outcome.progress = self.progress
+        self.pool = start_pool(self.pipeline.config, self.pipeline.secret, total)
+        self.progress.start()
+
+    @property
+    def streams(self) -> list[tuple[TrackedFile, Iterable[Split]]]:
+        out: list[tuple[TrackedFile, Iterable[Split]]] = []
+        for hf in self.todo:
+            assert hf.tf is not None
+            out.append((hf.tf, _splits(hf, self.progress)))
+        return out
+
+    @property
+    def skip(self) -> Callable[[Prepared], str | None] | None:
+        return window(self.opts.since, self.opts.until)
+
+    def batches(self) -> Iterator[int]:
+        return self.pipeline.merged_batches(self.streams, self.pool, skip=self.skip)
+
+    def finish(self) -> None:
+        """Every file was read to its end: retire the rotated ones (before the last commit)."""
+        for hf in self.todo:
+            tf = hf.tf
+            assert tf is not None
+            if not hf.live:
+                self.catalog.retire(tf.row, "done")
+            if hf.resumed_at and not self.progress.lines_of[hf.path] and _damage(hf) is None:
+                hf.skipped = "already read"  # a compressed copy: known only once decompressed
+
+    def close(self) -> None:
+        self.progress.stop()
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        for hf in self.todo:
+            if hf.tf is not None:
+                hf.tf.close()
+
+    @property
+    def files_read(self) -> int:
+        return sum(1 for hf in self.todo if not hf.skipped)
+
+
 def read_history(
     pipeline: Pipeline,
     catalog: Catalog,
@@ -265,44 +385,14 @@ def read_history(
 ) -> int:
     """Pipeline thread: open `files` at their saved positions, oldest first, and read them all
     to their end merged by event time; retire the ones read to the end. Returns files read."""
-    plan(catalog, files, _order_preparer(pipeline))
-    todo = [hf for hf in files if hf.tf is not None]
-    for hf in files:
-        if hf.skipped:
-            log.info("backfill_file_skipped", path=hf.path, source=hf.source, why=hf.skipped)
-        elif hf.resumed_at:
-            log.info("backfill_file_resumed", path=hf.path, source=hf.source, offset=hf.resumed_at)
-    total = 0
-    for hf in todo:
-        tf = hf.tf
-        assert tf is not None
-        base = tf.packed.consumed if isinstance(tf.packed, HistoryReader) else tf.pos
-        total += max(0, hf.size - base)
-    progress = Progress(len(todo), total, out)
-    outcome.progress = progress
-    pool = start_pool(pipeline.config, pipeline.secret, total)
-    progress.start()
+    run = HistoryRun(pipeline, catalog, outcome, opts, ProgressView(out))
+    run.open()
     try:
-        streams: list[tuple[TrackedFile, Iterable[Split]]] = []
-        for hf in todo:
-            assert hf.tf is not None
-            streams.append((hf.tf, _splits(hf, progress)))
-        pipeline.run_merged(streams, pool, skip=window(opts.since, opts.until))
-        for hf in todo:
-            tf = hf.tf
-            assert tf is not None
-            if not hf.live:
-                catalog.retire(tf.row, "done")
-            if hf.resumed_at and not progress.lines_of[hf.path] and _damage(hf) is None:
-                hf.skipped = "already read"  # a compressed copy: known only once decompressed
+        pipeline.run_merged(run.streams, run.pool, skip=run.skip)
+        run.finish()
     finally:
-        progress.stop()
-        if pool is not None:
-            pool.close()
-        for hf in todo:
-            if hf.tf is not None:
-                hf.tf.close()
-    return sum(1 for hf in todo if not hf.skipped)
+        run.close()
+    return run.files_read
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -348,7 +438,7 @@ def _damage(hf: HistoryFile) -> HistoryReader | None:
     return packed if isinstance(packed, HistoryReader) and packed.damage else None
 
 
-def _nothing_read(outcome: Outcome) -> bool:
+def nothing_read(outcome: Outcome) -> bool:
     """Nothing at all could be read (every file unreadable or damaged before its first line):
     exit 1. Files found already read count as read."""
     lines_of = outcome.progress.lines_of if outcome.progress is not None else Counter[str]()
@@ -363,14 +453,9 @@ def _nothing_read(outcome: Outcome) -> bool:
 # -- standalone -------------------------------------------------------------------------------
 
 
-async def backfill(config: Config, opts: Options) -> int:
-    """Standalone backfill under the state lock; the daemon's hand-off when it holds it."""
-    files = _files(config, opts)  # usage errors before anything is touched
-    if opts.dry_run:
-        return dry_run(config, opts, files)
+async def backfill(config: Config, opts: Options, files: list[HistoryFile]) -> int:
+    """Standalone backfill under the state lock."""
     rt = Runtime(config)
-    if rt.lock.held_by_other():
-        return hand_off(config, opts)
     await rt.start()
     summary = Summary()
     outcome = Outcome(files)
@@ -388,23 +473,164 @@ async def backfill(config: Config, opts: Options) -> int:
         await rt.close()
         log_counts(pipeline)
         print(report(summary, outcome, pipeline.stats.skipped_all()), file=sys.stderr, flush=True)
-    if _nothing_read(outcome):
+    if nothing_read(outcome):
         log.error("backfill_nothing_read", files=len(files))
         return EXIT_RUNTIME
     return exit_code(summary, opts.deliver_timeout)
 
 
-def hand_off(config: Config, opts: Options) -> int:
-    """A running `trackd run` holds the lock: the job goes to it through the state database
-    (SPEC §5.1, §6). The seam for that hand-off; not built yet."""
+# -- the hand-off -------------------------------------------------------------------------------
+
+#: How often `backfill` looks at the job it handed to the daemon.
+FOLLOW_EVERY = 0.5
+
+
+def job_args(files: list[HistoryFile], opts: Options) -> dict[str, Any]:
+    """What the daemon needs to carry the job out (the files as this command resolved them)."""
+    return {
+        "files": [[hf.path, hf.source] for hf in files],
+        "since": opts.since,
+        "until": opts.until,
+    }
+
+
+def hand_off(
+    config: Config,
+    opts: Options,
+    files: list[HistoryFile],
+    out: TextIO | None = None,
+    follow_every: float = FOLLOW_EVERY,
+) -> int:
+    """A running `trackd run` holds the lock: write the job into the state database (SPEC §5.1,
+    §6) — or find the same job already queued — and follow its progress until it is done. Ctrl-C
+    stops following only; the job goes on in the daemon."""
+    out = sys.stderr if out is None else out
+    paths = StatePaths(config.state_dir)
+    if not os.path.exists(paths.db):
+        print(
+            f"trackd backfill: {config.state_dir} is locked by a running trackd but holds no "
+            "state database yet: wait until `trackd run` is up (trackd status), then try again",
+            file=out,
+            flush=True,
+        )
+        return EXIT_CONFIG
+    try:
+        conn = connect(paths.db)
+        try:
+            with transaction(conn):
+                args = job_args(files, opts)
+                job = jobs.same_active(conn, args)
+                job_id = job.id if job is not None else jobs.submit(conn, args, time.time())
+        except BaseException:
+            conn.close()
+            raise
+    except sqlite3.OperationalError as exc:
+        return _handoff_failed(config, paths.db, exc, out)
+    try:
+        _say_handed(config, job_id, job is not None, len(files), out)
+        return follow(conn, job_id, StateLock(paths), out, follow_every)
+    except KeyboardInterrupt:
+        return _detached(job_id, out)
+    finally:
+        conn.close()
+
+
+def _say_handed(config: Config, job_id: int, same: bool, files: int, out: TextIO) -> None:
     print(
-        f"trackd backfill: a running `trackd run` holds the state directory {config.state_dir}. "
-        "Handing a backfill to the running daemon is not built yet in this version: stop "
-        "`trackd run` (e.g. `systemctl stop trackd`) or wait for it to finish, then run "
-        "backfill again (it resumes where `run` stopped and reads nothing twice).",
-        file=sys.stderr,
+        f"trackd backfill: `trackd run` is running on {config.state_dir}; "
+        + (
+            f"the same backfill is already job #{job_id}: following it"
+            if same
+            else f"handed {files} file(s) to it as job #{job_id}"
+        )
+        + " (Ctrl-C stops following; the job goes on)",
+        file=out,
+        flush=True,
+    )
+
+
+def _detached(job_id: int, out: TextIO) -> int:
+    print(
+        f"\ntrackd backfill: detached; job #{job_id} goes on in the running daemon "
+        "(`trackd status` shows it; run the same backfill again to follow it)",
+        file=out,
+        flush=True,
+    )
+    return EXIT_OK
+
+
+def _handoff_failed(config: Config, db: str, exc: sqlite3.OperationalError, out: TextIO) -> int:
+    text = str(exc)
+    if "no such table" in text:
+        why = (
+            "the running trackd is older than this one and takes no backfill jobs: restart it "
+            "(systemctl restart trackd), then run this backfill again"
+        )
+    else:
+        why = (
+            f"{text}. Run backfill as the user trackd runs as (sudo -u trackd trackd backfill …) "
+            "or as root"
+        )
+    print(
+        f"trackd backfill: a running `trackd run` holds {config.state_dir}, and the job could "
+        f"not be written into its state database {db}: {why}",
+        file=out,
+        flush=True,
     )
     return EXIT_CONFIG
+
+
+def follow(
+    conn: sqlite3.Connection, job_id: int, lock: StateLock, out: TextIO, every: float
+) -> int:
+    """Show the job's progress until it is done; its exit code then. Ctrl-C detaches (exit 0);
+    a daemon that stops before the job is done leaves it queued for its next start (exit 1)."""
+    view = ProgressView(out, f"backfill job #{job_id}")
+    shown = False
+    waiting_said = False
+    try:
+        while True:
+            job = jobs.get(conn, job_id)
+            if job is None:
+                print(f"trackd backfill: job #{job_id} is gone from the state", file=out)
+                return EXIT_RUNTIME
+            if job.state in (jobs.DONE, jobs.FAILED):
+                view.stop()
+                result = job.result or {}
+                print(result.get("report", f"job #{job_id}: {job.state}"), file=out, flush=True)
+                return int(result.get("exit", EXIT_RUNTIME))
+            if job.state == jobs.RUNNING and job.progress:
+                if not shown:
+                    view.start(int(job.progress["bytes"]))
+                    shown = True
+                view.show(job.progress)
+            elif not waiting_said:
+                ahead = [j.id for j in jobs.active(conn) if j.id < job_id]
+                if ahead:
+                    print(
+                        f"trackd backfill: job #{job_id} waits for job(s) "
+                        + ", ".join(f"#{i}" for i in ahead),
+                        file=out,
+                        flush=True,
+                    )
+                waiting_said = True
+            if not lock.held_by_other():
+                job = jobs.get(conn, job_id)
+                if job is not None and job.state in jobs.ACTIVE:
+                    view.stop()
+                    print(
+                        f"trackd backfill: `trackd run` stopped before job #{job_id} was done; "
+                        "the job goes on when it starts again (or run this backfill again now: "
+                        "it resumes where the job stopped and reads nothing twice)",
+                        file=out,
+                        flush=True,
+                    )
+                    return EXIT_RUNTIME
+                continue
+            time.sleep(every)  # another process writes the row: there is no event to wait on
+    except KeyboardInterrupt:
+        view.stop()
+        return _detached(job_id, out)
 
 
 # -- dry run ------------------------------------------------------------------------------------
@@ -528,8 +754,13 @@ def dry_run(config: Config, opts: Options, files: list[HistoryFile]) -> int:
             out.write(orjson.dumps(orjson.loads(body)).decode() + "\n")
     out.write("dry run: no state changed, nothing sent\n")
     out.flush()
-    return EXIT_RUNTIME if _nothing_read(outcome) else EXIT_OK
+    return EXIT_RUNTIME if nothing_read(outcome) else EXIT_OK
 
 
 def run_backfill(config: Config, opts: Options) -> int:
-    return asyncio.run(backfill(config, opts))
+    files = _files(config, opts)  # usage errors before anything is touched
+    if opts.dry_run:
+        return dry_run(config, opts, files)
+    if StateLock(StatePaths(config.state_dir)).held_by_other():
+        return hand_off(config, opts, files)  # outside asyncio: Ctrl-C reaches the follower
+    return asyncio.run(backfill(config, opts, files))

@@ -245,8 +245,25 @@ class Pipeline:
         *,
         skip: Callable[[Prepared], str | None] | None = None,
     ) -> None:
-        """Merge every file's records by event time (SPEC §1.4) and emit them in that order.
-        With a pool, worker processes parse and prepare; this thread merges, resolves, commits.
+        """Merge every file's records by event time (SPEC §1.4) and emit them in that order,
+        committing every COMMIT_EVERY records (`merged_batches`) and at the end."""
+        for _n in self.merged_batches(streams, pool, skip=skip):
+            if self.chunk.records >= COMMIT_EVERY:
+                self.commit()
+                self._wait_for_room()
+        self.commit()
+
+    def merged_batches(
+        self,
+        streams: list[tuple[TrackedFile, Iterable[Split]]],
+        pool: PreparePool | None = None,
+        *,
+        skip: Callable[[Prepared], str | None] | None = None,
+    ) -> Iterator[int]:
+        """Emit every file's records merged by event time (SPEC §1.4), yielding after each batch
+        (the records it emitted) so the caller commits when it wants — and may pause between
+        batches (the daemon runs a handed-off backfill a slice at a time). Never commits.
+        With a pool, worker processes parse and prepare; this thread merges and resolves.
         `skip` (backfill's --since/--until) names why a record is not emitted, counted as a
         skipped line; its file's position still moves past it."""
         gens = [
@@ -255,9 +272,6 @@ class Pipeline:
             else self._file_items(tf, splits)
             for tf, splits in streams
         ]
-        if not gens:
-            self.commit()
-            return
         batch: list[Prepared] = []
         skipped = self.stats.skipped
         for item in merged(gens):
@@ -269,13 +283,11 @@ class Pipeline:
             batch.append(item)
             if len(batch) >= BATCH:
                 self.consume_batch(batch)
+                yield len(batch)
                 batch = []
-                if self.chunk.records >= COMMIT_EVERY:
-                    self.commit()
-                    self._wait_for_room()
         if batch:
             self.consume_batch(batch)
-        self.commit()
+            yield len(batch)
 
     def _wait_for_room(self) -> None:
         """SPEC §5.4 in a batch read: at the outbox's limit, wait for the sender to drain it

@@ -18,6 +18,7 @@ from agent.config import Config, load_config
 from agent.config.reload import ReloadPlan, plan_reload
 from agent.errors import ConfigError, SinkError, StateError
 from agent.ops.metrics import Metrics
+from agent.pipeline.jobs import JobRunner
 from agent.runtime import Runtime
 from agent.sources.tailer import Tailer
 from agent.sources.watch import WatchDirs, Watcher
@@ -87,6 +88,12 @@ class TailLoop:
         self.state_error: str | None = None
         #: Set while the sink cannot be written (a full disk under the sink file).
         self.sink_error: str | None = None
+        assert rt.pipeline is not None and rt.catalog is not None and rt.sink is not None
+        self._reserved = False
+        #: Backfill jobs handed over by `trackd backfill` (run a slice per step).
+        self.jobs = JobRunner(
+            rt.pipeline, rt.catalog, tailer, f"{rt.sink.name}:{rt.sink.describe()}"
+        )
 
     def wake(self, *, rewatch: bool = False) -> None:
         if rewatch:
@@ -102,6 +109,9 @@ class TailLoop:
             self._discover_wanted = True
         if discover:
             self._discover_wanted = False
+            if not self._reserved:
+                self._reserved = True
+                self.jobs.reserve()
             tailer.discover()
             self.rt.mark_started()
             self._discover_wanted = tailer.incomplete
@@ -122,6 +132,7 @@ class TailLoop:
         pipeline.release()
         pipeline.commit()
         tailer.settle()
+        self.jobs.step(paused=self.paused)
         now = time.monotonic()
         if now - self._housekept >= HOUSEKEEPING_INTERVAL:
             self._housekept = now
@@ -237,7 +248,7 @@ class TailLoop:
                     next_discover = last_discover + max(every, spacing)
                     self.watcher.want(self._want_dirs)
                 self.sources_up.set()
-                if self.tailer.behind and not self.paused:
+                if (self.tailer.behind or self.jobs.busy) and not self.paused:
                     continue
                 now = time.monotonic()
                 wake = min(next_sweep, next_discover)
@@ -310,6 +321,11 @@ class TailLoop:
         else:
             self.state_error, self.sink_error = str(exc), None
             self.metrics.dropped.labels("state_unavailable").inc()
+
+    def close(self) -> None:
+        """Pipeline thread, at stop: close a backfill job's files, then every tailed file."""
+        self.jobs.close()
+        self.tailer.close_all()
 
     def _retry_commit(self) -> None:
         """Pipeline thread: commit the chunk that is still pending."""

@@ -81,6 +81,8 @@ class Tailer:
         self.behind = False
         #: Seconds the last discovery took (the supervisor spaces discoveries by it).
         self.discover_seconds = 0.0
+        #: Files a backfill job of the daemon reads now (`pipeline/jobs.py`): left to it.
+        self.busy: set[FKey] = set()
 
     # -- discovery -------------------------------------------------------------------------
 
@@ -101,6 +103,8 @@ class Tailer:
             for found in found_files:
                 fkey = (src.name, found.dev, found.ino)
                 found_keys.add(fkey)
+                if fkey in self.busy:
+                    continue
                 tf = self.files.get(fkey)
                 if tf is not None:
                     if tf.packed is None and (not tf.live or tf.path != found.path):
@@ -148,6 +152,10 @@ class Tailer:
         """Saved files still being read at the last stop but not found by the globs."""
         sources = {s.name for s in self.config.sources}
         open_rows = {tf.row.id for tf in self.files.values()}
+        # Files of a backfill job the daemon takes up again: the job resumes them, in slices.
+        open_rows |= {
+            r.id for r in self.catalog.rows.values() if (r.source, r.dev, r.ino) in self.busy
+        }
         found = recover_saved(self.catalog, sources, open_rows, self._claimed)
         return [self._register(tf) for tf in found]
 

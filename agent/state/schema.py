@@ -134,6 +134,21 @@ MIGRATIONS: tuple[str, ...] = (
         result  TEXT                             -- JSON: what it did
     );
     """,
+    # 4: backfill jobs handed to the running daemon (SPEC §5.1, §6).
+    """
+    CREATE TABLE jobs (
+        id        INTEGER PRIMARY KEY,
+        created   REAL NOT NULL,
+        kind      TEXT NOT NULL,                 -- backfill
+        args      TEXT NOT NULL,                 -- JSON: files, sources, since, until
+        state     TEXT NOT NULL DEFAULT 'queued', -- queued | running | done | failed
+        started   REAL,
+        updated   REAL,
+        finished  REAL,
+        progress  TEXT,                          -- JSON: files, bytes, lines, rate (while running)
+        result    TEXT                           -- JSON: the summary, the exit code
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
