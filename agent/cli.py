@@ -104,8 +104,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "else to the single --source given. Resumable after Ctrl-C or kill -9, and idempotent "
         "with what `run` or an earlier backfill already read (files are recognised by content). "
         "A progress bar on a terminal, progress log lines otherwise, a summary at the end. "
-        "It takes the state lock: while `trackd run` runs it exits 3 (handing the job to the "
-        "daemon is not built yet). Large reads parse in worker processes (TRACKD_WORKERS=N).",
+        "Without a daemon it takes the state lock and reads itself; while `trackd run` runs, "
+        "the job is handed to the daemon through the state database (it reads the files between "
+        "its live chunks, as the user it runs as) and this command follows its progress — "
+        "Ctrl-C stops following, the job goes on; running the same backfill again follows it. "
+        "Large reads parse in worker processes (TRACKD_WORKERS=N).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -179,6 +179,39 @@ class TestIdempotentWithRun:
         assert run_trackd("run", "--once", "-c", str(cfg)).returncode == 0
         assert page_seqs(read_messages(tmp_path / "out.jsonl")) == list(range(450))
 
+    def test_history_read_after_newer_lines_sends_no_more_aliases(self, tmp_path: Path) -> None:
+        """The usual order on a new install: `run` reads today's file, then backfill reads
+        last week's. Devices that R4 found shared in today's lines (7 people on each) are shared
+        in their history too: the late logins start epochs without an alias each (R4, R6)."""
+        logs = tmp_path / "logs"
+        total = write_rotated(logs, 400)
+        late = tmp_path / "late"
+        late.mkdir()
+        cfg = make_config(late, paths=[str(logs / "access.log")])
+        assert run_trackd("run", "--once", "-c", str(cfg)).returncode == 0
+        today = len(read_messages(late / "out.jsonl"))
+        proc = backfill(cfg, str(logs / "access.log.*"))
+        assert proc.returncode == 0, proc.stderr
+        late_msgs = read_messages(late / "out.jsonl")[today:]
+
+        ordered = tmp_path / "ordered"
+        ordered.mkdir()
+        cfg_o = make_config(ordered, paths=[str(logs / "access.log")])
+        assert backfill(cfg_o, str(logs / "access.log*")).returncode == 0
+        ordered_msgs = read_messages(ordered / "out.jsonl")
+
+        def aliases(msgs: list[dict[str, Any]]) -> int:
+            return sum(1 for m in msgs if m["type"] == "alias")
+
+        assert len(page_seqs(late_msgs)) == total - 400
+        assert len(page_seqs(ordered_msgs)) == total
+        # Each of the 13 devices sends at most one alias per person until its 4th person trips
+        # the breaker (max_named_per_device + 1), in either order; before the fix, the late
+        # history sent one per login (~300 here).
+        bound = 13 * 4
+        assert 0 < aliases(ordered_msgs) <= bound
+        assert aliases(late_msgs) <= bound
+
 
 class TestWindow:
     def test_since_and_until_bound_the_output(self, tmp_path: Path) -> None:

@@ -336,9 +336,14 @@ class Resolver:
             return
         recent.append((ts, named))
         recent[:] = [(t, n) for t, n in recent if ts - _DAY <= t <= ts + _DAY]
-        if dev.shared_since is None and len({n for _, n in recent}) > self._max_named:
-            dev.shared_since = ts
-            self.counts["shared_devices"] += 1
+        if len({n for _, n in recent}) > self._max_named:
+            if dev.shared_since is None:
+                dev.shared_since = ts
+                self.counts["shared_devices"] += 1
+            elif ts < dev.shared_since:
+                # A late (backfilled) login trips the breaker earlier in event time (R6): the
+                # device was shared from then on, so its late hits are decided as shared too.
+                dev.shared_since = ts
         self._mark(dev)
 
     def _accept_device(self, named: str, device: str) -> bool:
