@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # How many kill -9 / torture iterations the slow tests run: CI scale by default, full with test-full.
 TRACKD_SLOW_SCALE ?= ci
 
-.PHONY: help venv install demo test test-full lint typecheck pytest bench clean
+.PHONY: help venv install demo test test-full lint typecheck pytest bench clean install-service uninstall-service
 
 help:
 	@echo "make demo       install into .venv and run trackd on the bundled sample logs"
@@ -16,6 +16,9 @@ help:
 	@echo "make test-full  the same, with the slow tests at their full iteration counts"
 	@echo "make bench      run the benchmarks in bench/ (prints tables, writes bench/results/*.json)"
 	@echo "make clean      remove .venv and demo state"
+	@echo "sudo make install-service    install trackd as a systemd service (systemd/install.sh;"
+	@echo "                             ARGS='--dry-run' prints every step and changes nothing)"
+	@echo "sudo make uninstall-service  stop and remove it; keeps config and state (ARGS=--purge: not)"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null || { \
@@ -61,6 +64,13 @@ test-full:
 bench: $(STAMP)
 	$(BIN)/python bench/parse.py
 	$(BIN)/python bench/run_once.py
+
+# The service install uses the system's Python (not .venv): /opt/trackd is built from it.
+install-service:
+	bash systemd/install.sh $(ARGS)
+
+uninstall-service:
+	bash systemd/install.sh --uninstall $(ARGS)
 
 clean:
 	rm -rf $(VENV) .demo-state .pytest_cache .mypy_cache .ruff_cache build *.egg-info

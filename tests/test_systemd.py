@@ -23,7 +23,7 @@ def _directives() -> dict[str, list[str]]:
 
 def test_unit_has_the_required_directives() -> None:
     """Type=notify, check before start and reload, no restart on exit 3, a watchdog, state dir,
-    absolute paths, and the hardening SPEC §7 lists."""
+    absolute paths, the API key credential, and the hardening SPEC §7 lists."""
     d = _directives()
     assert d["Type"] == ["notify"]
     assert d["ExecStart"] == ["/opt/trackd/bin/trackd -c /etc/trackd/trackd.yaml run"]
@@ -33,6 +33,8 @@ def test_unit_has_the_required_directives() -> None:
     assert d["WatchdogSec"] == ["30s"] and d["StateDirectory"] == ["trackd"]
     assert int(d["TimeoutStopSec"][0].rstrip("s")) > 10  # above the default shutdown_timeout
     assert d["SupplementaryGroups"] == ["adm"]
+    # The root-only file systemd/install.sh writes; trackd reads it as $CREDENTIALS_DIRECTORY/api_key.
+    assert d["LoadCredential"] == ["api_key:/etc/trackd/credentials/api_key"]
     for key, value in {
         "ProtectSystem": "strict",
         "ProtectHome": "yes",
