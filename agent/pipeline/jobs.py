@@ -41,7 +41,7 @@ from agent.state.db import transaction
 log = structlog.get_logger("trackd.jobs")
 
 #: The longest a job reads before the live files are looked at again.
-SLICE = 0.1
+SLICE = 0.05
 #: How often the daemon looks for a queued job while none runs.
 LOOK_EVERY = 1.0
 #: How often a running job's progress is written for `trackd backfill` to follow.
