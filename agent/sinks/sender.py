@@ -111,6 +111,9 @@ class Sender:
         self._wake = asyncio.Event()
         self._held_until = 0.0
         self._pauses = 0
+        #: Requests in a row that failed as a whole (a Retry, nothing delivered): from the second,
+        #: every request of the sink waits a backoff, so a down endpoint is probed, not hammered.
+        self._failed_in_row = 0
         self._logged: dict[str, float] = {}
         self._failure: BaseException | None = None
         #: The outbox's fill, shared with the pipeline (backpressure); None when not tracked.
@@ -326,6 +329,7 @@ class Sender:
                     stats.failures[outcome.reason] += 1
                     later.append((row, 0.0))
             self._note_pause(outcomes, now_mono)
+            self._note_failed_request(outcomes, now_mono)
         try:
             await self._db(self._write_outcomes, delivered, retried, rejected, self._clock.time())
         except sqlite3.Error as exc:
@@ -405,6 +409,25 @@ class Sender:
                 stats.paused = None
         elif any(isinstance(o, Retry) for o in outcomes) and stats.failing_since is None:
             stats.failing_since = now
+
+    def _note_failed_request(self, outcomes: Sequence[Outcome], now: float) -> None:
+        """The sink-wide breaker: each message backs off on its own, but with many messages
+        waiting that alone would still send a request per message and attempt. From the second
+        failed round in a row, every request waits the backoff of that many rounds (capped at
+        retry.max_backoff); the first delivered message ends it."""
+        if any(isinstance(o, Delivered) for o in outcomes):
+            self._failed_in_row = 0
+            return
+        retry = next((o for o in outcomes if isinstance(o, Retry)), None)
+        if retry is None or now < self._held_until:
+            return  # requests sent together fail together: one round, one step of the backoff
+        self._failed_in_row += 1
+        if self._failed_in_row >= 2:
+            self._hold(
+                self._backoff.delay(self._failed_in_row - 1),
+                f"endpoint failing ({retry.reason}), {self._failed_in_row} requests in a row",
+                now,
+            )
 
     def _hold(self, seconds: float, why: str, now: float) -> None:
         until = now + max(0.0, seconds)

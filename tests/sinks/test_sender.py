@@ -669,6 +669,59 @@ class TestSinkRaises:
             assert await b.rows() == []
 
 
+class TestDownEndpoint:
+    async def _requests_in(
+        self, tmp_path: Path, seconds: float
+    ) -> tuple[int, ScriptedSink, int, int, str | None]:
+        """Requests sent in `seconds` (fake) while every request fails, with 400 messages of
+        one per request (as Kissmetrics sends them) waiting and 8 requests at a time; then the
+        endpoint is back. Returns (requests while down, the sink, rows and dead letters left,
+        the sender's pause reason at the end)."""
+        clock = FakeClock()
+        sink = ScriptedSink(clock=clock, max_request_messages=1)
+        async with bench(
+            tmp_path, sink, max_events=1, concurrency=8, max_backoff=60.0, clock=clock
+        ) as b:
+            b.sink.fail_requests(Retry("http_5xx", "503 Service Unavailable"), times=1 << 30)
+            finish, task = await start(b, range(400))
+            t0 = b.clock.monotonic()
+            while b.clock.monotonic() - t0 < seconds:
+                await quiesce(b)
+                deadline = b.clock.next_deadline()
+                assert deadline is not None
+                b.clock.advance_to(min(deadline, t0 + seconds))
+            sent = len(b.sink.requests)
+            b.sink.heal()
+            while True:
+                await quiesce(b)
+                if sum(b.sink.delivered.values()) >= 400:
+                    break
+                deadline = b.clock.next_deadline()
+                assert deadline is not None and deadline - t0 < seconds + 120, (
+                    f"never recovered: {b.sender} {task} {len(b.sink.requests)}"
+                )
+                b.clock.advance_to(deadline)
+            assert await stop(b, finish, task) == 0
+            return sent, b.sink, len(await b.rows()), len(await b.dead()), b.sender.stats.paused
+
+    async def test_a_down_endpoint_is_probed_not_hammered(self, tmp_path: Path) -> None:
+        """Each message backs off on its own, but 400 waiting messages would still make a
+        request each per attempt (~1,600 in 30 s here). The sink-wide breaker holds every request
+        from the second failed round: a few rounds of at most `concurrency` requests."""
+        sent, *_ = await self._requests_in(tmp_path, 30.0)
+        assert 8 <= sent <= 8 * 8, sent
+
+    async def test_the_breaker_lets_everything_through_once_the_endpoint_answers(
+        self, tmp_path: Path
+    ) -> None:
+        """When the endpoint is back, the next round delivers and the hold is over: every
+        message is delivered once, nothing is dead-lettered."""
+        _sent, sink, rows, dead, paused = await self._requests_in(tmp_path, 10.0)
+        assert len(sink.delivered) == 400
+        assert set(sink.delivered.values()) == {1}
+        assert (rows, dead, paused) == (0, 0, None)
+
+
 class TestOneBackoffPerRequest:
     async def test_a_failed_request_comes_back_as_one_request(self, tmp_path: Path) -> None:
         """The messages of a request that failed share one backoff (one draw of the jitter),
