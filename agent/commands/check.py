@@ -1,14 +1,20 @@
 """`trackd check [--sample FILE]`: validate the config and test-parse sample lines (SPEC §6).
 
-Per source: the match rate on the sample (the first lines of `--sample FILE`, else of the
-source's first non-empty file), the first unparsed lines with the reason, and the fields of the
-first parsed line, masked as SPEC §8 requires (`masking.py`). Lines continuing a multi-line app
-entry are counted apart: they are neither parsed nor failed.
+Per source: its path patterns as resolved (`~` expanded, relative to the config file), the
+match rate on the sample (the first lines of `--sample FILE`, else of the source's newest
+readable non-empty file), the matched files it could not read and why, the first unparsed lines
+with the reason, and the fields of the first parsed line, masked as SPEC §8 requires
+(`masking.py`). Lines continuing a multi-line app entry are counted apart: they are neither
+parsed nor failed.
+
+Beside the sources: a state_dir that others may read or write is a warning (the state holds
+emails and session ids).
 """
 
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import lzma
 import os
@@ -23,7 +29,7 @@ from agent.config.schema import SegmentSinkConfig
 from agent.errors import EXIT_CONFIG, TrackdError
 from agent.parse import AccessParser, AppParser, build_parser
 from agent.records import Continuation
-from agent.sources.discovery import expand
+from agent.sources.discovery import Found, expand
 
 SAMPLE_LINES = 1000
 SHOW_UNPARSED = 5
@@ -41,6 +47,8 @@ class SourceReport:
     patterns: list[str]
     files: list[tuple[str, int]] = field(default_factory=list)
     sample_from: str | None = None
+    #: Matched files that could not be read (path, why): `run` cannot read them either.
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
     lines: int = 0
     parsed: int = 0
     unparsed: list[tuple[int, str]] = field(default_factory=list)
@@ -57,6 +65,7 @@ class SourceReport:
             "paths": self.patterns,
             "files": [{"path": p, "size": s} for p, s in self.files],
             "sample": self.sample_from,
+            "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
             "lines": self.lines,
             "parsed": self.parsed,
             "match_rate": round(self.parsed / self.lines, 4) if self.lines else None,
@@ -153,8 +162,16 @@ def _load_sample(path: str, max_line: int) -> list[bytes]:
     except SampleError:
         raise
     except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SampleError(f"cannot read sample {path}: {detail}") from None
+        raise SampleError(f"cannot read sample {path}: {_read_failure(exc)}") from None
+
+
+def _read_failure(exc: Exception) -> str:
+    """Why a sample could not be read, in the user's terms (not the decompressor's)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, EOFError):
+        return "the compressed data ends early (the file is incomplete or truncated)"
+    return "the compressed data is damaged (not a valid gzip, bzip2 or xz stream)"
 
 
 def _sample_source(
@@ -214,30 +231,86 @@ def check_sources(
             rep.warnings.append(
                 "no file matches these paths yet (trackd run waits for them to appear)"
             )
-        for f in found:
-            if not os.access(f.path, os.R_OK):
-                rep.warnings.append(f"{f.path}: not readable by this user (uid {os.getuid()})")
-        path = sample or next((f.path for f in found if f.size > 0), None)
-        if path is not None:
-            rep.sample_from = path
-            if sample_lines is not None:
-                lines = sample_lines
-                if not lines and sample_warning:
-                    rep.warnings.append(sample_warning)
-            else:
-                try:
-                    lines = _load_sample(path, config.max_line_bytes)
-                except SampleError as exc:
-                    rep.warnings.append(str(exc))
-                    lines = []
+        if sample_lines is not None:
+            assert sample is not None
+            rep.sample_from, lines = sample, sample_lines
+            if not lines and sample_warning:
+                rep.warnings.append(sample_warning)
+        else:
+            rep.sample_from, lines = _sample_newest(rep, found, config.max_line_bytes)
+        if rep.sample_from is not None:
             # The config was validated, so the parser builds (a bad format failed validation).
             _sample_source(rep, build_parser(src), lines, config)
         reports.append(rep)
     return reports
 
 
+def _sample_newest(
+    rep: SourceReport, found: list[Found], max_line: int
+) -> tuple[str | None, list[bytes]]:
+    """The lines of the newest (last modified) readable non-empty file, and its path; every
+    matched file that cannot be read goes to `rep.unreadable` with the reason."""
+    by_age: list[tuple[float, str]] = []
+    for f in found:
+        why = _unreadable_because(f.path)
+        if why is not None:
+            rep.unreadable.append((f.path, why))
+        elif f.size > 0:
+            by_age.append((_mtime(f.path), f.path))
+    for _, path in sorted(by_age, key=lambda t: (-t[0], t[1])):
+        try:
+            return path, _load_sample(path, max_line)
+        except SampleError as exc:
+            rep.unreadable.append((path, str(exc).removeprefix(f"cannot read sample {path}: ")))
+    if found and not by_age and not rep.unreadable:
+        rep.warnings.append("every matched file is empty: nothing to sample yet")
+    return None, []
+
+
+def _unreadable_because(path: str) -> str | None:
+    """Why this user cannot open `path` for reading (as `run` would), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        why = (exc.strerror or str(exc)).lower()
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            why += (
+                f" for this user (uid {os.getuid()}): trackd run cannot read it either "
+                "(add the user trackd runs as to the file's group, e.g. adm)"
+            )
+        return why
+    os.close(fd)
+    return None
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def state_dir_warnings(state_dir: str) -> list[str]:
+    """A state_dir others may list, read or write (group or other bits): its database holds
+    emails and session ids. One that does not exist yet is fine: `run` creates it 0700."""
+    try:
+        mode = stat.S_IMODE(os.stat(state_dir).st_mode)
+    except OSError:
+        return []
+    loose = mode & 0o066
+    if not loose:
+        return []
+    who = " and ".join(w for w, bits in (("its group", 0o060), ("others", 0o006)) if loose & bits)
+    what = " and ".join(w for w, bits in (("readable", 0o044), ("writable", 0o022)) if loose & bits)
+    return [
+        f"state_dir {state_dir} is {what} by {who} (mode {mode:04o}), and the state database "
+        f"in it holds emails and session ids: chmod 700 {state_dir}"
+    ]
+
+
 def config_warnings(config: Config, reports: list[SourceReport]) -> list[str]:
     out = list(config.warnings)
+    out.extend(state_dir_warnings(config.state_dir))
     if not config.sources:
         out.append("no sources configured: trackd reads nothing (add a sources: list, see SPEC §9)")
     by_file: dict[str, list[str]] = {}
@@ -287,10 +360,12 @@ def render_text(config: Config, reports: list[SourceReport], warnings: list[str]
             f"  source {rep.name} ({rep.kind}, {rep.format}): {len(rep.patterns)} path pattern(s), "
             f"{len(rep.files)} file(s) matched"
         )
+        lines.extend(f"    path {pattern}" for pattern in rep.patterns)
         for path, size in rep.files[:10]:
             lines.append(f"    {path}  ({size:,} bytes)")
         if len(rep.files) > 10:
             lines.append(f"    … and {len(rep.files) - 10} more")
+        lines.extend(f"    cannot read {path}: {why}" for path, why in rep.unreadable)
         if rep.sample_from is not None:
             rate = f"{rep.parsed / rep.lines:.1%}" if rep.lines else "n/a (empty)"
             more = (

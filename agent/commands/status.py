@@ -1,24 +1,31 @@
 """`trackd status`: positions and lag, outbox, last delivery, dead letters, identities (SPEC §6).
 
 Reads the state database read-only, so it works while `run` holds the lock.
+
+Each saved file is shown as the generation it is — live, rotated (found by its inode under its
+new name next to the path it was read at), or compressed — and its offset is compared with the
+size of that same file only: a compressed generation's offset counts decompressed bytes, so it
+shows its size on disk beside it, never an "offset of size" that mixes the two.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import time
 from typing import Any
 
 import orjson
 
-from agent.commands.readstate import open_readonly
+from agent.commands.readstate import close_store, identity_store, open_readonly
 from agent.config import Config
 from agent.errors import StartupError
-from agent.identity.sqlite_store import SqliteIdentityStore
+from agent.sources.compressed import compression_of
+from agent.sources.siblings import siblings_of
 from agent.state import deadletters, meta, outbox, sinkfile
 from agent.state.db import StateLock, StatePaths
-from agent.state.files import load_files
+from agent.state.files import FileRow, load_files
 
 
 def collect(config: Config) -> dict[str, Any]:
@@ -36,34 +43,24 @@ def collect(config: Config) -> dict[str, Any]:
         conn.close()
 
 
+def _identity_counts(config: Config, conn: sqlite3.Connection) -> dict[str, int]:
+    """Entries of the identity graph: the state database's, or the shared Redis one's."""
+    store = identity_store(config, conn)
+    try:
+        return store.counts()
+    finally:
+        close_store(store)
+
+
 def _collect(conn: sqlite3.Connection, paths: StatePaths, config: Config) -> dict[str, Any]:
     now = time.time()
-    files = []
-    rows = sorted(load_files(conn), key=lambda r: (r.source, r.path))
-    for row in rows:
-        size = None
-        if row.cur_path:
-            try:
-                size = os.stat(row.cur_path).st_size
-            except OSError:
-                size = None
-        files.append(
-            {
-                "source": row.source,
-                "path": row.cur_path or row.path,
-                "first_path": row.path,
-                "offset": row.offset,
-                "size": size,
-                "lag_bytes": max(0, size - row.offset) if size is not None else None,
-                "state": row.state,
-                "updated_ago_s": round(now - row.updated, 1),
-            }
-        )
+    rows = sorted(load_files(conn), key=lambda r: (r.source, r.path, r.first_seen))
+    files = [_file_entry(row, now) for row in rows]
     depth = outbox.depth(conn)
     delivery_raw = meta.get(conn, meta.DELIVERY)
     delivery = orjson.loads(delivery_raw) if delivery_raw else None
     dead = deadletters.by_reason(conn)
-    counts = SqliteIdentityStore(conn).counts()
+    counts = _identity_counts(config, conn)
     return {
         "state_dir": config.state_dir,
         "running": StateLock(paths).held_by_other(),
@@ -82,6 +79,84 @@ def _collect(conn: sqlite3.Connection, paths: StatePaths, config: Config) -> dic
             {"path": r.path, "committed_bytes": r.length} for r in sinkfile.load_all(conn)
         ],
     }
+
+
+def _locate(row: FileRow) -> tuple[str, os.stat_result] | None:
+    """Where the row's file (its device and inode) is now: at its last known path, or renamed
+    next to it (`access.log.1`, `access.log-20261128.gz`). None when it is at neither."""
+    known = row.cur_path or row.path
+    for path in (known, *(s.path for s in siblings_of(known))):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (row.dev, row.ino):
+            return path, st
+    return None
+
+
+def _file_entry(row: FileRow, now: float) -> dict[str, Any]:
+    """One file generation as what it is. `offset` counts bytes of the file's content —
+    decompressed for a compressed generation, so it is compared with a size only for a plain
+    file found where it is now; a compressed one shows its size on disk instead."""
+    found = _locate(row)
+    path = found[0] if found is not None else (row.cur_path or row.path)
+    packed = compression_of(path) if found is not None else None
+    if packed is None and _PACKED_NAME.search(path):
+        packed = path.rsplit(".", 1)[1]
+    reading = row.state in ("live", "rotated")
+    if packed is not None:
+        generation = "compressed"
+    elif row.state == "live" and found is not None and found[0] == (row.cur_path or row.path):
+        generation = "live"
+    else:
+        generation = "rotated"
+    size = found[1].st_size if found is not None and packed is None else None
+    return {
+        "source": row.source,
+        "path": path,
+        "first_path": row.path,
+        "generation": generation,
+        "compression": packed,
+        "state": row.state,
+        "progress": "reading" if reading else row.state,
+        "offset": row.offset,
+        "size": size,
+        "size_on_disk": found[1].st_size if found is not None else None,
+        "lag_bytes": max(0, size - row.offset) if size is not None and reading else None,
+        "found": found is not None,
+        "updated_ago_s": round(now - row.updated, 1),
+    }
+
+
+def _file_line(f: dict[str, Any]) -> str:
+    """`[web] /var/log/nginx/access.log.1 (rotated from …, reading): offset 21,925 of 24,090, …`"""
+    what = [f["generation"] if f["compression"] is None else f"compressed {f['compression']}"]
+    if f["path"] != f["first_path"]:
+        what.append(f"first seen as {f['first_path']}")
+    if not f["found"] and f["state"] in ("live", "rotated"):
+        what.append("moved away: its new name is not known")
+    if f["compression"] is not None and f["size_on_disk"] is not None:
+        what.append(f"{f['size_on_disk']:,} bytes on disk")
+    what.append(_PROGRESS.get(f["progress"], f["progress"]))
+    head = f"    [{f['source']}] {f['path']} ({', '.join(what)}): "
+    if f["progress"] == "skipped":
+        return head + "not read"
+    if f["compression"] is not None:
+        return head + f"{f['offset']:,} bytes of its decompressed content read"
+    if f["size"] is None:
+        return head + f"offset {f['offset']:,}"
+    lag = f", lag {f['lag_bytes']:,} bytes" if f["lag_bytes"] is not None else ""
+    return head + f"offset {f['offset']:,} of {f['size']:,}{lag}"
+
+
+_PACKED_NAME = re.compile(r"\.(gz|bz2|xz)$")
+_PROGRESS = {
+    "reading": "reading",
+    "done": "done",
+    "deleted": "deleted: its bytes are gone",
+    "skipped": "skipped: there at the first start with start_at: end",
+}
 
 
 def _delivery(raw: dict[str, Any] | None, now: float) -> dict[str, Any] | None:
@@ -106,12 +181,7 @@ def render_text(data: dict[str, Any]) -> str:
         f"({'a trackd is running' if data['running'] else 'no trackd running'})"
     ]
     out.append(f"  files ({len(data['files'])}):")
-    for f in data["files"]:
-        size = "gone" if f["size"] is None else f"{f['size']:,}"
-        lag = "" if f["lag_bytes"] is None else f", lag {f['lag_bytes']:,} bytes"
-        out.append(
-            f"    [{f['source']}] {f['path']}: offset {f['offset']:,} of {size}{lag} ({f['state']})"
-        )
+    out.extend(_file_line(f) for f in data["files"])
     ob = data["outbox"]
     age = "" if ob["oldest_age_s"] is None else f", oldest {ob['oldest_age_s']}s old"
     out.append(f"  outbox: {ob['messages']:,} messages, {ob['bytes']:,} bytes{age}")

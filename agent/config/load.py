@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.config.features import not_supported_yet
+from agent.config.paths import file_sink_problem, resolve
 from agent.config.schema import Config, FileSinkConfig
 from agent.config.validate import semantic_findings
 from agent.config.yamlmarks import (
@@ -30,6 +31,9 @@ DEFAULT_CONFIG = "/etc/trackd/trackd.yaml"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
 _SECRET_KEYS = ("api_key", "write_key", "token")
 _SECRET_NAMES = frozenset((*_SECRET_KEYS, "password"))
+# The systemd credentials a sink type takes: one meant for another type (the api_key credential
+# that install.sh writes, under a file sink) is not this sink's business.
+_CREDENTIALS_BY_SINK = {"kissmetrics": ("api_key",), "segment": ("write_key", "token")}
 
 
 def config_path_from(arg: str | None, env: Mapping[str, str] | None = None) -> str:
@@ -38,8 +42,13 @@ def config_path_from(arg: str | None, env: Mapping[str, str] | None = None) -> s
     return arg or env.get("TRACKD_CONFIG") or DEFAULT_CONFIG
 
 
-def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
-    """Load and validate `path`. Raises ConfigError listing every problem found."""
+def load_config(
+    path: str, env: Mapping[str, str] | None = None, *, check_files: bool = False
+) -> Config:
+    """Load and validate `path`. Raises ConfigError listing every problem found.
+
+    `check_files` (`trackd check`): also look at the disk for what `run` will need to create
+    (the file sink's file), and report what cannot work as errors at their YAML path."""
     env = os.environ if env is None else env
     abspath = os.path.abspath(path)
     try:
@@ -56,10 +65,12 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
         raise _single(abspath, "permission denied reading the config file") from None
     except UnicodeDecodeError as exc:
         raise _single(abspath, f"not UTF-8 text (byte {exc.start})") from None
-    return load_config_text(text, abspath, env)
+    return load_config_text(text, abspath, env, check_files=check_files)
 
 
-def load_config_text(text: str, filename: str, env: Mapping[str, str] | None = None) -> Config:
+def load_config_text(
+    text: str, filename: str, env: Mapping[str, str] | None = None, *, check_files: bool = False
+) -> Config:
     """Validate config text as if read from `filename` (relative paths resolve against its dir)."""
     env = os.environ if env is None else env
     doc = parse_yaml(text, filename)
@@ -97,11 +108,15 @@ def load_config_text(text: str, filename: str, env: Mapping[str, str] | None = N
         f for f in findings[env_findings:] if f[0] not in env_paths
     ]
 
+    if config is not None:
+        config = _resolve_paths(config, base_dir)
+        if check_files:
+            findings.extend(f for f in _file_findings(config) if f[0] not in env_paths)
+
     issues.extend(_to_issues(findings, doc, filename))
     if issues:
         raise ConfigError(_sorted_unique(issues))
     assert config is not None
-    config = _resolve_paths(config, base_dir)
     warnings = [
         f"sink.{key}: a literal secret is stored in clear in {filename} "
         f"(use {key}: ${{ENV_VAR}}, {key}_file: PATH or a systemd credential)"
@@ -198,7 +213,7 @@ def _resolve_secret_files(
         ref = sink.get(file_key)
         if isinstance(ref, str) and key not in sink:
             full = os.path.join(cred_dir, ref) if cred_dir and "/" not in ref else ref
-            full = os.path.join(base_dir, full)
+            full = resolve(full, base_dir)
             try:
                 with open(full, encoding="utf-8") as fh:
                     sink[key] = fh.read().strip()
@@ -210,7 +225,12 @@ def _resolve_secret_files(
                 if not sink[key]:
                     findings.append((("sink", file_key), f"secret file {full!r} is empty"))
             del sink[file_key]
-        elif key not in sink and file_key not in sink and cred_dir:
+        elif (
+            key not in sink
+            and file_key not in sink
+            and cred_dir
+            and key in _CREDENTIALS_BY_SINK.get(str(sink.get("type", "file")), ())
+        ):
             cred = os.path.join(cred_dir, key)
             if os.path.isfile(cred):
                 try:
@@ -340,7 +360,7 @@ def _resolve_paths(config: Config, base_dir: str) -> Config:
     """Every relative path is relative to the config file; secret_file to state_dir."""
 
     def absolute(p: str, base: str = base_dir) -> str:
-        return os.path.normpath(os.path.join(base, os.path.expanduser(p)))
+        return resolve(p, base)
 
     state_dir = absolute(config.state_dir)
     identity = config.identity.model_copy(
@@ -365,3 +385,13 @@ def _resolve_paths(config: Config, base_dir: str) -> Config:
     return config.model_copy(
         update={"state_dir": state_dir, "identity": identity, "sources": sources, "sink": sink}
     )
+
+
+def _file_findings(config: Config) -> list[tuple[Path, str]]:
+    """What `run` would fail to create or open, found by looking (nothing is created)."""
+    sink = config.sink
+    if isinstance(sink, FileSinkConfig) and sink.path != "-":
+        problem = file_sink_problem(sink.path)
+        if problem is not None:
+            return [(("sink", "path"), f"trackd cannot write {sink.path}: {problem}")]
+    return []

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from agent.config.rulefields import SourceFields, template_fields
 from agent.config.yamlmarks import Path
 from agent.parse import FormatError, build_parser
 from agent.parse.registry import ACCESS_FORMATS, APP_FORMATS
@@ -19,14 +20,6 @@ from agent.parse.timefmt import TIME_FORMATS, check_strftime
 
 Finding = tuple[Path, str]
 
-ACCESS_FIELDS = (
-    "ip method path query.NAME protocol status bytes referrer user_agent cookie.NAME host "
-    "request_time forwarded_for"
-).split()
-_ACCESS_FIELD_RX = re.compile(
-    r"^(ip|method|path|protocol|status|bytes|referrer|user_agent|host|request_time|"
-    r"forwarded_for|query\.[^\s{}]+|cookie\.[^\s{}]+|[a-z0-9_]+)$"
-)
 _TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
 _FIELD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-@]*$")
 _COOKIE_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -39,15 +32,15 @@ def semantic_findings(data: Any) -> list[Finding]:
         return []
     out: list[Finding] = []
     sources = data.get("sources")
-    source_kinds: dict[str, str] = {}
+    source_fields: dict[str, SourceFields | None] = {}
     if isinstance(sources, list):
-        out.extend(_sources(sources, source_kinds))
+        out.extend(_sources(sources, source_fields))
     events = data.get("events")
     if isinstance(events, dict):
         out.extend(_pageviews(events.get("pageviews")))
         rules = events.get("rules")
         if isinstance(rules, list):
-            out.extend(_rules(rules, source_kinds))
+            out.extend(_rules(rules, source_fields))
     identity = data.get("identity")
     if isinstance(identity, dict):
         for key in ("anonymous_cookies", "named_cookies", "session_cookies"):
@@ -79,7 +72,9 @@ def _valid_listen(listen: str) -> bool:
     return m is not None and 0 <= int(m.group(2)) <= 65535
 
 
-def _sources(sources: list[Any], kinds: dict[str, str]) -> Iterator[Finding]:
+def _sources(sources: list[Any], known: dict[str, SourceFields | None]) -> Iterator[Finding]:
+    """Each source's problems; `known` gets each valid source name and what its records hold
+    (None when its format did not build: its fields are then not checked)."""
     seen: dict[str, int] = {}
     for i, src in enumerate(sources):
         if not isinstance(src, dict):
@@ -96,7 +91,7 @@ def _sources(sources: list[Any], kinds: dict[str, str]) -> Iterator[Finding]:
             else:
                 seen[name] = i
                 if kind in ("access", "app"):
-                    kinds[name] = kind
+                    known[name] = None
         fmt = src.get("format")
         if kind in ("access", "app") and isinstance(fmt, str):
             allowed = ACCESS_FORMATS if kind == "access" else APP_FORMATS
@@ -109,12 +104,15 @@ def _sources(sources: list[Any], kinds: dict[str, str]) -> Iterator[Finding]:
                     (*base, "format"),
                     f"unknown format {fmt!r} (expected one of: {', '.join(allowed)}){hint}",
                 )
-            yield from _format_options(src, base, kind, fmt)
+            built: list[SourceFields] = []
+            yield from _format_options(src, base, kind, fmt, built)
+            if isinstance(name, str) and seen.get(name) == i and built:
+                known[name] = built[0]
         elif isinstance(fmt, str) and fmt not in ACCESS_FORMATS and fmt not in APP_FORMATS:
             # The kind is invalid (pydantic says so): the format can still be wrong for every
             # kind, and saying so now saves a second round of `trackd check`.
-            known = ", ".join(dict.fromkeys((*ACCESS_FORMATS, *APP_FORMATS)))
-            yield (*base, "format"), f"unknown format {fmt!r} (expected one of: {known})"
+            formats = ", ".join(dict.fromkeys((*ACCESS_FORMATS, *APP_FORMATS)))
+            yield (*base, "format"), f"unknown format {fmt!r} (expected one of: {formats})"
         base_url = src.get("base_url")
         if isinstance(base_url, str) and not re.match(r"^https?://[^/\s?#]+/?$", base_url):
             yield (
@@ -145,7 +143,9 @@ def _valid_zone(tz: Any) -> bool:
     return True
 
 
-def _format_options(src: dict[str, Any], base: Path, kind: str, fmt: str) -> Iterator[Finding]:
+def _format_options(
+    src: dict[str, Any], base: Path, kind: str, fmt: str, built: list[SourceFields]
+) -> Iterator[Finding]:
     log_format = src.get("log_format")
     if fmt in ("nginx", "apache"):
         if not isinstance(log_format, str) or not log_format.strip():
@@ -187,7 +187,7 @@ def _format_options(src: dict[str, Any], base: Path, kind: str, fmt: str) -> Ite
         for key in ("time_field", "time_format"):
             if src.get(key) is not None and fmt not in ("json", "regex"):
                 yield (*base, key), "only used by app sources and the json/regex access formats"
-    yield from _compile(src, base, kind, fmt)
+    yield from _compile(src, base, kind, fmt, built)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +204,12 @@ class _RawSource:
     timezone: str
 
 
-def _compile(src: dict[str, Any], base: Path, kind: str, fmt: str) -> Iterator[Finding]:
+def _compile(
+    src: dict[str, Any], base: Path, kind: str, fmt: str, built: list[SourceFields]
+) -> Iterator[Finding]:
     """Build the source's parser as `run` will, so that a log_format, regex, fields or
-    time_format that cannot work is an error now, at its YAML path, not a failure at start."""
+    time_format that cannot work is an error now, at its YAML path, not a failure at start.
+    What the built parser's records can hold goes to `built`."""
     allowed = ACCESS_FORMATS if kind == "access" else APP_FORMATS
     values = {k: src.get(k) for k in ("log_format", "regex", "time_field", "time_format")}
     fields = src.get("fields")
@@ -225,10 +228,24 @@ def _compile(src: dict[str, Any], base: Path, kind: str, fmt: str) -> Iterator[F
         tz = "UTC"  # reported at sources[i].timezone; check the rest as if it were UTC
     spec = _RawSource(kind, fmt, fields=fields, timezone=tz, **values)
     try:
-        build_parser(spec)
+        parser = build_parser(spec)
     except FormatError as exc:
         key, _, sub = (exc.key or "format").partition(".")
         yield ((*base, key, sub) if sub else (*base, key)), str(exc)
+        return
+    built.append(SourceFields(str(src.get("name")), kind, fmt, _captured(spec, parser)))
+
+
+def _captured(spec: _RawSource, parser: object) -> frozenset[str] | None:
+    """The names a built parser's records may hold besides SPEC §2's (None: any name)."""
+    if spec.kind == "app":
+        if spec.format == "regex" and spec.regex is not None:
+            return frozenset(re.compile(spec.regex).groupindex)
+        return None
+    if spec.format in ("combined", "common", "combined_cookie"):
+        return frozenset()
+    names = getattr(parser, "names", None)  # nginx, apache, regex: what the layout captures
+    return frozenset(names) if names is not None else None
 
 
 def _cookie_names(value: Any, path: Path) -> Iterator[Finding]:
@@ -259,7 +276,7 @@ def _pageviews(pv: Any) -> Iterator[Finding]:
                     yield ("events", "pageviews", "bot_patterns", i), f"invalid regex: {exc}"
 
 
-def _rules(rules: list[Any], kinds: dict[str, str]) -> Iterator[Finding]:
+def _rules(rules: list[Any], known: dict[str, SourceFields | None]) -> Iterator[Finding]:
     seen: dict[str, int] = {}
     identify_by_source: dict[str, dict[str, Any]] = {}
     for rule in rules:
@@ -281,12 +298,12 @@ def _rules(rules: list[Any], kinds: dict[str, str]) -> Iterator[Finding]:
             else:
                 seen[name] = i
         source = rule.get("source")
-        kind = None
+        fields = None
         if isinstance(source, str):
-            kind = kinds.get(source)
-            if kind is None:
-                known = ", ".join(sorted(kinds)) or "none configured"
-                yield (*base, "source"), f"unknown source {source!r} (sources: {known})"
+            if source not in known:
+                names = ", ".join(sorted(known)) or "none configured"
+                yield (*base, "source"), f"unknown source {source!r} (sources: {names})"
+            fields = known.get(source)
         actions = [
             k
             for k in ("event", "identify", "logout", "identity_change", "page_name")
@@ -309,20 +326,16 @@ def _rules(rules: list[Any], kinds: dict[str, str]) -> Iterator[Finding]:
                 )
         match = rule.get("match")
         if isinstance(match, dict):
-            yield from _match(match, (*base, "match"), kind)
-        yield from _templates(rule, base)
+            yield from _match(match, (*base, "match"), fields)
+        yield from _templates(rule, base, fields)
 
 
-def _match(match: dict[str, Any], base: Path, kind: str | None) -> Iterator[Finding]:
+def _match(match: dict[str, Any], base: Path, fields: SourceFields | None) -> Iterator[Finding]:
     for field, value in match.items():
         path = (*base, field)
-        if kind == "access" and not _ACCESS_FIELD_RX.match(field):
-            yield (
-                path,
-                (
-                    f"unknown access field {field!r} (access records offer: {', '.join(ACCESS_FIELDS)})"
-                ),
-            )
+        problem = fields.problem(str(field)) if fields is not None else None
+        if problem is not None:
+            yield path, problem
         values = value if isinstance(value, list) else [value]
         for v in values:
             if isinstance(v, dict):
@@ -343,7 +356,7 @@ def _match(match: dict[str, Any], base: Path, kind: str | None) -> Iterator[Find
                 yield path, f"invalid status {v!r} (use a code like 404 or a class like 2xx)"
 
 
-def _templates(rule: dict[str, Any], base: Path) -> Iterator[Finding]:
+def _templates(rule: dict[str, Any], base: Path, fields: SourceFields | None) -> Iterator[Finding]:
     def check(value: Any, path: Path) -> Iterator[Finding]:
         if isinstance(value, str):
             if value.count("{") != value.count("}"):
@@ -352,11 +365,15 @@ def _templates(rule: dict[str, Any], base: Path) -> Iterator[Finding]:
             for field in _TEMPLATE_FIELD.findall(value):
                 if not _FIELD_NAME.match(field):
                     yield path, f"invalid field name {{{field}}} in template {value!r}"
+            for field in dict.fromkeys(template_fields(value)):
+                problem = fields.problem(field) if fields is not None else None
+                if problem is not None and _FIELD_NAME.match(field):
+                    yield path, f"template {value!r}: {problem}"
         elif isinstance(value, dict):
             for k, v in value.items():
                 yield from check(v, (*path, k))
 
-    for key in ("properties", "identify", "logout", "identity_change"):
+    for key in ("properties", "identify", "logout", "identity_change", "page_name"):
         if key in rule:
             yield from check(rule[key], (*base, key))
 

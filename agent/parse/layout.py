@@ -202,9 +202,10 @@ _BACKSLASH_FREE = re.compile(r"^\(\?P<v\d+>(?:\\[d.:/+?\-]|[^\\\[.]|\[[^\]^\\]*\
 class CompiledParser:
     """A compiled layout. Callable: a line in, an AccessRecord (or None when it does not match).
 
-    `source` holds the generated assembler (for tests and debugging)."""
+    `source` holds the generated assembler (for tests and debugging); `names` the names of
+    its captures (what rules may ask for besides SPEC §2's fields: `trackd check` checks them)."""
 
-    __slots__ = ("_assemble", "_kind", "_pieces", "_regex", "_template", "_time", "source")
+    __slots__ = ("_assemble", "_kind", "_pieces", "_regex", "_template", "_time", "names", "source")
 
     def __init__(
         self,
@@ -221,6 +222,7 @@ class CompiledParser:
         self._template = template
         self._regex = regex
         self._pieces = pieces
+        self.names = frozenset(c.name for c, _ in caps)
         times = sorted((c.rank, idx, c) for c, idx in caps if c.feeds == "ts")
         if not times:
             raise FormatError(f"the {kind} format has no time field")

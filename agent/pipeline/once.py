@@ -4,6 +4,10 @@ by event time, deliver what was enqueued, print a one-line summary, exit.
 Delivery runs while reading (each commit wakes the sender), then gets `--deliver-timeout` to
 finish; what is left stays in the outbox for the next run (exit 1). A direct sink (the file) was
 written by every commit already.
+
+The summary goes to stderr (stdout carries the messages of the `-` file sink): one line of text,
+or with `--json` one JSON object on one line (`Summary.as_dict`). A first run at `start_at: end`
+says what it left unread and how to read it.
 """
 
 from __future__ import annotations
@@ -15,17 +19,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import orjson
 import structlog
 
 from agent.config import Config
 from agent.errors import EXIT_OK, EXIT_RUNTIME, OutboxFull
 from agent.pipeline.core import Pipeline
 from agent.pipeline.workers import start_pool
-from agent.runtime import Runtime
+from agent.runtime import HISTORY_HINT, Runtime
 from agent.sources.tailer import Tailer
 from agent.sources.tracked import TrackedFile
 
 log = structlog.get_logger("trackd.once")
+#: Why a first start read from the end although the config says `start_at: beginning`.
+LOST_STATE_HINT = (
+    "the state did not know what the sink file already holds (reset or lost: see the warning "
+    "above), so files were started at their end to deliver nothing twice"
+)
 
 
 @dataclass(slots=True)
@@ -44,6 +54,36 @@ class Summary:
     sink: str = ""
     #: Why reading stopped before the snapshot's end (the outbox stayed full), or "".
     stopped: str = ""
+    #: (files, bytes) a first start at `start_at: end` left unread, and why / what to do.
+    history_skipped: tuple[int, int] = (0, 0)
+    history_hint: str = HISTORY_HINT
+
+    def as_dict(self) -> dict[str, object]:
+        """The summary as data (`run --once --json`): the same counts as `line`."""
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        files, skipped_bytes = self.history_skipped
+        return {
+            "files": self.files,
+            "lines": self.lines,
+            "lines_skipped": self.skipped,
+            "messages": sum(self.messages.values()),
+            "messages_by_type": dict(sorted(self.messages.items())),
+            "sink": self.sink,
+            "delivered": self.delivered,
+            "dead_lettered": self.dead_letters,
+            "pending": self.pending,
+            "stopped_early": self.stopped or None,
+            "page_views_by_resolution": dict(sorted(self.resolutions.items())),
+            "new_identities": dict(sorted(self.new_ids.items())),
+            "junk_ids": self.junk,
+            "history_not_read": (
+                {"files": files, "bytes": skipped_bytes, "hint": self.history_hint}
+                if files
+                else None
+            ),
+            "seconds": round(elapsed, 3),
+            "lines_per_second": round(self.lines / elapsed),
+        }
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -70,7 +110,14 @@ class Summary:
             )
         if self.junk:
             text += f"; junk ids discarded: {self.junk}"
-        return text + f"; {elapsed:.2f}s, {self.lines / elapsed:,.0f} lines/s"
+        text += f"; {elapsed:.2f}s, {self.lines / elapsed:,.0f} lines/s"
+        files, skipped_bytes = self.history_skipped
+        if files:
+            text += (
+                f"; not read: the {skipped_bytes:,} bytes already in {files} file(s) — "
+                f"{self.history_hint}"
+            )
+        return text
 
 
 def read_snapshot(rt: Runtime) -> int:
@@ -107,15 +154,19 @@ def read_snapshot(rt: Runtime) -> int:
     return len(opened)
 
 
-async def run_once(rt: Runtime, deliver_timeout: float) -> int:
-    """Read, deliver, summarise. `rt` is built but not started."""
+async def run_once(rt: Runtime, deliver_timeout: float, *, as_json: bool = False) -> int:
+    """Read, deliver, summarise (as JSON with `as_json`). `rt` is built but not started."""
     await rt.start()
     summary = Summary()
     try:
         await read_and_deliver(rt, lambda: read_snapshot(rt), summary, deliver_timeout)
     finally:
+        summary.history_skipped = rt.history_skipped
+        if rt.config.start_at != "end":
+            summary.history_hint = LOST_STATE_HINT
         await finish(rt, summary)
-        print(summary.line(), file=sys.stderr, flush=True)
+        text = orjson.dumps(summary.as_dict()).decode() if as_json else summary.line()
+        print(text, file=sys.stderr, flush=True)
     return exit_code(summary, deliver_timeout)
 
 
@@ -196,5 +247,5 @@ def log_counts(pipeline: Pipeline) -> None:
         log.info("rule_skipped", rule=rule, reason=reason, count=n)
 
 
-async def run_once_config(config: Config, deliver_timeout: float) -> int:
-    return await run_once(Runtime(config), deliver_timeout)
+async def run_once_config(config: Config, deliver_timeout: float, *, as_json: bool = False) -> int:
+    return await run_once(Runtime(config), deliver_timeout, as_json=as_json)

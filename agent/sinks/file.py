@@ -14,16 +14,32 @@ longer than its committed length plus the one chunk in flight.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 
 import structlog
 
-from agent.errors import SinkError
+from agent.config.paths import file_sink_problem
+from agent.errors import EXIT_CONFIG, SinkError, StartupError
 from agent.state.sinkfile import SinkFileRecord
 
 log = structlog.get_logger("trackd.sink")
 
 STDOUT = "-"
+#: Opening fails for one of these: the path or its directory is wrong, not a passing condition
+#: (a full disk is one, and stays a runtime SinkError: systemd restarts, and it may pass).
+_SETUP_ERRNOS = frozenset(
+    (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS,
+     errno.ELOOP, errno.ENAMETOOLONG)
+)  # fmt: skip
+
+
+class SinkSetupError(SinkError, StartupError):
+    """The sink file cannot be opened because of where it is (a missing or unwritable
+    directory, a directory in its place): a startup failure, exit 3 (SPEC §6), not a crash
+    systemd would restart into again."""
+
+    exit_code = EXIT_CONFIG
 
 
 class FileSink:
@@ -59,6 +75,11 @@ class FileSink:
         try:
             fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         except OSError as exc:
+            if exc.errno in _SETUP_ERRNOS:
+                why = file_sink_problem(self._path) or exc.strerror
+                raise SinkSetupError(
+                    f"sink.path: cannot open the sink file {self._path}: {why}"
+                ) from None
             raise SinkError(f"cannot open sink file {self._path}: {exc.strerror}") from None
         st = os.fstat(fd)
         row = recorded
