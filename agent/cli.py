@@ -14,6 +14,7 @@ import gc
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -193,17 +194,35 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "forget",
         parents=[common],
         help="erase an identifier's person (erasure requests)",
-        description="Remove an identifier's person from the identity graph and its undelivered "
-        "messages from the outbox. (Not built yet in this version: it says so and exits 2.)",
+        description="Remove an identifier's person — devices, epochs, bindings, sessions, named "
+        "ids and the aliases recorded for them — from the identity graph (the state database, "
+        "or the shared Redis with identity.store: redis://…, then for every host), and their "
+        "undelivered messages and dead letters from the outbox; print what was removed. Their "
+        "later hits start as a new person. Works while `run` runs: the daemon applies it "
+        "between two chunks. Exit 0 when done (also for an id trackd does not know), 1 when it "
+        "could not be done (Redis unreachable, or the daemon did not answer in 30s).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("id", metavar="ID")
+    p.add_argument(
+        "id",
+        metavar="ID",
+        help="a device id (km_ai), epoch (D~k) or named id (km_ni, email; matched as intake "
+        "normalises it)",
+    )
     return parser
 
 
 def _print_json(data: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _output(data: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:
+    """A command's result on stdout: JSON with --json, else its text."""
+    if as_json:
+        _print_json(data)
+    else:
+        print(render(data))
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -214,7 +233,7 @@ def _cmd_check(args: argparse.Namespace, as_json: bool) -> int:
     from agent.commands import check
 
     try:
-        config = _load(args)
+        config = load_config(config_path_from(getattr(args, "config", None)), check_files=True)
     except ConfigError as exc:
         if as_json:
             _print_json(
@@ -268,10 +287,7 @@ def _cmd_identity(args: argparse.Namespace, as_json: bool) -> int:
     from agent.commands import identity
 
     data = identity.collect(_load(args), args.id)
-    if as_json:
-        _print_json(data)
-    else:
-        print(identity.render_text(data))
+    _output(data, as_json, identity.render_text)
     return EXIT_OK if data["known"] else EXIT_RUNTIME
 
 
@@ -294,6 +310,14 @@ def _cmd_deadletters(args: argparse.Namespace, as_json: bool) -> int:
     return EXIT_OK if result["applied"] else EXIT_RUNTIME
 
 
+def _cmd_forget(args: argparse.Namespace, as_json: bool) -> int:
+    from agent.commands import forget
+
+    result = forget.run(_load(args), args.id)
+    _output(result, as_json, forget.render)
+    return EXIT_OK if result["applied"] else EXIT_RUNTIME
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     setup_logging(config.log.level, config.log.format)
@@ -304,7 +328,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.once:
         from agent.pipeline import once
 
-        return asyncio.run(once.run_once_config(config, args.deliver_timeout))
+        as_json = bool(getattr(args, "json", False))
+        return asyncio.run(once.run_once_config(config, args.deliver_timeout, as_json=as_json))
     return asyncio.run(supervisor.run_daemon(config))
 
 
@@ -368,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_deadletters(args, as_json)
         if args.command == "backfill":
             return _cmd_backfill(args)
+        if args.command == "forget":
+            return _cmd_forget(args, as_json)
         return _not_yet(args.command)
     except ConfigError as exc:
         print(f"config invalid ({len(exc.issues)} problem(s)):", file=sys.stderr)

@@ -12,6 +12,7 @@ import asyncio
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -19,8 +20,9 @@ from typing import Any, TypeVar
 import structlog
 
 from agent.config import Config
+from agent.identity import forget
 from agent.identity.derived import load_or_create_secret
-from agent.identity.graph import IdentityStore
+from agent.identity.graph import IdentityStore, StoreUnavailable
 from agent.identity.sqlite_store import SqliteIdentityStore
 from agent.pipeline.core import Pipeline
 from agent.sinks.backoff import Clock
@@ -49,10 +51,37 @@ SinkFactory = Callable[[Config], SinkParts]
 #: `meta` key: the `start_at` of the first start when it is not the config's (a reset or lost
 #: state starts files at `end`); kept until the first discovery, so a crash before it keeps it.
 FIRST_START_AT = "first_start_at"
+#: What a first start at `end` says about the history it left unread.
+HISTORY_HINT = (
+    "a first start reads files from their end (start_at: end); to read what they already "
+    "hold, set start_at: beginning before the first start, or replay them with "
+    "`trackd backfill PATH...`"
+)
 
 
 def default_store(config: Config, conn: sqlite3.Connection) -> IdentityStore:
-    return SqliteIdentityStore(conn)
+    """`identity.store`: the state database, or a Redis a fleet shares (SPEC §5.5). Building a
+    Redis store makes no connection: an unreachable Redis is never a startup failure."""
+    url = config.identity.store
+    if url == "sqlite":
+        return SqliteIdentityStore(conn)
+    from agent.identity import redis_store
+
+    host_id = meta.get(conn, redis_store.META_HOST)
+    if host_id is None:
+        host_id = uuid.uuid4().hex
+        with transaction(conn):
+            meta.put(conn, redis_store.META_HOST, host_id)
+    ident = config.identity
+    return redis_store.RedisIdentityStore(
+        redis_store.connect_client(url),
+        conn,
+        site=ident.site,
+        host_id=host_id,
+        forget_after=ident.forget_after,
+        session_ttl=ident.session_ttl,
+        where=redis_store.describe(url),
+    )
 
 
 class Runtime:
@@ -79,6 +108,8 @@ class Runtime:
         #: The outbox's fill (HTTP sinks): the pipeline adds, the sender removes.
         self.level: outbox.Level | None = None
         self.first_start = False
+        #: (files, bytes) a first start at `end` left unread (`_note_history_skipped`).
+        self.history_skipped = (0, 0)
         self._pipe_conn: sqlite3.Connection | None = None
         self._send_conn: sqlite3.Connection | None = None
 
@@ -95,6 +126,9 @@ class Runtime:
         self.lock.acquire()
         self.sink = self._sink_factory(self.config)
         await self.on_pipeline(self._open_pipeline, self.sink)
+        # A shared store: what an earlier run left in the journal, and other hosts' erasures,
+        # before anything is read or delivered (at once: an unreachable store is skipped).
+        await self.on_pipeline(self._sync_store)
         if self.sink.http is not None:
             self._send_conn = await self.on_sender(connect, self.paths.db)
             cfg = self.config.sink
@@ -185,21 +219,77 @@ class Runtime:
         assert conn is not None
         back = 0
         for req in requests.pending(conn):
+            if req.kind == requests.FORGET:
+                result = self._forget(str(req.args.get("id", "")))
+                with transaction(conn):
+                    requests.finish(conn, req.id, result, time.time())
+                log.info("request_applied", request=req.id, kind=req.kind,
+                         removed=result.get("removed"), error=result.get("error"))  # fmt: skip
+                continue
             with transaction(conn):
                 result = requests.apply(conn, req, time.time())
             log.info("request_applied", request=req.id, kind=req.kind, **result)
             if self.level is not None and "retried" in result:
                 self.level.add(int(result["retried"]), int(result["bytes"]))
                 back += int(result["retried"])
+        self._sync_store()
         return back
+
+    def _forget(self, ident: str) -> dict[str, Any]:
+        """Pipeline thread, between chunks: `trackd forget ID` (SPEC §8). The resolver's cache
+        is dropped too, so the person's later hits start fresh."""
+        pipeline, conn = self.pipeline, self._pipe_conn
+        assert pipeline is not None and conn is not None
+        try:
+            result = forget.forget(conn, pipeline.store, ident, pipeline.normalizer,
+                                   pipeline.secret, pipeline.emitter.named_out)  # fmt: skip
+        except StoreUnavailable as exc:
+            return {"id": ident, "error": str(exc)}
+        pipeline.resolver.forget_cached()
+        removed = result["removed"]
+        if self.level is not None and removed["outbox_messages"]:
+            self.level.remove(removed["outbox_messages"], removed["outbox_bytes"])
+        return result
+
+    def _sync_store(self) -> None:
+        """Pipeline thread: a shared store sends its pending writes; another host's erasures
+        drop this host's undelivered messages of that person and the resolver's cache."""
+        pipeline, conn = self.pipeline, self._pipe_conn
+        if pipeline is None or conn is None:
+            return
+        for tokens in pipeline.store.sync():
+            erased = forget.forget_remote(conn, tokens, pipeline.secret)
+            pipeline.resolver.forget_cached()
+            if self.level is not None and erased.messages:
+                self.level.remove(erased.messages, erased.bytes)
+            log.info("erasure_from_fleet_applied", outbox_messages=erased.messages,
+                     dead_letters=erased.dead_letters)  # fmt: skip
 
     def mark_started(self) -> None:
         """Pipeline thread: from now on, new files are read from 0 whatever `start_at` says."""
         assert self._pipe_conn is not None
         if self.first_start:
+            self._note_history_skipped()
             with transaction(self._pipe_conn):
                 meta.put(self._pipe_conn, meta.FIRST_START_DONE, "1")
             self.first_start = False
+
+    def _note_history_skipped(self) -> None:
+        """A first start at `end` leaves what the files held unread: count it (the `run --once`
+        summary says it) and say once why and how to read it."""
+        catalog = self.catalog
+        if catalog is None or catalog.start_at != "end":
+            return
+        rows = [r for r in catalog.rows.values() if r.offset > 0 or r.state == "skipped"]
+        self.history_skipped = (len(rows), sum(r.offset for r in rows))
+        if rows and self.config.start_at == "end":  # else a reset or lost state: warned already
+            log.info(
+                "history_not_read",
+                files=len(rows),
+                bytes=self.history_skipped[1],
+                start_at=catalog.start_at,
+                hint=HISTORY_HINT,
+            )
 
     def reopen_sink(self) -> None:
         """Pipeline thread, SIGHUP: reopen a direct sink's file (moved away by logrotate, say)."""
@@ -210,6 +300,13 @@ class Runtime:
         def close_pipe() -> None:
             if self.sink is not None and self.sink.direct is not None:
                 self.sink.direct.close()
+            if self.pipeline is not None:
+                # A shared store sends what the last chunk changed (at once, or never waits:
+                # an unreachable one keeps it in the state for the next start).
+                self._sync_store()
+                close = getattr(self.pipeline.store, "close", None)
+                if close is not None:
+                    close()
             if self._pipe_conn is not None:
                 self._pipe_conn.close()
 

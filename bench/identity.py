@@ -1,6 +1,6 @@
 """Identity resolution against ground truth: wrong merges, attribution, throughput, memory.
 
-    .venv/bin/python bench/identity.py [--visitors 20000] [--seed 7]
+    .venv/bin/python bench/identity.py [--visitors 20000] [--seed 7] [--store sqlite|redis]
 
 Generates a corpus whose every hit's true person is known — anonymous visitors, logins by device
 id or by session cookie only, km_ni cookies set after login, logouts, shared computers used by two
@@ -13,7 +13,11 @@ people without a logout, cookieless visitors — runs `trackd run --once` on it,
   user browsing before their login, on the first user's cookie, is the known, unavoidable case);
 - resolver throughput (hits/s of the whole run) and the peak RSS of the trackd process.
 
-Writes bench/results/identity.json.
+`--store redis` runs the same corpus with `identity.store` on a fresh `redis-server` (started on a
+free loopback port in the work directory, or `--redis-url` for one you run), and adds the memory
+the graph took there (`INFO memory` before and after) per 100k visitors.
+
+Writes bench/results/identity.json (identity-redis.json with --store redis).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import json
 import os
 import random
 import resource
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -141,12 +147,16 @@ def generate(work: Path, visitors: int, seed: int) -> Truth:
     return truth
 
 
-def config(work: Path) -> Path:
+def config(work: Path, store: str = "sqlite") -> Path:
     (work / "secret").write_text("bench-secret\n")
     cfg = {
         "state_dir": str(work / "state"),
         "start_at": "beginning",
-        "identity": {"secret_file": str(work / "secret"), "session_cookies": ["sid"]},
+        "identity": {
+            "secret_file": str(work / "secret"),
+            "session_cookies": ["sid"],
+            "store": store,
+        },
         "sources": [
             {
                 "name": "web",
@@ -248,6 +258,50 @@ def evaluate(work: Path, truth: Truth) -> dict[str, float]:
     }
 
 
+class Redis:
+    """A redis-server of its own (no persistence), or the one at `url`."""
+
+    def __init__(self, work: Path, url: str | None) -> None:
+        import redis
+
+        self.proc: subprocess.Popen[bytes] | None = None
+        if url is None:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            server = shutil.which("redis-server") or "/usr/bin/redis-server"
+            (work / "redis").mkdir(exist_ok=True)
+            self.proc = subprocess.Popen(
+                [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(work / "redis")],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            url = f"redis://127.0.0.1:{port}/0"
+        self.url = url
+        self.client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # the server is starting
+
+    def used_memory(self) -> int:
+        return int(self.client.info("memory")["used_memory"])
+
+    def keys(self) -> int:
+        return int(self.client.dbsize())
+
+    def close(self) -> None:
+        self.client.close()
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -255,24 +309,43 @@ def main() -> None:
     ap.add_argument("--visitors", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep", help="keep the corpus and output in this directory")
+    ap.add_argument("--store", choices=["sqlite", "redis"], default="sqlite")
+    ap.add_argument(
+        "--redis-url", help="with --store redis: an existing Redis (default: start one)"
+    )
     args = ap.parse_args()
+    redis_info: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         truth = generate(work, args.visitors, args.seed)
         gen_s = time.perf_counter() - t0
-        cfg = config(work)
-        start = time.perf_counter()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        proc = subprocess.run(
-            [sys.executable, "-m", "agent", "run", "--once", "-c", str(cfg)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        elapsed = time.perf_counter() - start
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        server = Redis(work, args.redis_url) if args.store == "redis" else None
+        try:
+            cfg = config(work, server.url if server is not None else "sqlite")
+            mem_before = server.used_memory() if server is not None else 0
+            start = time.perf_counter()
+            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            proc = subprocess.run(
+                [sys.executable, "-m", "agent", "run", "--once", "-c", str(cfg)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            elapsed = time.perf_counter() - start
+            peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            if server is not None:
+                used = server.used_memory() - mem_before
+                redis_info = {
+                    "redis_keys": server.keys(),
+                    "redis_used_memory_mib": round(used / 2**20, 1),
+                    "redis_bytes_per_visitor": round(used / args.visitors),
+                    "redis_mib_per_100k_visitors": round(used / args.visitors * 1e5 / 2**20, 1),
+                }
+        finally:
+            if server is not None:
+                server.close()
         result = evaluate(work, truth)
     hits = len(truth)
     result.update(
@@ -284,6 +357,8 @@ def main() -> None:
             "hits_per_s": round(hits / elapsed),
             "peak_rss_mib": round(max(peak_kib, before) / 1024, 1),
             "cpus": os.cpu_count(),
+            "store": args.store,
+            **redis_info,
         }
     )
     print(f"{'measure':<40}{'value':>14}")
@@ -301,10 +376,12 @@ def main() -> None:
         "run_s",
         "hits_per_s",
         "peak_rss_mib",
+        *redis_info,
     ):
         print(f"{key:<40}{result[key]:>14}")
     print(f"trackd summary: {proc.stderr.strip().splitlines()[-1]}")
-    out = Path(__file__).resolve().parent / "results" / "identity.json"
+    name = "identity.json" if args.store == "sqlite" else "identity-redis.json"
+    out = Path(__file__).resolve().parent / "results" / name
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
 

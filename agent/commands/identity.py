@@ -1,5 +1,7 @@
 """`trackd identity ID`: the person an identifier resolves to — its identifiers, epochs, bindings
-over time, aliases sent and conflicts (SPEC §6). Reads the state read-only (works while `run` runs).
+over time, aliases sent and conflicts (SPEC §6). Reads the state read-only (works while `run` runs),
+or the shared Redis graph with `identity.store: redis://…`. ID is looked up as typed and as intake
+normalises it (`ALICE@EXAMPLE.COM` finds `alice@example.com`).
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ import sqlite3
 import time
 from typing import Any
 
-from agent.commands.readstate import open_readonly
+from agent.commands.readstate import close_store, identity_store, open_readonly, store_problem
 from agent.config import Config
 from agent.errors import StartupError
+from agent.identity.forget import lookup_keys
 from agent.identity.graph import Device, IdentityStore
-from agent.identity.sqlite_store import SqliteIdentityStore
+from agent.identity.normalize import Normalizer
 from agent.state.db import StatePaths
 
 
@@ -29,11 +32,20 @@ def collect(config: Config, ident: str) -> dict[str, Any]:
     if not os.path.exists(paths.db):
         raise StartupError(f"no state database at {paths.db} yet: trackd has not run here")
     conn = open_readonly(paths.db)
+    normalizer = Normalizer(
+        lowercase_emails=config.identity.lowercase_emails, blocklist=config.identity.blocklist
+    )
+    store = identity_store(config, conn)
     try:
-        return _collect(SqliteIdentityStore(conn), ident)
+        data = _collect(store, ident, normalizer)
+        problem = store_problem(store)
+        if problem is not None:
+            raise StartupError(problem)
+        return data
     except sqlite3.DatabaseError as exc:
         raise StartupError(f"cannot read state database {paths.db}: {exc}") from None
     finally:
+        close_store(store)
         conn.close()
 
 
@@ -57,16 +69,17 @@ def _device(dev: Device) -> dict[str, Any]:
     }
 
 
-def _collect(store: IdentityStore, ident: str) -> dict[str, Any]:
-    device_key = ident.rsplit("~", 1)[0] if "~" in ident else ident
+def _collect(store: IdentityStore, ident: str, normalizer: Normalizer) -> dict[str, Any]:
+    device_keys, named_keys = lookup_keys(ident, normalizer)
     devices: list[dict[str, Any]] = []
     named_ids: set[str] = set()
-    found = store.load_device(device_key)
-    if found is not None:
+    found_devices = store.load_devices(device_keys)
+    device_key = found_devices[0].device if found_devices else device_keys[0]
+    for found in found_devices[:1]:
         devices.append(_device(found))
         named_ids |= {e.named for e in found.epochs if e.named}
-    if store.load_named(ident) is not None:
-        named_ids.add(ident)
+    asked = {n.named for n in store.load_named_many(named_keys)}
+    named_ids |= asked
     changes = store.load_changes()
     people = []
     for named in sorted(named_ids):
@@ -85,7 +98,7 @@ def _collect(store: IdentityStore, ident: str) -> dict[str, Any]:
                 "changed_at": _iso(entry.changed_at) if entry else None,
             }
         )
-        if ident == named and entry is not None:
+        if named in asked and entry is not None:
             others = [d for d in entry.devices if d != device_key]
             loaded = {d.device: d for d in store.load_devices(others)}
             devices.extend(_device(loaded[d]) for d in others if d in loaded)

@@ -15,7 +15,10 @@ import os
 import sqlite3
 import urllib.parse
 
+from agent.config import Config
 from agent.errors import StartupError
+from agent.identity.graph import IdentityStore
+from agent.identity.sqlite_store import SqliteIdentityStore
 from agent.state.db import connect
 
 
@@ -71,3 +74,39 @@ def _immutable(db: str) -> sqlite3.Connection:
         conn.close()
         raise StartupError(f"cannot read state database {db}: {exc}") from None
     return conn
+
+
+def identity_store(config: Config, conn: sqlite3.Connection) -> IdentityStore:
+    """The identity graph to read for `identity` and `status`: the state database's, or the
+    Redis the fleet shares (`identity.store`, read-only: this process never writes it)."""
+    if config.identity.store == "sqlite":
+        return SqliteIdentityStore(conn)
+    from agent.identity import redis_store
+
+    url = config.identity.store
+    ident = config.identity
+    return redis_store.RedisIdentityStore(
+        redis_store.connect_client(url),
+        None,
+        site=ident.site,
+        forget_after=ident.forget_after,
+        session_ttl=ident.session_ttl,
+        where=redis_store.describe(url),
+    )
+
+
+def store_problem(store: IdentityStore) -> str | None:
+    """Why a shared store could not be read (None when it could, or when it is local)."""
+    breaker = getattr(store, "breaker", None)
+    if breaker is None or not breaker.open:
+        return None
+    return (
+        f"the identity store {getattr(store, '_where', 'redis')} is not reachable (is Redis "
+        "running, and identity.store right?); the graph could not be read"
+    )
+
+
+def close_store(store: IdentityStore) -> None:
+    close = getattr(store, "close", None)
+    if close is not None:
+        close()

@@ -8,6 +8,7 @@ so late and backfilled hits resolve through the binding history.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -123,6 +124,10 @@ class IdentityStore(Protocol):
     #: Resolutions made from the local cache alone because the store was unreachable
     #: (`trackd_identity_degraded_total`; always 0 for a local store).
     degraded: int
+    #: How long (seconds) the resolver may serve a cached entry before asking the store again:
+    #: None for a store only this host writes, a few seconds for a store a fleet shares (so
+    #: another host's bindings show up).
+    cache_ttl: float | None
 
     def load_device(self, device: str) -> Device | None: ...
 
@@ -140,15 +145,23 @@ class IdentityStore(Protocol):
         """Those of `sessions` the store knows."""
         ...
 
+    def load_batch(self, devices: list[str], named: list[str], sessions: list[str]) -> Batch | None:
+        """Those of each the store knows, in one round trip; None when the store is unreachable
+        (the caller resolves from what it has cached, and the store counts `degraded`)."""
+        ...
+
     def load_changes(self) -> dict[str, tuple[str, float]]:
         """Every R7 identity change: old id -> (new id, time). Few; kept in memory."""
         ...
 
-    def claim_alias(self, previous: str, user: str, ts: float) -> bool:
+    def claim_alias(self, previous: str, user: str, ts: float) -> bool | None:
         """Claim the one alias `previous` may ever have, before its message is emitted: True
         when this caller may send `alias(previous, user)`, False when an alias for `previous`
-        was already sent (by this host or another). The claim is recorded by the next `save`
-        (for SQLite, in the same transaction as the message)."""
+        was already sent (by this host or another), None when the claim could not be recorded
+        (a shared store is unreachable: the caller may ask again later, with the same
+        arguments). The claim is recorded by the next `save` (for SQLite, in the same
+        transaction as the message); a shared store records it at once, with a value naming
+        this host, so the same claim after a crash (the chunk rolled back) is granted again."""
         ...
 
     def aliases_touching(self, ids: list[str]) -> list[tuple[str, str, float]]:
@@ -167,3 +180,52 @@ class IdentityStore(Protocol):
     def counts(self) -> dict[str, int]:
         """Entries per kind (`device`, `named`, `session`, `aliases`) for metrics and status."""
         ...
+
+    def forget(self, person: Person, notice: Iterable[str] = ()) -> dict[str, int]:
+        """Erase `person` (SPEC §8): its devices with their epochs and bindings, its named ids
+        and R7 changes, the sessions mapped to it or last seen on its devices, and the aliases
+        claimed for it. Returns what was removed, per kind. Inside the caller's transaction.
+        `notice`: erasure tokens a shared store publishes to the other hosts (a local store
+        ignores them)."""
+        ...
+
+    def sync(self) -> list[set[str]]:
+        """Between chunks: write what is pending to a remote store, and return the erasures
+        other hosts made since the last call (each a set of `erasure_token`s of the ids they
+        removed; always empty for a local store)."""
+        ...
+
+
+class Batch(NamedTuple):
+    """One prefetch's answer (`IdentityStore.load_batch`)."""
+
+    devices: list[Device]
+    named: list[Named]
+    sessions: list[Session]
+
+
+class Person(NamedTuple):
+    """Everything `trackd forget ID` erases (found by `agent.identity.forget.find_person`)."""
+
+    #: The person's named ids (the one given, and those R7 changes link to it).
+    named: list[str]
+    #: Devices bound to one of them at some epoch (or the device given).
+    devices: list[str]
+    #: Every epoch id of those devices (`D`, `D~1`, …): messages carry them as anonymousId.
+    epochs: list[str]
+    #: previousIds of the aliases claimed for this person (whose userId or previousId is theirs).
+    aliases: list[str]
+
+    def ids(self) -> set[str]:
+        """Every identifier a message of this person may carry."""
+        return {*self.named, *self.devices, *self.epochs}
+
+
+class StoreUnavailable(Exception):
+    """The shared identity store could not be reached for a step that must not be skipped."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            f"the identity store {where} is not reachable; nothing was erased from it — run "
+            "`trackd forget` again once Redis answers (see `trackd status`)"
+        )

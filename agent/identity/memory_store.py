@@ -8,12 +8,16 @@ loaded cannot change what is stored, just as with SQLite or Redis.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
-from agent.identity.graph import Changes, Device, Named, Session
+from agent.identity.graph import Batch, Changes, Device, Named, Person, Session
 
 
 class MemoryIdentityStore:
     __slots__ = ("aliases", "changes", "degraded", "devices", "named", "saves", "sessions")
+
+    #: Only this process writes it: cached entries never go stale.
+    cache_ttl: float | None = None
 
     def __init__(self) -> None:
         self.degraded = 0
@@ -41,6 +45,11 @@ class MemoryIdentityStore:
 
     def load_sessions(self, sessions: list[str]) -> list[Session]:
         return [copy.deepcopy(self.sessions[s]) for s in sessions if s in self.sessions]
+
+    def load_batch(self, devices: list[str], named: list[str], sessions: list[str]) -> Batch:
+        return Batch(
+            self.load_devices(devices), self.load_named_many(named), self.load_sessions(sessions)
+        )
 
     def load_changes(self) -> dict[str, tuple[str, float]]:
         return dict(self.changes)
@@ -82,6 +91,27 @@ class MemoryIdentityStore:
         for s in old_sessions:
             del self.sessions[s]
         return len(old_devices), len(old_sessions)
+
+    def forget(self, person: Person, notice: Iterable[str] = ()) -> dict[str, int]:
+        named, devices = set(person.named), set(person.devices)
+        sessions = [
+            s
+            for s, v in self.sessions.items()
+            if v.named in named or v.device in devices or v.last_device in devices
+        ]
+        changes = [old for old, (new, _ts) in self.changes.items() if old in named or new in named]
+        removed = {
+            "devices": sum(self.devices.pop(d, None) is not None for d in devices),
+            "named": sum(self.named.pop(n, None) is not None for n in named),
+            "sessions": sum(self.sessions.pop(s, None) is not None for s in sessions),
+            "aliases": sum(self.aliases.pop(a, None) is not None for a in person.aliases),
+        }
+        for old in changes:
+            del self.changes[old]
+        return removed
+
+    def sync(self) -> list[set[str]]:
+        return []
 
     def counts(self) -> dict[str, int]:
         return {

@@ -13,6 +13,7 @@ person on a bound epoch gets a new epoch (R2), a shared device is never attribut
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, TypeVar
@@ -32,6 +33,8 @@ from agent.identity.graph import (
 
 log = structlog.get_logger("trackd.identity")
 _DAY = 86400.0
+#: Deferred alias claims kept at most (a long outage with many logins: the rest are not sent).
+_DEFERRED_MAX = 100_000
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -98,6 +101,12 @@ class Resolver:
         self._dirty_sessions: dict[str, Session] = {}
         self._new_aliases: list[tuple[str, str, float]] = []
         self._absent: set[tuple[str, str]] = set()
+        #: Alias claims a shared store could not record, by device (retried on its next hit).
+        self._deferred: dict[str, list[tuple[str, str, float, LoginRef | None]]] = {}
+        #: A shared store's cache lifetime, and the keys loaded in the current lifetime window.
+        self._ttl = store.cache_ttl
+        self._fresh_until = 0.0
+        self._fresh: dict[str, set[str]] = {"d": set(), "n": set(), "s": set()}
         #: R7: old named id -> (new named id, event time of the change).
         self._changes = store.load_changes()
         #: conflicts, aliases, identity_cap, shared_devices, devices_new, named_new, sessions_new.
@@ -128,6 +137,8 @@ class Resolver:
             dev.last_seen = ts
             if dev.shared_since is not None or ts - dev.saved_seen > _DAY:
                 self._mark(dev)
+        if self._deferred and dev.device in self._deferred:
+            events = events + self._retry_deferred(dev)
         return self._attribute(dev, ts, person), events
 
     def _deviceless(self, ts: float, who: str | None) -> Attribution:
@@ -223,7 +234,7 @@ class Resolver:
         if dev_id is None:
             return None, []
         dev = self._device(dev_id, ts)
-        events = self._login(dev, ts, named, via_cookie=False, explicit=True)
+        events = self._login(dev, ts, named, via_cookie=False, explicit=True, ref=ref)
         if ts > dev.last_seen:
             dev.last_seen = ts
         epoch = dev.epoch_at(ts)
@@ -321,13 +332,46 @@ class Resolver:
     def _alias(
         self, previous: str, user: str, ts: float, ref: LoginRef | None
     ) -> list[IdentityEvent]:
-        """The alias to emit, once the store granted the claim (never twice for one epoch)."""
-        if not self._store.claim_alias(previous, user, ts):
+        """The alias to emit, once the store granted the claim (never twice for one epoch).
+        A claim the store could not record (a shared store unreachable) is deferred: asked
+        again with the device's next hit, and then sent with the login record's ids."""
+        granted = self._store.claim_alias(previous, user, ts)
+        if granted is None:
+            device = previous.rsplit("~", 1)[0] if "~" in previous else previous
+            if sum(map(len, self._deferred.values())) < _DEFERRED_MAX:
+                self._deferred.setdefault(device, []).append((previous, user, ts, ref))
+                self.counts["alias_claims_deferred"] += 1
+            return []
+        if not granted:
             self.counts["alias_claims_lost"] += 1
             return []
         self._new_aliases.append((previous, user, ts))
         self.counts["aliases"] += 1
         return [IdentityEvent(previous, user, f"alias:{previous}", ref)]
+
+    def _retry_deferred(self, dev: Device) -> list[IdentityEvent]:
+        """Claims deferred for `dev`'s epochs, asked again: granted ones are emitted now (the
+        epoch still bound to that person), refused ones dropped, unrecordable ones kept."""
+        pending = self._deferred.pop(dev.device)
+        events: list[IdentityEvent] = []
+        keep = []
+        epochs = {e.epoch_id(dev.device): e for e in dev.epochs}
+        for previous, user, ts, ref in pending:
+            epoch = epochs.get(previous)
+            if epoch is None or epoch.named != user:
+                continue
+            granted = self._store.claim_alias(previous, user, ts)
+            if granted is None:
+                keep.append((previous, user, ts, ref))
+            elif granted:
+                self._new_aliases.append((previous, user, ts))
+                self.counts["aliases"] += 1
+                events.append(IdentityEvent(previous, user, f"alias:{previous}", ref))
+            else:
+                self.counts["alias_claims_lost"] += 1
+        if keep:
+            self._deferred[dev.device] = keep
+        return events
 
     def _note_named(self, dev: Device, ts: float, named: str) -> None:
         """R4: mark the device shared at the (max+1)-th distinct named id within 24h."""
@@ -381,49 +425,62 @@ class Resolver:
     # -- cache and store -------------------------------------------------------------------
 
     def prefetch(self, devices: set[str], named: set[str], sessions: set[str]) -> None:
-        """Load a batch's identities in one query per kind; ids the store does not know are
-        remembered as absent until `end_batch`."""
-        self._prefetch(
-            "d",
-            map(escape_device, devices),
-            self._devices,
-            self._dirty_devices,
-            self._store.load_devices,
-            lambda d: d.device,
-        )
-        self._prefetch(
-            "n",
-            named,
-            self._named,
-            self._dirty_named,
-            self._store.load_named_many,
-            lambda e: e.named,
-        )
-        self._prefetch(
-            "s",
-            sessions,
-            self._sessions,
-            self._dirty_sessions,
-            self._store.load_sessions,
-            lambda s: s.session,
-        )
+        """Load a batch's identities in one store call (one round trip for a remote store); ids
+        the store does not know are remembered as absent until `end_batch`.
 
-    def _prefetch(
+        With a shared store (`cache_ttl` set) a cached entry is asked for again once per
+        `cache_ttl`, so another host's bindings and erasures show up; entries changed here
+        and not yet committed are never replaced. When the store is unreachable the cache
+        is all there is (the store counts `degraded`)."""
+        ttl = self._ttl
+        if ttl is not None:
+            now = time.monotonic()
+            if now >= self._fresh_until:
+                self._fresh_until = now + ttl
+                for fresh in self._fresh.values():
+                    fresh.clear()
+        want_d = self._wanted("d", map(escape_device, devices), self._devices, self._dirty_devices)
+        want_n = self._wanted("n", named, self._named, self._dirty_named)
+        want_s = self._wanted("s", sessions, self._sessions, self._dirty_sessions)
+        if not (want_d or want_n or want_s):
+            return
+        found = self._store.load_batch(want_d, want_n, want_s)
+        if found is None:
+            # Unreachable: what is cached stays; the rest starts fresh (degraded resolution).
+            absent = self._absent
+            absent.update(("d", k) for k in want_d if k not in self._devices)
+            absent.update(("n", k) for k in want_n if k not in self._named)
+            absent.update(("s", k) for k in want_s if k not in self._sessions)
+            return
+        self._take("d", want_d, found.devices, self._devices, lambda d: d.device)
+        self._take("n", want_n, found.named, self._named, lambda e: e.named)
+        self._take("s", want_s, found.sessions, self._sessions, lambda x: x.session)
+
+    def _wanted(
+        self, kind: str, keys: Iterable[str], cache: _Lru[str, V], dirty: dict[str, V]
+    ) -> list[str]:
+        if self._ttl is None:
+            return [k for k in keys if k not in cache and k not in dirty]
+        fresh = self._fresh[kind]
+        return [k for k in keys if k not in fresh and k not in dirty]
+
+    def _take(
         self,
         kind: str,
-        keys: Iterable[str],
+        want: list[str],
+        found: list[V],
         cache: _Lru[str, V],
-        dirty: dict[str, V],
-        load: Callable[[list[str]], list[V]],
         key_of: Callable[[V], str],
     ) -> None:
-        want = [k for k in keys if k not in cache and k not in dirty]
-        if not want:
-            return
-        found = load(want)
         for item in found:
             cache.put(key_of(item), item)
-        self._absent.update((kind, k) for k in set(want) - {key_of(i) for i in found})
+        missing = set(want) - {key_of(i) for i in found}
+        if self._ttl is not None:
+            self._fresh[kind].update(want)
+            for k in missing:
+                # Gone from the shared store (erased, or expired by forget_after): start fresh.
+                cache.pop(k, None)
+        self._absent.update((kind, k) for k in missing)
 
     def end_batch(self) -> None:
         self._absent.clear()
@@ -483,10 +540,14 @@ class Resolver:
         self._dirty_devices[dev.device] = dev
 
     def forget_cached(self) -> None:
-        """Drop every cached identity (after the store collected old ones)."""
+        """Drop every cached identity (after the store collected or erased some): the next
+        batch loads what it needs again, R7 changes included."""
         self._devices.clear()
         self._named.clear()
         self._sessions.clear()
+        for fresh in self._fresh.values():
+            fresh.clear()
+        self._changes = self._store.load_changes()
 
     def requeue(self, changes: Changes) -> None:
         """A commit failed: what `take_changes` handed out is pending again (newer wins)."""

@@ -8,12 +8,12 @@ loaded whole at start. Writes run inside the pipeline's chunk transaction.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import orjson
 
-from agent.identity.graph import Changes, Device, Epoch, Named, Session
+from agent.identity.graph import Batch, Changes, Device, Epoch, Named, Person, Session
 from agent.state.db import transaction
 
 #: Parameters per `IN (…)` query (SQLite allows 32766; smaller keeps statements cheap).
@@ -85,6 +85,9 @@ class SqliteIdentityStore:
 
     __slots__ = ("_claimed", "_conn", "degraded")
 
+    #: The lock on state_dir makes this process the only writer: the cache never goes stale.
+    cache_ttl: float | None = None
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         #: Always 0: the state database is local (a failure there stops reading instead).
@@ -131,6 +134,13 @@ class SqliteIdentityStore:
                 sessions,
                 _session_from,
             )
+        )
+
+    def load_batch(self, devices: list[str], named: list[str], sessions: list[str]) -> Batch:
+        return Batch(
+            self.load_devices(devices) if devices else [],
+            self.load_named_many(named) if named else [],
+            self.load_sessions(sessions) if sessions else [],
         )
 
     def load_changes(self) -> dict[str, tuple[str, float]]:
@@ -213,6 +223,38 @@ class SqliteIdentityStore:
                 "DELETE FROM id_sessions WHERE until < ?", (newest - session_ttl,)
             ).rowcount
         return devices, sessions
+
+    def _delete_in(self, table: str, column: str, keys: list[str]) -> int:
+        removed = 0
+        for i in range(0, len(keys), _IN_MAX):
+            part = keys[i : i + _IN_MAX]
+            removed += self._conn.execute(
+                f"DELETE FROM {table} WHERE {column} IN ({','.join('?' * len(part))})",  # noqa: S608 (fixed names)
+                part,
+            ).rowcount
+        return removed
+
+    def forget(self, person: Person, notice: Iterable[str] = ()) -> dict[str, int]:
+        named, devices = set(person.named), set(person.devices)
+        sessions = [
+            s.session
+            for s in (_session_from(k, b) for k, b in self._conn.execute(
+                "SELECT session, state FROM id_sessions"
+            ))
+            if s.named in named or s.device in devices or s.last_device in devices
+        ]  # fmt: skip
+        self._delete_in("id_changes", "old_id", person.named)
+        self._delete_in("id_changes", "new_id", person.named)
+        self._claimed.difference_update(person.aliases)
+        return {
+            "devices": self._delete_in("id_devices", "device", person.devices),
+            "named": self._delete_in("id_named", "named", person.named),
+            "sessions": self._delete_in("id_sessions", "session", sessions),
+            "aliases": self._delete_in("id_aliases", "previous", person.aliases),
+        }
+
+    def sync(self) -> list[set[str]]:
+        return []
 
     def counts(self) -> dict[str, int]:
         """Rows per kind, for `trackd_identities{kind}` and `trackd status`."""

@@ -1,10 +1,11 @@
-"""Requests other processes leave for the lock holder (SPEC §5.1): `deadletters retry|drop` (and
-later backfill hand-offs and `forget`) write a row in a short transaction; the running trackd
+"""Requests other processes leave for the lock holder (SPEC §5.1): `deadletters retry|drop`,
+`forget` (and later backfill hand-offs) write a row in a short transaction; the running trackd
 applies it between two chunks and writes the result back; the requester waits for that."""
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any, NamedTuple
 
 import orjson
@@ -57,6 +58,35 @@ def finish(conn: sqlite3.Connection, request_id: int, result: dict[str, Any], no
 #: Kinds of request the lock holder knows how to apply.
 DEADLETTERS_RETRY = "deadletters_retry"
 DEADLETTERS_DROP = "deadletters_drop"
+#: `trackd forget ID` (args: {"id": ID}): needs the identity store and the resolver, so the
+#: runtime applies it (`Runtime.apply_requests`), not `apply`.
+FORGET = "forget"
+
+
+def ask(db: str, kind: str, args: dict[str, Any], timeout: float) -> tuple[int, Request | None]:
+    """Leave a request for the running lock holder (on a connection of our own) and wait up to
+    `timeout` seconds for it to be applied: (its id, the applied request or None)."""
+    from agent.state.db import connect, transaction
+
+    conn = connect(db)
+    try:
+        with transaction(conn):
+            req_id = submit(conn, kind, args, time.time())
+        return req_id, wait(conn, req_id, timeout)
+    finally:
+        conn.close()
+
+
+def wait(conn: sqlite3.Connection, request_id: int, timeout: float) -> Request | None:
+    """The request once the lock holder applied it, or None after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        req = get(conn, request_id)
+        if req is not None and req.done is not None:
+            return req
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)  # another process applies it: no event to wait on
 
 
 def apply(conn: sqlite3.Connection, req: Request, now: float) -> dict[str, Any]:

@@ -172,10 +172,12 @@ class TestInterpolationAndSecrets:
 
 
 class TestNotSupportedYet:
-    def test_unbuilt_feature_is_a_clear_error(self) -> None:
-        """A valid key whose feature is not built yet is rejected, never silently ignored."""
-        found = _messages("identity: {store: 'redis://127.0.0.1:6379/0'}\n")
-        assert "not supported yet" in found["identity.store"]
+    def test_a_redis_identity_store_is_accepted(self) -> None:
+        """The Redis identity store is built (issue 11): `identity.store: redis://…` loads."""
+        cfg = load_config_text(
+            "identity: {store: 'redis://127.0.0.1:6379/0'}\n", "/etc/trackd/trackd.yaml", {}
+        )
+        assert cfg.identity.store == "redis://127.0.0.1:6379/0"
 
     def test_http_sinks_are_accepted(self) -> None:
         """The Kissmetrics and Segment sinks are built: their configs load without an issue."""
