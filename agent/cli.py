@@ -330,6 +330,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         as_json = bool(getattr(args, "json", False))
         return asyncio.run(once.run_once_config(config, args.deliver_timeout, as_json=as_json))
+    if getattr(args, "json", False):
+        print(
+            "trackd run: --json works with --once only (the daemon writes its log as JSON lines "
+            "when stderr is no terminal, or with log.format: json)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     return asyncio.run(supervisor.run_daemon(config))
 
 
@@ -347,6 +354,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
             until=backfill.parse_time("--until", args.until) if args.until else None,
             dry_run=args.dry_run,
             deliver_timeout=args.deliver_timeout,
+            as_json=bool(getattr(args, "json", False)),
         )
         if opts.since is not None and opts.until is not None and opts.since >= opts.until:
             raise UsageError(f"--since {args.since} is not before --until {args.until}")
@@ -407,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_RUNTIME
+    except BrokenPipeError:
+        # The reader of stdout went away (`trackd check --json | head`): nothing to report to.
+        _silence_stdout()
+        return EXIT_RUNTIME
     except BaseExceptionGroup as group:
         # A task of the supervisor's TaskGroup failed: report our own error plainly.
         first = _first_trackd_error(group)
@@ -417,6 +429,18 @@ def main(argv: list[str] | None = None) -> int:
         return first.exit_code
     except Exception as exc:  # noqa: BLE001 - the one top-level handler: any surprise is one line
         return _unexpected(args, exc, exc)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of the closed pipe does not
+    raise once more (Python's documented handling of SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _unexpected(args: argparse.Namespace, raised: BaseException, exc: BaseException) -> int:

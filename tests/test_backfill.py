@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import json
 import lzma
 import os
 import random
@@ -299,6 +300,23 @@ class TestDamage:
         assert seqs[cut:] == list(range(2000, 2100))
         assert f"{logs / 'access.log.2.gz'}: truncated" in proc.stderr
         assert "damaged files (1)" in proc.stderr
+
+    def test_json_summary_names_the_damage(self, tmp_path: Path) -> None:
+        """`--json`: the summary is one JSON object on stderr (stdout stays the `-` sink's),
+        with the counts, and the damaged file with the lines read before the damage."""
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        whole = gzip.compress(history(0, 2_000))
+        (logs / "access.log.2.gz").write_bytes(whole[: len(whole) // 2])
+        (logs / "access.log.1").write_bytes(history(2_000, 100))
+        cfg = make_config(tmp_path, paths=[str(logs / "access.log")])
+        proc = backfill(cfg, "--json", str(logs / "access.log.*"))
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stderr.strip().splitlines()[-1])
+        (bad,) = data["damaged_files"]
+        assert bad["path"] == str(logs / "access.log.2.gz")
+        assert data["lines"] == bad["lines_read"] + 100
+        assert data["messages"] == data["delivered"] > 0
 
     def test_nothing_readable_exits_1(self, tmp_path: Path) -> None:
         """Only a corrupt archive: nothing at all could be read, exit 1 naming it."""

@@ -5,6 +5,7 @@ keeps reading its live files while it carries the job out. Real subprocesses, re
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import select
 import signal
@@ -155,7 +156,8 @@ class TestHandOff:
         assert job.result["lines"] == 4 * per_file
 
     def test_ctrl_c_detaches_and_the_job_completes(self, tmp_path: Path) -> None:
-        """SIGINT stops following (exit 0, "detached"); the daemon finishes the job; running the
+        """SIGINT stops following (exit 0, "detached") and `status` shows the job; the daemon
+        finishes it; running the
         same backfill again while it is active follows the same job instead of adding one; a
         backfill of the same files after it is done adds nothing."""
         logs = tmp_path / "logs"
@@ -171,6 +173,20 @@ class TestHandOff:
             stderr = head + rest
             assert proc.returncode == 0, stderr
             assert "detached; job #1 goes on" in stderr
+            status = subprocess.run(
+                trackd_cmd("status", "--json", "-c", str(cfg)),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert status.returncode == 0, status.stderr
+            (shown,) = json.loads(status.stdout)["backfill_jobs"]
+            assert (shown["id"], shown["files"]) == (1, 4)
+            assert shown["state"] in (jobs.QUEUED, jobs.RUNNING, jobs.DONE)
+            text = subprocess.run(
+                trackd_cmd("status", "-c", str(cfg)), capture_output=True, text=True, timeout=60
+            ).stdout
+            assert "backfill jobs (newest first):" in text and "job #1 (4 file(s)):" in text
             again = subprocess.run(
                 trackd_cmd("backfill", "-c", str(cfg), *map(str, rotated)),
                 capture_output=True,
@@ -225,7 +241,7 @@ class TestHandOff:
 
     def test_a_truncated_gz_is_reported_by_name_in_the_job_summary(self, tmp_path: Path) -> None:
         """A .gz cut short in a handed-off history: its readable lines arrive, the rest of the
-        files are read, and the summary names the damaged file."""
+        files are read, and the summary (`--json` here) names the damaged file and its lines."""
         logs = tmp_path / "logs"
         per_file = 3_000
         rotated = write_history(logs, per_file)
@@ -236,14 +252,18 @@ class TestHandOff:
         out = tmp_path / "out.jsonl"
         with running_daemon(cfg, tmp_path) as daemon:
             proc = subprocess.run(
-                trackd_cmd("backfill", "-c", str(cfg), *map(str, rotated)),
+                trackd_cmd("backfill", "--json", "-c", str(cfg), *map(str, rotated)),
                 capture_output=True,
                 text=True,
                 timeout=120,
             )
             assert daemon.stop() == 0
         assert proc.returncode == 0, proc.stderr
-        assert "damaged files (1)" in proc.stderr and str(damaged) in proc.stderr
+        data = json.loads(proc.stderr.strip().splitlines()[-1])
+        assert data["job"] == 1 and data["state"] == "done"
+        (bad,) = data["damaged_files"]
+        assert bad["path"] == str(damaged) and 0 < bad["lines_read"] < per_file
+        assert data["lines"] == 3 * per_file + bad["lines_read"]
         seqs = set(page_seqs(read_messages(out)))
         others = set(range(per_file * 2)) | set(range(3 * per_file, 4 * per_file))
         assert others <= seqs

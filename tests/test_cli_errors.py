@@ -203,3 +203,35 @@ class TestUnexpectedErrors:
         proc = run_with_fault(cfg)
         assert proc.returncode == 1
         assert "Traceback" in proc.stderr
+
+
+class TestJsonWhereItMeansNothing:
+    def test_daemon_run_with_json_is_a_usage_error(self, tmp_path: Path) -> None:
+        """`trackd run --json` (no --once) is refused (exit 2) saying where --json works,
+        instead of being accepted and ignored; nothing starts."""
+        cfg = make_config(tmp_path, paths=[str(tmp_path / "access.log")])
+        proc = run_trackd("run", "--json", "-c", str(cfg), timeout=30)
+        assert proc.returncode == 2, proc.stderr
+        assert "--json works with --once only" in proc.stderr
+        assert not (tmp_path / "state").exists()
+
+
+class TestBrokenPipe:
+    def test_output_cut_by_the_reader_ends_quietly(self, tmp_path: Path) -> None:
+        """`trackd check --json | true`: the reader goes away at once; trackd exits 1 without an
+        "unexpected error" line or a traceback."""
+        (tmp_path / "access.log").write_text("")
+        cfg = make_config(tmp_path, paths=[str(tmp_path / "access.log")])
+        proc = subprocess.Popen(
+            trackd_cmd("check", "--json", "-c", str(cfg)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader is gone before trackd writes a byte
+        stderr = proc.stderr.read()
+        proc.stderr.close()
+        assert proc.wait(timeout=60) == 1
+        assert "unexpected error" not in stderr
+        assert "Traceback" not in stderr

@@ -23,7 +23,7 @@ from agent.config import Config
 from agent.errors import StartupError
 from agent.sources.compressed import compression_of
 from agent.sources.siblings import siblings_of
-from agent.state import deadletters, meta, outbox, sinkfile
+from agent.state import deadletters, jobs, meta, outbox, sinkfile
 from agent.state.db import StateLock, StatePaths
 from agent.state.files import FileRow, load_files
 
@@ -78,7 +78,51 @@ def _collect(conn: sqlite3.Connection, paths: StatePaths, config: Config) -> dic
         "sink_files": [
             {"path": r.path, "committed_bytes": r.length} for r in sinkfile.load_all(conn)
         ],
+        "backfill_jobs": _jobs(conn, now),
     }
+
+
+def _jobs(conn: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
+    """The newest backfill jobs handed to the daemon (none in a state older than the table)."""
+    try:
+        recent = jobs.recent(conn, 5)
+    except sqlite3.OperationalError:
+        return []
+    out = []
+    for job in recent:
+        result = job.result or {}
+        out.append(
+            {
+                "id": job.id,
+                "state": job.state,
+                "files": len(job.args.get("files", [])),
+                "queued_ago_s": round(now - job.created, 1),
+                "progress": job.progress if job.state == jobs.RUNNING else None,
+                "finished_ago_s": round(now - job.finished, 1) if job.finished else None,
+                "lines": result.get("lines"),
+                "messages": result.get("messages"),
+                "exit": result.get("exit"),
+            }
+        )
+    return out
+
+
+def _job_line(j: dict[str, Any]) -> str:
+    text = f"    job #{j['id']} ({j['files']} file(s)): {j['state']}"
+    p = j["progress"]
+    if p:
+        eta = f", ETA {p['eta_s']}s" if p.get("eta_s") is not None else ""
+        text += (
+            f", {p['done_files']}/{p['files']} files, {p['done_bytes']:,} of {p['bytes']:,} "
+            f"bytes, {p['lines']:,} lines, {p['lines_per_s']:,} lines/s{eta}"
+        )
+    elif j["state"] in (jobs.DONE, jobs.FAILED) and j["lines"] is not None:
+        text += f" {j['finished_ago_s']}s ago: {j['lines']:,} lines, {j['messages']:,} messages" + (
+            "" if j["exit"] == 0 else f" (exit {j['exit']})"
+        )
+    elif j["state"] == jobs.QUEUED:
+        text += f" for {j['queued_ago_s']}s (the running trackd takes it up next)"
+    return text
 
 
 def _locate(row: FileRow) -> tuple[str, os.stat_result] | None:
@@ -208,4 +252,7 @@ def render_text(data: dict[str, Any]) -> str:
         f"  sink file {sf['path']}: {sf['committed_bytes']:,} bytes committed"
         for sf in data["sink_files"]
     )
+    if data["backfill_jobs"]:
+        out.append("  backfill jobs (newest first):")
+        out.extend(_job_line(j) for j in data["backfill_jobs"])
     return "\n".join(out)

@@ -77,6 +77,9 @@ class Options:
     until: float | None = None
     dry_run: bool = False
     deliver_timeout: float = 300.0
+    #: The summary as one JSON object (on stderr, like `run --once --json`; stdout is the
+    #: `-` file sink's, and a dry run's sample).
+    as_json: bool = False
 
 
 def parse_time(option: str, text: str) -> float:
@@ -432,6 +435,51 @@ def report(summary: Summary, outcome: Outcome, skipped: Counter[tuple[str, str]]
     return "\n".join(lines)
 
 
+def report_data(
+    summary: Summary, outcome: Outcome, skipped: Counter[tuple[str, str]]
+) -> dict[str, Any]:
+    """`report` as data (`--json`): the summary's counts, skips by reason, files not read
+    again and damaged files."""
+    by_reason: Counter[str] = Counter()
+    for (_source, reason), n in skipped.items():
+        by_reason[reason] += n
+    progress = outcome.progress
+    damaged = []
+    for hf in outcome.files:
+        reader = _damage(hf) if hf.tf is not None and not hf.skipped else None
+        if reader is not None:
+            damaged.append(
+                {
+                    "path": hf.path,
+                    "damage": reader.damage,
+                    "lines_read": progress.lines_of[hf.path] if progress is not None else 0,
+                    "compressed_bytes_unread": max(0, reader.size - reader.consumed),
+                }
+            )
+    return {
+        **summary.as_dict(),
+        "lines_skipped_by_reason": dict(sorted(by_reason.items())),
+        "files_not_read_again": [
+            {"path": hf.path, "why": hf.skipped} for hf in outcome.files if hf.skipped
+        ],
+        "damaged_files": damaged,
+    }
+
+
+def _print_report(
+    summary: Summary,
+    outcome: Outcome,
+    skipped: Counter[tuple[str, str]],
+    as_json: bool,
+    out: TextIO,
+) -> None:
+    if as_json:
+        out.write(orjson.dumps(report_data(summary, outcome, skipped)).decode() + "\n")
+    else:
+        out.write(report(summary, outcome, skipped) + "\n")
+    out.flush()
+
+
 def _damage(hf: HistoryFile) -> HistoryReader | None:
     """The reader of a compressed file found damaged while read, else None."""
     packed = hf.tf.packed if hf.tf is not None else None
@@ -472,7 +520,7 @@ async def backfill(config: Config, opts: Options, files: list[HistoryFile]) -> i
         collect(pipeline, summary)
         await rt.close()
         log_counts(pipeline)
-        print(report(summary, outcome, pipeline.stats.skipped_all()), file=sys.stderr, flush=True)
+        _print_report(summary, outcome, pipeline.stats.skipped_all(), opts.as_json, sys.stderr)
     if nothing_read(outcome):
         log.error("backfill_nothing_read", files=len(files))
         return EXIT_RUNTIME
@@ -528,7 +576,7 @@ def hand_off(
         return _handoff_failed(config, paths.db, exc, out)
     try:
         _say_handed(config, job_id, job is not None, len(files), out)
-        return follow(conn, job_id, StateLock(paths), out, follow_every)
+        return follow(conn, job_id, StateLock(paths), out, follow_every, as_json=opts.as_json)
     except KeyboardInterrupt:
         return _detached(job_id, out)
     finally:
@@ -581,7 +629,13 @@ def _handoff_failed(config: Config, db: str, exc: sqlite3.OperationalError, out:
 
 
 def follow(
-    conn: sqlite3.Connection, job_id: int, lock: StateLock, out: TextIO, every: float
+    conn: sqlite3.Connection,
+    job_id: int,
+    lock: StateLock,
+    out: TextIO,
+    every: float,
+    *,
+    as_json: bool = False,
 ) -> int:
     """Show the job's progress until it is done; its exit code then. Ctrl-C detaches (exit 0);
     a daemon that stops before the job is done leaves it queued for its next start (exit 1)."""
@@ -597,7 +651,11 @@ def follow(
             if job.state in (jobs.DONE, jobs.FAILED):
                 view.stop()
                 result = job.result or {}
-                print(result.get("report", f"job #{job_id}: {job.state}"), file=out, flush=True)
+                if as_json:
+                    data = {"job": job_id, "state": job.state, **result.get("data", {})}
+                    print(orjson.dumps(data).decode(), file=out, flush=True)
+                else:
+                    print(result.get("report", f"job #{job_id}: {job.state}"), file=out, flush=True)
                 return int(result.get("exit", EXIT_RUNTIME))
             if job.state == jobs.RUNNING and job.progress:
                 if not shown:
@@ -747,6 +805,13 @@ def dry_run(config: Config, opts: Options, files: list[HistoryFile]) -> int:
     log_counts(pipeline)
     conn.close()
     out = sys.stdout
+    if opts.as_json:
+        data = report_data(summary, outcome, pipeline.stats.skipped_all())
+        data["sample"] = [orjson.loads(body) for body in sink.sample]
+        data["dry_run"] = True
+        out.write(orjson.dumps(data).decode() + "\n")
+        out.flush()
+        return EXIT_RUNTIME if nothing_read(outcome) else EXIT_OK
     out.write(report(summary, outcome, pipeline.stats.skipped_all()) + "\n")
     if sink.sample:
         out.write(f"sample ({len(sink.sample)} of {sink.count} messages):\n")

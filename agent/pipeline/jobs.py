@@ -30,6 +30,7 @@ from agent.pipeline.backfill import (
     history_files,
     nothing_read,
     report,
+    report_data,
 )
 from agent.pipeline.core import COMMIT_EVERY, Pipeline
 from agent.pipeline.once import Summary
@@ -269,9 +270,14 @@ class JobRunner:
         else:
             code = EXIT_RUNTIME if nothing_read(run.outcome) else EXIT_OK
             state = jobs.DONE
+        data = report_data(summary, run.outcome, cur.tally.skipped)
+        data["queued"] = data.pop("delivered")
+        if error is not None:
+            data["error"] = error
         result = {
             "exit": code,
             "report": text,
+            "data": data,
             "lines": summary.lines,
             "messages": summary.delivered,
             "progress": run.progress.snapshot(),
