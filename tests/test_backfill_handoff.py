@@ -157,9 +157,8 @@ class TestHandOff:
 
     def test_ctrl_c_detaches_and_the_job_completes(self, tmp_path: Path) -> None:
         """SIGINT stops following (exit 0, "detached") and `status` shows the job; the daemon
-        finishes it; running the
-        same backfill again while it is active follows the same job instead of adding one; a
-        backfill of the same files after it is done adds nothing."""
+        finishes it; running the same backfill again while it is active follows the same job
+        instead of adding one; a backfill of the same files after it is done adds nothing."""
         logs = tmp_path / "logs"
         per_file = 20_000
         rotated = write_history(logs, per_file)
