@@ -117,14 +117,27 @@ def load_config_text(
     if issues:
         raise ConfigError(_sorted_unique(issues))
     assert config is not None
-    warnings = [
-        f"sink.{key}: a literal secret is stored in clear in {filename} "
-        f"(use {key}: ${{ENV_VAR}}, {key}_file: PATH or a systemd credential)"
-        for key in literal_secrets
-    ]
+    warnings = [_literal_warning(key, filename) for key in literal_secrets]
     config._config_path = filename
     config._warnings = tuple(warnings)
     return config
+
+
+def _literal_warning(key: str, filename: str) -> str:
+    if key == "identity.store":
+        return (
+            f"identity.store: the Redis password is stored in clear in {filename} (write it as "
+            "redis://:${REDIS_PASSWORD}@host:port/db, or leave it out of the URL and give the "
+            "systemd credential redis_password)"
+        )
+    return (
+        f"sink.{key}: a literal secret is stored in clear in {filename} "
+        f"(use {key}: ${{ENV_VAR}}, {key}_file: PATH or a systemd credential)"
+    )
+
+
+#: redis://[user]:password@… with a password written out (not `${VAR}`).
+_REDIS_PASSWORD = re.compile(r"^rediss?://[^:/@]*:(?P<password>[^@/]+)@")
 
 
 def _single(path: str, message: str) -> ConfigError:
@@ -176,6 +189,10 @@ class _Interpolator:
             and "${" not in value
         ):
             self._literal_secrets.append(str(path[1]))
+        if path == ("identity", "store"):
+            m = _REDIS_PASSWORD.match(value)
+            if m is not None and "${" not in m.group("password"):
+                self._literal_secrets.append("identity.store")
         if "$" not in value:
             return value
         env, findings = self._env, self._findings

@@ -220,3 +220,30 @@ class TestCheckOutput:
         proc = run_trackd("check", "-c", str(cfg))
         assert proc.returncode == 0
         assert "no file matches these paths yet" in proc.stdout
+
+
+class TestRedisPassword:
+    BASE = "sources: [{name: web, kind: access, paths: [/var/log/x.log], format: combined}]\n"
+
+    def test_a_literal_redis_password_is_a_warning(self) -> None:
+        """`identity.store: redis://:hunter2@…` works, and `check` warns that the password is
+        stored in clear, saying how to move it out; the warning never shows the password."""
+        cfg = load_config_text(
+            self.BASE + "identity: {store: 'redis://:hunter2@127.0.0.1:6379/0'}\n", "/x/t.yaml"
+        )
+        (warning,) = [w for w in cfg.warnings if w.startswith("identity.store")]
+        assert "stored in clear in /x/t.yaml" in warning and "${REDIS_PASSWORD}" in warning
+        assert "hunter2" not in warning
+
+    def test_a_password_from_the_environment_is_not_a_warning(self) -> None:
+        """`${REDIS_PASSWORD}` in the URL (and a URL without a password) warn about nothing."""
+        for store in (
+            "redis://:${REDIS_PASSWORD}@127.0.0.1:6379/0",
+            "rediss://127.0.0.1:6380/0",
+        ):
+            cfg = load_config_text(
+                self.BASE + f"identity: {{store: '{store}'}}\n",
+                "/x/t.yaml",
+                env={"REDIS_PASSWORD": "s3cret"},
+            )
+            assert not [w for w in cfg.warnings if w.startswith("identity.store")], store
