@@ -8,13 +8,16 @@ STAMP  := $(VENV)/.installed
 # How many kill -9 / torture iterations the slow tests run: CI scale by default, full with test-full.
 TRACKD_SLOW_SCALE ?= ci
 
-.PHONY: help venv install demo test test-full lint typecheck pytest bench clean install-service uninstall-service
+.PHONY: help venv install demo test test-full lint typecheck pytest bench faults clean install-service uninstall-service
 
 help:
 	@echo "make demo       install into .venv and run trackd on the bundled sample logs"
 	@echo "make test       install with test extras and run lint, type checks and the whole suite"
 	@echo "make test-full  the same, with the slow tests at their full iteration counts"
-	@echo "make bench      run the benchmarks in bench/ (prints tables, writes bench/results/*.json)"
+	@echo "make bench      run the benchmarks in bench/ (prints tables, writes bench/results/*.json);"
+	@echo "                make bench QUICK=1 runs them on small corpora (a minute or two)"
+	@echo "make faults     the fault matrix: each fault with lines in, messages out, duplicates, losses"
+	@echo "                (make faults QUICK=1: the short version, under a minute on a quiet machine)"
 	@echo "make clean      remove .venv and demo state"
 	@echo "sudo make install-service    install trackd as a systemd service (systemd/install.sh;"
 	@echo "                             ARGS='--dry-run' prints every step and changes nothing)"
@@ -62,8 +65,11 @@ test-full:
 	$(MAKE) test TRACKD_SLOW_SCALE=full
 
 bench: $(STAMP)
-	$(BIN)/python bench/parse.py
-	$(BIN)/python bench/run_once.py
+	$(BIN)/python bench/parse.py $(if $(QUICK),--lines 20000 --repeat 1)
+	$(BIN)/python bench/run_once.py $(if $(QUICK),--quick)
+
+faults: $(STAMP)
+	$(BIN)/python bench/faults.py $(if $(QUICK),--quick)
 
 # The service install uses the system's Python (not .venv): /opt/trackd is built from it.
 install-service:

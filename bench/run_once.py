@@ -1,81 +1,140 @@
 """End-to-end throughput of `trackd run --once` (read -> parse -> resolve -> encode -> commit ->
-deliver into a file), next to a bare `for line in f: regex.match(line)` loop over the same file.
+deliver into a file), next to a bare `for line in f: regex.match(line)` loop over the same file,
+with the CPU it took (every process: trackd, its forkserver and workers) and the peak RSS.
 
-    .venv/bin/python bench/run_once.py [--lines 100000] [--repeat 3]
+    .venv/bin/python bench/run_once.py [--lines 1000000] [--corpus issue|bench|both] [--repeat 1]
+    .venv/bin/python bench/run_once.py --quick        # 100k lines of each corpus, best of 1
 
-Prints a table and writes bench/results/run_once.json.
+Corpora (bench/gen.py): `issue`, the issue-12 yardstick (nginx combined + cookie, 20k visitors,
+~77% page views, km_ni logins); `bench`, the friendlier one. Then the per-stage table of one
+process (bench/stages.py). Prints tables and writes bench/results/run_once.json. Ratios are to the
+bare loop of the same run: absolute figures drift on shared machines.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import ctypes
 import os
-import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import file_sink_config
-from gen import NGINX_FORMAT, access_log, bare_loop
+import stages
+from common import file_sink_config, write_results
+from gen import NGINX_FORMAT, access_log, bare_loop, issue_log
 
 BARE = re.compile(
     rb'(?P<ip>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "(?P<req>[^"]*)" (?P<status>\d+) '
     rb'(?P<bytes>\S+) "(?P<ref>[^"]*)" "(?P<ua>[^"]*)" "(?P<cookie>[^"]*)"'
 )
+#: prctl(2): orphaned descendants (the forkserver and its workers) become our children, so their
+#: CPU time adds to RUSAGE_CHILDREN once they are reaped.
+PR_SET_CHILD_SUBREAPER = 36
 
 
-def run_once(log: Path, work: Path) -> tuple[float, str]:
+def _subreaper() -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _reap(timeout: float = 20.0) -> None:
+    """Wait for every remaining descendant (the forkserver ends once trackd is gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.01)
+
+
+def run_once(log: Path, work: Path, lines: int, workers: str | None) -> dict[str, Any]:
+    """One `run --once` of `log` into a fresh state: lines/s, CPU µs/line, peak RSS, summary."""
     work.mkdir(parents=True, exist_ok=True)
     cfg = file_sink_config(work, log, NGINX_FORMAT, start_at="beginning")
-    lines = sum(1 for _ in log.open("rb"))
+    env = dict(os.environ)
+    if workers is not None:
+        env["TRACKD_WORKERS"] = workers
+    _reap(0.0)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "agent", "run", "--once", "-c", str(cfg)],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     elapsed = time.perf_counter() - start
-    return lines / elapsed, proc.stderr.strip().splitlines()[-1]
+    _reap()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "lines_per_s": lines / elapsed,
+        "cpu_us_per_line": cpu / lines * 1e6,
+        "peak_rss_mib": after.ru_maxrss / 1024,
+        "summary": proc.stderr.strip().splitlines()[-1],
+    }
+
+
+def corpus(kind: str, path: Path, lines: int) -> Path:
+    return issue_log(path, lines) if kind == "issue" else access_log(path, lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--lines", type=int, default=100_000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--corpus", choices=("issue", "bench", "both"), default="both")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--workers", default=None, help="TRACKD_WORKERS for the runs (default: auto)")
+    ap.add_argument("--stage-lines", type=int, default=200_000)
+    ap.add_argument("--quick", action="store_true", help="100k lines, 50k for the stage table")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        log = access_log(Path(tmp) / "access.log", args.lines)
-        bare = max(bare_loop(log, BARE) for _ in range(args.repeat))
-        runs = [run_once(log, Path(tmp) / f"run{i}") for i in range(args.repeat)]
-    best = max(r[0] for r in runs)
-    print(f"{'measure':<44}{'lines/s':>12}")
-    print(f"{'bare regex+groupdict+cookie split loop':<44}{bare:>12,.0f}")
-    print(f"{'trackd run --once (end to end, best of ' + str(args.repeat) + ')':<44}{best:>12,.0f}")
-    print(f"{'ratio trackd / bare':<44}{best / bare:>12.2f}")
-    print(f"summary of the last run: {runs[-1][1]}")
-    out = Path(__file__).resolve().parent / "results" / "run_once.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "lines": args.lines,
-                "bare_lines_per_s": round(bare),
-                "run_once_lines_per_s": [round(r[0]) for r in runs],
-                "best_lines_per_s": round(best),
-                "python": platform.python_version(),
-                "cpus": os.cpu_count(),
-            },
-            indent=2,
+    if args.quick:
+        args.lines, args.stage_lines, args.repeat = 100_000, 50_000, 1
+    _subreaper()
+    kinds = ("issue", "bench") if args.corpus == "both" else (args.corpus,)
+    results: dict[str, Any] = {}
+    print(f"{args.lines:,} lines, {os.cpu_count()} CPUs, TRACKD_WORKERS={args.workers or 'auto'}")
+    head = f"{'corpus':<8}{'bare l/s':>11}{'trackd l/s':>12}{'ratio':>7}{'CPU µs/line':>13}"
+    print(head + f"{'peak RSS MiB':>14}")
+    for kind in kinds:
+        with tempfile.TemporaryDirectory() as tmp:
+            log = corpus(kind, Path(tmp) / "access.log", args.lines)
+            bare = max(bare_loop(log, BARE) for _ in range(args.repeat))
+            runs = [
+                run_once(log, Path(tmp) / f"run{i}", args.lines, args.workers)
+                for i in range(args.repeat)
+            ]
+        best = max(runs, key=lambda r: r["lines_per_s"])
+        results[kind] = {"bare_lines_per_s": round(bare), **best, "runs": runs}
+        print(
+            f"{kind:<8}{bare:>11,.0f}{best['lines_per_s']:>12,.0f}"
+            f"{best['lines_per_s'] / bare:>7.2f}{best['cpu_us_per_line']:>13.1f}"
+            f"{best['peak_rss_mib']:>14.0f}"
         )
-    )
+    for kind in kinds:
+        print(f"summary ({kind}): {results[kind]['summary']}")
+    table = {}
+    for kind in kinds:
+        table[kind] = stages.run(args.stage_lines, kind)
+    print(f"\nper stage, one process, {args.stage_lines:,} lines (µs/line)")
+    print(f"{'stage':<36}" + "".join(f"{k:>10}" for k in kinds))
+    for stage in table[kinds[0]]:
+        print(f"{stage:<36}" + "".join(f"{table[k][stage]:>10.2f}" for k in kinds))
+    with contextlib.suppress(OSError):
+        write_results("run_once", lines=args.lines, corpora=results, stages=table)
 
 
 if __name__ == "__main__":

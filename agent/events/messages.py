@@ -2,7 +2,9 @@
 
 Key order is fixed (`type, messageId, timestamp, userId, anonymousId, previousId, event|name,
 properties|traits, context`) and nothing depends on the wall clock, so the same input gives the same
-bytes. Messages are encoded once, with orjson, when they are built.
+bytes. The dict builders (`page_message`, ...) + `encode` are the reference; the pipeline
+assembles the same bytes from parts encoded once (`message_bytes`, `context_bytes`: no dict is
+built per message), which tests/events/test_messages.py proves identical.
 """
 
 from __future__ import annotations
@@ -151,3 +153,95 @@ def alias_message(
         "previousId": previous_id,
         "context": context,
     }
+
+
+# -- the same messages, assembled from encoded parts -----------------------------------------
+#
+# The hot path does not build dicts to dump them: a record's page properties and the identity-
+# independent head of its context are encoded when it is prepared (`context_head`), and a
+# message is those bytes with the resolved identity spliced in. Every value goes through the
+# same `orjson.dumps` as `encode`, so the bytes are identical (tests/events/test_messages.py
+# proves it against the dict builders above, which stay the reference).
+
+_dumps = orjson.dumps
+_TRUE_FALSE = (b"false", b"true")
+
+
+def context_head(ip: str | None, user_agent: str) -> bytes:
+    """The identity-independent head of `context` before `page` (ip, userAgent), each part with
+    a trailing comma, for `context_bytes`."""
+    parts = []
+    if ip is not None:
+        parts.append(b'"ip":' + _dumps(ip) + b",")
+    if user_agent:
+        parts.append(b'"userAgent":' + _dumps(user_agent) + b",")
+    return b"".join(parts)
+
+
+def source_head(source: str, file: str) -> bytes:
+    """`"source":{"name":…,"file":…,"offset":` for `context_bytes` (one per file)."""
+    return b'"source":{"name":' + _dumps(source) + b',"file":' + _dumps(file) + b',"offset":'
+
+
+def context_bytes(
+    head: bytes,
+    page: bytes | None,
+    resolution: str,
+    contested: bool,
+    source: bytes,
+    offset: int,
+) -> bytes:
+    """`context` encoded: `head` (`context_head`), the encoded `page` properties (access
+    records), identity, then source (`source_head`) with `offset`."""
+    return b'{%b%b"identity":{"resolution":%b,"contested":%b},%b%d}}' % (
+        head,
+        b"" if page is None else b'"page":%b,' % page,
+        _dumps(resolution),
+        _TRUE_FALSE[contested],
+        source,
+        offset,
+    )
+
+
+def message_bytes(
+    kind: str,
+    message_id: str,
+    timestamp: str,
+    user_id: str | None,
+    anonymous_id: str | None,
+    fields: bytes,
+    context: bytes,
+) -> bytes:
+    """A message of `kind` from encoded parts: what the dict builders give, encoded. `fields`
+    are the keys between the ids and `context` (`page_fields`, `track_fields`, ...)."""
+    ids = b"" if user_id is None else b',"userId":' + _dumps(user_id)
+    if anonymous_id is not None:
+        ids += b',"anonymousId":' + _dumps(anonymous_id)
+    return b'{"type":%b,"messageId":%b,"timestamp":%b%b%b,"context":%b}' % (
+        _dumps(kind),
+        _dumps(message_id),
+        _dumps(timestamp),
+        ids,
+        fields,
+        context,
+    )
+
+
+def page_fields(name: str | None, page: bytes) -> bytes:
+    """A page's `name` (when a rule named it) and `properties` (encoded)."""
+    if name is None:
+        return b',"properties":' + page
+    return b',"name":' + _dumps(name) + b',"properties":' + page
+
+
+def track_fields(event: str, properties: dict[str, Any]) -> bytes:
+    return b',"event":' + _dumps(event) + b',"properties":' + _dumps(properties)
+
+
+def identify_fields(traits: dict[str, Any]) -> bytes:
+    return b',"traits":' + _dumps(traits)
+
+
+def alias_fields(previous_id: str) -> bytes:
+    """An alias's `previousId` (its `userId` is the message's user; it has no anonymousId)."""
+    return b',"previousId":' + _dumps(previous_id)

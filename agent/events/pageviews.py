@@ -10,6 +10,8 @@ from agent.events.bots import BotDetector
 from agent.parse.request import split_target
 from agent.records import AccessRecord
 
+_CACHE_MAX = 50_000
+
 
 def status_set(specs: tuple[str, ...]) -> frozenset[int]:
     """`("2xx", "304")` -> every status code they cover."""
@@ -33,7 +35,7 @@ def path_of(target: str) -> str:
 class PageviewFilter:
     """Callable: record -> True when it is a page view."""
 
-    __slots__ = ("_bots", "_exclude", "_extensions", "_methods", "_statuses")
+    __slots__ = ("_bots", "_exclude", "_extensions", "_methods", "_paths", "_statuses")
 
     def __init__(self, cfg: PageviewsConfig) -> None:
         self._methods = frozenset(cfg.methods)
@@ -45,17 +47,27 @@ class PageviewFilter:
             else None
         )
         self._bots = BotDetector(builtin=cfg.skip_bots, extra=cfg.bot_patterns)
+        #: Request target -> whether its path may be a page view (extension, exclude_paths).
+        self._paths: dict[str, bool] = {}
 
     def __call__(self, rec: AccessRecord) -> bool:
         if rec.method not in self._methods or rec.status not in self._statuses:
             return False
-        path = path_of(rec.target)
+        target = rec.target
+        ok = self._paths.get(target)
+        if ok is None:
+            ok = self._path_ok(target)
+            if len(self._paths) >= _CACHE_MAX:
+                self._paths.clear()
+            self._paths[target] = ok
+        return ok and not self._bots(rec.user_agent)
+
+    def _path_ok(self, target: str) -> bool:
+        path = path_of(target)
         last = path.rpartition("/")[2]
         if "." in last and last.rpartition(".")[2].lower() in self._extensions:
             return False
-        if self._exclude is not None and self._exclude.match(path):
-            return False
-        return not self._bots(rec.user_agent)
+        return self._exclude is None or self._exclude.match(path) is None
 
     def is_bot(self, user_agent: str) -> bool:
         return self._bots(user_agent)

@@ -172,18 +172,15 @@ class Pipeline:
         """Emit a batch of prepared records in order, after one prefetch of every identity the
         batch names."""
         chunk = self.chunk
-        advance = chunk.advance
-        devices: set[str] = set()
-        named_ids: set[str] = set()
-        sessions: set[str] = set()
+        # A file's records come in file order: its last one in the batch ends furthest.
+        last: dict[int, Prepared] = {}
         for p in items:
-            advance(p.file_id, p.end, p.before)
-            if p.device is not None:
-                devices.add(p.device)
-            if p.named is not None:
-                named_ids.add(p.named)
-            if p.session is not None:
-                sessions.add(p.session)
+            last[p.file_id] = p
+        for p in last.values():
+            chunk.advance(p.file_id, p.end, p.before)
+        devices = {p.device for p in items if p.device is not None}
+        named_ids = {p.named for p in items if p.named is not None}
+        sessions = {p.session for p in items if p.session is not None}
         chunk.records += len(items)
         resolver = self.resolver
         resolver.prefetch(devices, named_ids, sessions)

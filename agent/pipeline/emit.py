@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from agent.config import Config
 from agent.events.messages import (
     NamedOut,
-    alias_message,
-    encode,
-    identify_message,
-    page_message,
-    track_message,
+    alias_fields,
+    context_bytes,
+    identify_fields,
+    message_bytes,
+    page_fields,
+    source_head,
+    track_fields,
 )
 from agent.events.rules import Rule
 from agent.identity.resolver import Attribution, IdentityEvent, Resolver
@@ -62,6 +64,8 @@ class Emitter:
         self.chunk = Chunk()
         #: R6: the newest event time read per source (the state's, then moved by `in_time`).
         self.watermarks = watermarks
+        #: (source, file) -> the encoded head of `context.source` (`source_head`).
+        self._sources: dict[tuple[str, str], bytes] = {}
 
     # -- the R6 time check -----------------------------------------------------------------
 
@@ -98,9 +102,8 @@ class Emitter:
     def _access(self, p: Prepared) -> None:
         ts = p.ts
         early: list[bytes] = []  # identify + alias messages of this record's rules
-        page_ctx = self._page_context(p)
         for hit in p.rules:
-            self._identity_rules(p, hit, early, page_ctx, default_device=p.device)
+            self._identity_rules(p, hit, early, default_device=p.device)
         device, named, session = p.device, p.named, p.session
         if device is None and named is None and session is None:
             attribution, events = self._cookieless(p)
@@ -114,10 +117,12 @@ class Emitter:
             return
         if not p.is_page and not p.rules and not events:
             return  # a login by cookie or a session sighting: state only
-        context = self._context(page_ctx, attribution, p)
-        early.extend(self._alias(p, ev, context) for ev in events)
+        context = self._context(attribution, p)
+        if events:
+            early.extend(self._alias(p, ev, context) for ev in events)
         rows = self.chunk.messages
-        rows.extend(early)
+        if early:
+            rows.extend(early)
         page_name = None
         rules = self.rules[p.source] if p.rules else ()
         for hit in p.rules:
@@ -129,17 +134,16 @@ class Emitter:
         if p.is_page:
             self.stats.resolutions[attribution.resolution] += 1
             assert p.page_id is not None and p.page is not None
+            user_id = attribution.user_id
             rows.append(
-                encode(
-                    page_message(
-                        p.page_id,
-                        p.stamp,
-                        self._user(attribution.user_id),
-                        attribution.anonymous_id,
-                        page_name,
-                        p.page,
-                        context,
-                    )
+                message_bytes(
+                    "page",
+                    p.page_id,
+                    p.stamp,
+                    None if user_id is None else self.named_out(user_id),
+                    attribution.anonymous_id,
+                    page_fields(page_name, p.page),
+                    context,
                 )
             )
             self.stats.messages["page"] += 1
@@ -148,7 +152,7 @@ class Emitter:
         early: list[bytes] = []
         identified: _Identified | None = None
         for hit in p.rules:
-            found = self._identity_rules(p, hit, early, None, default_device=None)
+            found = self._identity_rules(p, hit, early, default_device=None)
             identified = identified or found
         self.chunk.messages.extend(early)
         rules = self.rules[p.source]
@@ -161,7 +165,7 @@ class Emitter:
                 self.stats.rule_skipped[(rules[hit.rule].name, "no_user")] += 1
                 continue
             attribution = Attribution(person.epoch, person.user, "named", False)
-            context = self._context(None, attribution, p)
+            context = self._context(attribution, p)
             self.chunk.messages.append(self._track(p, hit, event, attribution, context))
 
     def _identity_rules(
@@ -169,7 +173,6 @@ class Emitter:
         p: Prepared,
         hit: RuleHit,
         out: list[bytes],
-        page_ctx: dict[str, Any] | None,
         *,
         default_device: str | None,
     ) -> _Identified | None:
@@ -185,17 +188,16 @@ class Emitter:
             epoch, events = self.resolver.login(
                 ts, user, hit.device or default_device, hit.session, ref
             )
-            context = self._context(page_ctx, Attribution(epoch, user, "named", False), p)
+            context = self._context(Attribution(epoch, user, "named", False), p)
             out.append(
-                encode(
-                    identify_message(
-                        self._id(p, b"identify"),
-                        p.stamp,
-                        self._user(user) or user,
-                        epoch,
-                        hit.traits or {},
-                        context,
-                    )
+                message_bytes(
+                    "identify",
+                    self._id(p, b"identify"),
+                    p.stamp,
+                    self._user(user) or user,
+                    epoch,
+                    identify_fields(hit.traits or {}),
+                    context,
                 )
             )
             self.stats.messages["identify"] += 1
@@ -210,17 +212,17 @@ class Emitter:
             if old is None or new is None:
                 self.stats.rule_skipped[(rule.name, "no_user")] += 1
             else:
-                context = self._context(page_ctx, Attribution(None, new, "named", False), p)
+                context = self._context(Attribution(None, new, "named", False), p)
                 for ev in self.resolver.identity_change(ts, old, new):
                     out.append(
-                        encode(
-                            alias_message(
-                                self._id(p, b"change"),
-                                p.stamp,
-                                self._user(ev.user) or ev.user,
-                                self._user(ev.previous) or ev.previous,
-                                context,
-                            )
+                        message_bytes(
+                            "alias",
+                            self._id(p, b"change"),
+                            p.stamp,
+                            self._user(ev.user) or ev.user,
+                            None,
+                            alias_fields(self._user(ev.previous) or ev.previous),
+                            context,
                         )
                     )
                     self.stats.messages["alias"] += 1
@@ -244,46 +246,32 @@ class Emitter:
 
     # -- message parts ---------------------------------------------------------------------
 
-    @staticmethod
-    def _page_context(p: Prepared) -> dict[str, Any]:
-        ctx: dict[str, Any] = {}
-        if p.ip is not None:
-            ctx["ip"] = p.ip
-        if p.user_agent:
-            ctx["userAgent"] = p.user_agent
-        if p.page is not None:
-            ctx["page"] = p.page
-        return ctx
-
-    @staticmethod
-    def _context(
-        page_ctx: dict[str, Any] | None, attribution: Attribution, p: Prepared
-    ) -> dict[str, Any]:
-        context = dict(page_ctx) if page_ctx is not None else {}
-        context["identity"] = {
-            "resolution": attribution.resolution,
-            "contested": attribution.contested,
-        }
-        context["source"] = {"name": p.source, "file": p.path, "offset": p.offset}
-        return context
-
-    def _track(
-        self, p: Prepared, hit: RuleHit, event: str, attribution: Attribution, ctx: dict[str, Any]
-    ) -> bytes:
-        self.stats.messages["track"] += 1
-        return encode(
-            track_message(
-                self._id(p, self.rules[p.source][hit.rule].slot),
-                p.stamp,
-                self._user(attribution.user_id),
-                attribution.anonymous_id,
-                event,
-                hit.properties or {},
-                ctx,
-            )
+    def _context(self, attribution: Attribution, p: Prepared) -> bytes:
+        """`context` encoded: the record's prepared head (ip, userAgent) and page, then
+        identity and source (SPEC §3.1)."""
+        key = (p.source, p.path)
+        head = self._sources.get(key)
+        if head is None:
+            head = self._sources[key] = source_head(p.source, p.path)
+        return context_bytes(
+            p.ctx, p.page, attribution.resolution, attribution.contested, head, p.offset
         )
 
-    def _alias(self, p: Prepared, ev: IdentityEvent, context: dict[str, Any]) -> bytes:
+    def _track(
+        self, p: Prepared, hit: RuleHit, event: str, attribution: Attribution, ctx: bytes
+    ) -> bytes:
+        self.stats.messages["track"] += 1
+        return message_bytes(
+            "track",
+            self._id(p, self.rules[p.source][hit.rule].slot),
+            p.stamp,
+            self._user(attribution.user_id),
+            attribution.anonymous_id,
+            track_fields(event, hit.properties or {}),
+            ctx,
+        )
+
+    def _alias(self, p: Prepared, ev: IdentityEvent, context: bytes) -> bytes:
         slot = ev.slot.encode()
         if ev.ref is not None:
             # A join completed by this record: the alias takes the login record's ids.
@@ -292,8 +280,9 @@ class Emitter:
         else:
             message_id = self._id(p, slot)
         self.stats.messages["alias"] += 1
-        return encode(
-            alias_message(message_id, p.stamp, self._user(ev.user) or ev.user, ev.previous, context)
+        user = self._user(ev.user) or ev.user
+        return message_bytes(
+            "alias", message_id, p.stamp, user, None, alias_fields(ev.previous), context
         )
 
     def _user(self, named: str | None) -> str | None:

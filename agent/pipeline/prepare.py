@@ -10,12 +10,15 @@ assembles messages, in event-time order.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import orjson
+
 from agent.config import Config, SourceConfig
-from agent.events.messages import Timestamps
+from agent.events.messages import Timestamps, context_head
 from agent.events.msgid import MessageIdPrefix, line_hash
 from agent.events.pageviews import PageviewFilter
 from agent.events.rules import Rule, Template, compile_rules
@@ -31,6 +34,7 @@ from agent.records import AccessRecord, AppRecord, FileRef
 #: SPEC §1.2 R6: events before 2009-01-01 are dropped as too old.
 MIN_EVENT_TS = 1230768000.0
 _INTAKE_CACHE_MAX = 50_000
+_BYTES_CACHE_MAX = 50_000
 
 Getter = Callable[[str], Any]
 
@@ -76,15 +80,19 @@ class Prepared(NamedTuple):
     named: str | None
     session: str | None
     is_page: bool
-    #: `properties` of a page (path, search, url, referrer); also `context.page`.
-    page: dict[str, str] | None
-    #: `context.ip` (per privacy.ip) and `context.userAgent`.
-    ip: str | None
-    user_agent: str
+    #: `properties` of a page (path, search, url, referrer), encoded; also `context.page`.
+    page: bytes | None
+    #: The encoded head of `context` before `page` (ip per privacy.ip, userAgent;
+    #: `context_head`).
+    ctx: bytes
     #: The derived id, for a hit with neither a device nor a named id.
     derived: str | None
     page_id: str | None
     rules: tuple[RuleHit, ...]
+
+
+#: `Prepared(*fields)` without the generated `__new__`'s frame (the hot path builds one per hit).
+new_prepared = functools.partial(tuple.__new__, Prepared)
 
 
 class PrepareStats:
@@ -126,6 +134,16 @@ class Preparer:
             str, tuple[str | None, str | None, str | None, bool, tuple[str, ...]]
         ] = {}
         self._ids: dict[tuple[str, str], MessageIdPrefix] = {}
+        #: Encoded parts, keyed on the strings that repeat: (source, target, host) -> the page
+        #: properties up to the referrer; referrer -> `,"referrer":…}`.
+        self._page_heads: dict[tuple[str, str, str], bytes] = {}
+        self._referrers: dict[str, bytes] = {}
+        #: Client address / user agent -> its part of the context head (`context_head`).
+        self._ips: dict[str, bytes] = {}
+        self._agents: dict[str, bytes] = {}
+        #: The previous record's time and its text: consecutive hits mostly share a second.
+        self._last_ts = -1.0
+        self._last_stamp = ""
 
     def reload_sources(self, sources: tuple[SourceConfig, ...]) -> None:
         """URL builders for the sources of a reloaded config (SIGHUP)."""
@@ -136,6 +154,7 @@ class Preparer:
         for s in sources:
             if self.urls[s.name].base_url != (s.base_url.rstrip("/") if s.base_url else None):
                 self.urls[s.name] = UrlBuilder(redact, s.base_url)
+        self._page_heads.clear()  # encoded with the old builders' base URLs
 
     def id_prefix(self, source: str, fp: str) -> MessageIdPrefix:
         key = (source, fp)
@@ -162,12 +181,30 @@ class Preparer:
     def _access(
         self, where: FileRef, offset: int, end: int, raw: bytes, rec: AccessRecord
     ) -> Prepared | None:
+        # The hot path: one call per hit, so the helpers' caches are read inline here. SPEC
+        # §1.1 intake: (device, named, session) from the cookies, junk counted; an opted-out
+        # hit is dropped (counted). A raw Cookie header's intake is cached (visitors repeat).
         source = where.source
-        intake = self._intake(rec)
-        if intake is None:
+        if rec.cookies:
+            intake = self._cookie_intake(rec.cookie_header, rec.cookies)
+        else:
+            header = rec.cookie_header
+            hit = self._intake_cache.get(header)
+            if hit is None:
+                hit = self._cookie_intake(header, None)
+                if len(self._intake_cache) >= _INTAKE_CACHE_MAX:
+                    self._intake_cache.clear()
+                self._intake_cache[header] = hit
+            intake = hit
+        device, named, session, optout, junk = intake
+        if junk:
+            counts = self.stats.junk
+            for kind in junk:
+                counts[kind] += 1
+        if optout:
+            self.stats.dropped["optout"] += 1
             return None
-        device, named, session = intake
-        rules = self._access_rules(source, rec)
+        rules = self._access_rules(source, rec) if self.rules else ()
         pv = self.pageviews
         is_page = pv is not None and pv(rec)
         if (
@@ -177,69 +214,65 @@ class Preparer:
         ):
             return None  # nothing to send, and no login to learn from
         ts = rec.ts
-        client = self.client_ip
-        ip = client.client(rec.ip, rec.forwarded_for)
+        ip = self.client_ip.client(rec.ip, rec.forwarded_for)
         page = self._page(source, rec)
+        agent = rec.user_agent
+        ip_part = self._ips.get(ip)
+        if ip_part is None:
+            ip_part = self._cached(self._ips, ip, context_head(self.client_ip.for_context(ip), ""))
+        agent_part = self._agents.get(agent)
+        if agent_part is None:
+            agent_part = self._cached(self._agents, agent, context_head(None, agent))
+        ctx = ip_part + agent_part
         derived = None
         if device is None and named is None and self.derived is not None:
-            derived = self.derived(client.normalized(ip), rec.user_agent, ts)
+            derived = self.derived(self.client_ip.normalized(ip), agent, ts)
         lhash = line_hash(raw[:-1] if raw[-1:] == b"\r" else raw)
-        page_id = self.id_prefix(source, where.line_fp)(offset, lhash, b"page") if is_page else None
-        return Prepared(
-            ts + rec.precision,
-            source,
-            offset,
-            where.file_id,
-            end,
-            raw[-63:] + b"\n",
-            ts,
-            False,
-            lhash,
-            self.timestamps(ts),
-            where.path,
-            where.line_fp,
-            device,
-            named,
-            session,
-            is_page,
-            page,
-            client.for_context(ip),
-            rec.user_agent,
-            derived,
-            page_id,
-            rules,
+        if is_page:
+            page_id: str | None = self.id_prefix(source, where.line_fp)(offset, lhash, b"page")
+        else:
+            page_id = None
+        if ts != self._last_ts:
+            self._last_ts = ts
+            self._last_stamp = self.timestamps(ts)
+        return new_prepared(
+            (
+                ts + rec.precision,
+                source,
+                offset,
+                where.file_id,
+                end,
+                raw[-63:] + b"\n",
+                ts,
+                False,
+                lhash,
+                self._last_stamp,
+                where.path,
+                where.line_fp,
+                device,
+                named,
+                session,
+                is_page,
+                page,
+                ctx,
+                derived,
+                page_id,
+                rules,
+            )
         )
 
-    def _intake(self, rec: AccessRecord) -> tuple[str | None, str | None, str | None] | None:
-        """SPEC §1.1: (device, named, session) from the record's cookies, junk counted; None for
-        an opted-out hit (counted). A raw Cookie header's intake is cached (visitors repeat)."""
-        if rec.cookies:
-            device, named, session, optout, junk = self._cookie_intake(
-                rec.cookie_header, rec.cookies
-            )
-        else:
-            key = rec.cookie_header
-            hit = self._intake_cache.get(key)
-            if hit is None:
-                hit = self._cookie_intake(key, None)
-                if len(self._intake_cache) >= _INTAKE_CACHE_MAX:
-                    self._intake_cache.clear()
-                self._intake_cache[key] = hit
-            device, named, session, optout, junk = hit
-        if junk:
-            counts = self.stats.junk
-            for kind in junk:
-                counts[kind] += 1
-        if optout:
-            self.stats.dropped["optout"] += 1
-            return None
-        return device, named, session
+    @staticmethod
+    def _cached(cache: dict[str, bytes], key: str, value: bytes) -> bytes:
+        if len(cache) >= _BYTES_CACHE_MAX:
+            cache.clear()
+        cache[key] = value
+        return value
 
     def _access_rules(self, source: str, rec: AccessRecord) -> tuple[RuleHit, ...]:
-        """The source's rules that match the record (SPEC §3.3); bots match none."""
+        """The source's rules that match the record (SPEC §3.3). Rules see every hit: the bot
+        filter is the page views' (SPEC §3.2), and a `POST /signup` from a script is a signup."""
         source_rules = self.rules.get(source)
-        pv = self.pageviews
-        if not source_rules or (pv is not None and pv.is_bot(rec.user_agent)):
+        if not source_rules:
             return ()
 
         def get(name: str) -> Any:
@@ -247,15 +280,29 @@ class Preparer:
 
         return self._rules(source_rules, get, app=False)
 
-    def _page(self, source: str, rec: AccessRecord) -> dict[str, str]:
-        """SPEC §3.1 page properties: path, search, url (when a host is known), referrer."""
-        urls = self.urls[source]
-        page_url = urls.page(rec.target, rec.host, None)
-        page: dict[str, str] = {"path": page_url.path, "search": page_url.search}
-        if page_url.url is not None:
-            page["url"] = page_url.url
-        page["referrer"] = urls.referrer(rec.referrer) if rec.referrer else ""
-        return page
+    def _page(self, source: str, rec: AccessRecord) -> bytes:
+        """SPEC §3.1 page properties, encoded: path, search, url (when a host is known),
+        referrer."""
+        key = (source, rec.target, rec.host)
+        head = self._page_heads.get(key)
+        if head is None:
+            page_url = self.urls[source].page(rec.target, rec.host, None)
+            page: dict[str, str] = {"path": page_url.path, "search": page_url.search}
+            if page_url.url is not None:
+                page["url"] = page_url.url
+            head = orjson.dumps(page)[:-1]
+            if len(self._page_heads) >= _BYTES_CACHE_MAX:
+                self._page_heads.clear()
+            self._page_heads[key] = head
+        referrer = rec.referrer
+        tail = self._referrers.get(referrer)
+        if tail is None:
+            shown = self.urls[source].referrer(referrer) if referrer else ""
+            tail = b',"referrer":' + orjson.dumps(shown) + b"}"
+            if len(self._referrers) >= _BYTES_CACHE_MAX:
+                self._referrers.clear()
+            self._referrers[referrer] = tail
+        return head + tail
 
     def _app(
         self, where: FileRef, offset: int, end: int, raw: bytes, rec: AppRecord
@@ -273,29 +320,30 @@ class Preparer:
             return None
         ts = rec.ts
         lhash = line_hash(raw[:-1] if raw[-1:] == b"\r" else raw)
-        return Prepared(
-            ts + rec.precision,
-            where.source,
-            offset,
-            where.file_id,
-            end,
-            raw[-63:] + b"\n",
-            ts,
-            True,
-            lhash,
-            self.timestamps(ts),
-            where.path,
-            where.line_fp,
-            None,
-            None,
-            None,
-            False,
-            None,
-            None,
-            "",
-            None,
-            None,
-            rules,
+        return new_prepared(
+            (
+                ts + rec.precision,
+                where.source,
+                offset,
+                where.file_id,
+                end,
+                raw[-63:] + b"\n",
+                ts,
+                True,
+                lhash,
+                self.timestamps(ts),
+                where.path,
+                where.line_fp,
+                None,
+                None,
+                None,
+                False,
+                None,
+                b"",
+                None,
+                None,
+                rules,
+            )
         )
 
     # -- identifiers -----------------------------------------------------------------------

@@ -36,7 +36,7 @@ import structlog
 
 from agent.config import Config
 from agent.pipeline.blocks import BlockPreparer
-from agent.pipeline.prepare import Prepared, Preparer
+from agent.pipeline.prepare import Prepared, Preparer, new_prepared
 from agent.pipeline.stats import PipelineStats
 from agent.records import FileRef
 
@@ -117,8 +117,18 @@ def _prepare_block(
     """Worker: the prepared records of a block of complete lines (without its last `\\n`)."""
     assert _worker is not None, "worker used before its initializer ran"
     lines, stats = _worker
-    records = [tuple(p) for p in lines.lines(where, start, end, block.split(b"\n"), too_long)]
+    records = ship_block(list(lines.lines(where, start, end, block.split(b"\n"), too_long)))
     return records, dump_stats(stats)
+
+
+def ship_block(records: list[Prepared]) -> list[tuple[Any, ...]]:
+    """A block's prepared records as they travel from a worker to the parent (pickled)."""
+    return [tuple(p) for p in records]
+
+
+def unship_block(shipped: list[tuple[Any, ...]]) -> list[Prepared]:
+    """The parent's side of `ship_block` (`tuple.__new__` straight: `_make` costs a frame)."""
+    return list(map(new_prepared, shipped))
 
 
 def dump_stats(stats: PipelineStats) -> StatsDump:
@@ -186,9 +196,7 @@ class PreparePool:
         records, dump = future.result()
         self.in_flight -= 1
         absorb_stats(stats, dump)
-        make = Prepared._make
-        for record in records:
-            yield make(record)
+        yield from unship_block(records)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
