@@ -15,7 +15,9 @@ import time
 
 from agent.errors import StartupError
 
-_CACHE_MAX = 50_000
+#: Entries kept per UTC day (a day's distinct cookieless ip + agent pairs); past it, that day's
+#: cache starts over. Days before the newest two are dropped as a new day begins.
+_CACHE_MAX = 200_000
 
 
 def load_or_create_secret(path: str) -> bytes:
@@ -54,35 +56,53 @@ def utc_day(ts: float) -> str:
 class DerivedIds:
     """`derived(ip_norm, user_agent, ts)` -> `anon-…`, cached per (ip, agent, day)."""
 
-    __slots__ = ("_cache", "_days", "_key", "_site", "minted")
+    __slots__ = ("_by_day", "_days", "_key", "_site", "minted")
 
     def __init__(self, secret: bytes, site: str) -> None:
         self._key = secret
         self._site = site
-        self._cache: dict[tuple[str, str, int], str] = {}
+        #: Per day number: (ip, agent) -> derived id.
+        self._by_day: dict[int, dict[tuple[str, str], str]] = {}
         self._days: dict[int, str] = {}
-        #: Derived ids computed (distinct visitor-days, unless the cache was cleared meanwhile).
+        #: Derived ids computed (distinct visitor-days, unless a day's cache overflowed).
         self.minted = 0
 
     def __call__(self, ip_norm: str, user_agent: str, ts: float) -> str:
         day_no = int(ts // 86400)
-        key = (ip_norm, user_agent, day_no)
-        hit = self._cache.get(key)
+        cache = self._by_day.get(day_no)
+        if cache is None:
+            cache = self._new_day(day_no)
+        key = (ip_norm, user_agent)
+        hit = cache.get(key)
         if hit is not None:
             return hit
-        day = self._days.get(day_no)
-        if day is None:
-            day = self._days[day_no] = utc_day(day_no * 86400.0)
+        day = self._days[day_no]
         msg = f"v1\n{self._site}\n{ip_norm}\n{user_agent}\n{day}".encode("utf-8", "surrogateescape")
         digest = hmac.new(self._key, msg, hashlib.sha256).digest()
         # Base32 encodes 5-byte groups independently: the first 20 bytes give the same first 26
         # characters as the whole digest, with no padding and less work.
         hit = "anon-" + base64.b32encode(digest[:20]).decode("ascii").lower()[:26]
         self.minted += 1
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()
-        self._cache[key] = hit
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[key] = hit
         return hit
+
+    @property
+    def days_cached(self) -> int:
+        return len(self._by_day)
+
+    def _new_day(self, day_no: int) -> dict[tuple[str, str], str]:
+        """A day seen for the first time: its cache, after dropping days older than the two
+        newest (hits arrive in event-time order, give or take late ones)."""
+        newest = max(self._by_day, default=day_no)
+        for old in [d for d in self._by_day if d < max(newest, day_no) - 1]:
+            del self._by_day[old]
+            self._days.pop(old, None)
+        self._days[day_no] = utc_day(day_no * 86400.0)
+        cache: dict[tuple[str, str], str] = {}
+        self._by_day[day_no] = cache
+        return cache
 
     def __repr__(self) -> str:
         return f"DerivedIds(site={self._site!r})"
