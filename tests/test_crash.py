@@ -10,6 +10,7 @@ same messageId and bytes.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sqlite3
@@ -23,6 +24,7 @@ import pytest
 
 from tests.conftest import scaled
 from tests.helpers import (
+    NotifySocket,
     committed_length,
     free_port,
     http_get,
@@ -167,12 +169,20 @@ def test_kill9_during_http_delivery_resends_only_under_the_same_ids(
         cfg = make_config(tmp_path, paths=[str(log)], extra={"sink": sink})
         interrupted = 0  # kills after which the outbox still held messages
         for _ in range(scaled(8, 200)):
+            notify = NotifySocket(tmp_path)
             proc = subprocess.Popen(
                 trackd_cmd("run", "-c", str(cfg)),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                env={**os.environ, "NOTIFY_SOCKET": notify.path},
             )
-            time.sleep(rng.uniform(0.4, 1.5))  # a kill at an arbitrary instant
+            try:
+                # Counted from READY=1, not from the start: a slow start-up on a loaded machine
+                # must not turn every kill into a kill before delivery began.
+                notify.wait_for("READY=1", 30)
+            finally:
+                notify.close()
+            time.sleep(rng.uniform(0.05, 0.8))  # a kill at an arbitrary instant of delivery
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
             box = [m["messageId"] for m in outbox_bodies(tmp_path / "state")]
