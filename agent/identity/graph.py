@@ -55,9 +55,14 @@ class Device:
         return epochs[max(i, 0)]
 
     def new_epoch(self, ts: float, *, contested: bool = False) -> Epoch:
-        epoch = Epoch(index=max(e.index for e in self.epochs) + 1, started=ts, contested=contested)
-        self.epochs.append(epoch)
-        self.epochs.sort(key=lambda e: (e.started, e.index))
+        epochs = self.epochs
+        epoch = Epoch(index=max(e.index for e in epochs) + 1, started=ts, contested=contested)
+        # The list is kept sorted by (started, index): a new epoch usually goes last (a shared
+        # device's every login makes one, so no sort of the whole list each time).
+        if not epochs or ts >= epochs[-1].started:
+            epochs.append(epoch)
+        else:
+            bisect.insort(epochs, epoch, key=lambda e: (e.started, e.index))
         return epoch
 
 
