@@ -271,25 +271,24 @@ class TestHandOff:
 
 
 class TestHandOffErrors:
-    def _locked(self, tmp_path: Path) -> tuple[Path, StateLock]:
+    def _backfill_while_locked(
+        self, tmp_path: Path, *, drop_jobs: bool
+    ) -> subprocess.CompletedProcess[str]:
+        """`trackd backfill` of one file while this test holds the state lock (as a daemon
+        would), over a database without the jobs table (`drop_jobs`) or none at all."""
         (tmp_path / "access.log.1").write_bytes(history(0, 5))
         cfg = make_config(tmp_path, paths=[str(tmp_path / "access.log")])
         (tmp_path / "state").mkdir(mode=0o700)
-        lock = StateLock(StatePaths(str(tmp_path / "state")))
+        paths = StatePaths(str(tmp_path / "state"))
+        if drop_jobs:
+            conn = connect(paths.db)
+            migrate(conn)
+            conn.execute("DROP TABLE jobs")
+            conn.close()
+        lock = StateLock(paths)
         lock.acquire()
-        return cfg, lock
-
-    def test_an_older_daemon_without_jobs_is_told_to_restart(self, tmp_path: Path) -> None:
-        """The lock holder's database has no jobs table (an older trackd): exit 3, saying to
-        restart it; nothing is written."""
-        cfg, lock = self._locked(tmp_path)
-        db = StatePaths(str(tmp_path / "state")).db
-        conn = connect(db)
-        migrate(conn)
-        conn.execute("DROP TABLE jobs")
-        conn.close()
         try:
-            proc = subprocess.run(
+            return subprocess.run(
                 trackd_cmd("backfill", "-c", str(cfg), str(tmp_path / "access.log.1")),
                 capture_output=True,
                 text=True,
@@ -297,6 +296,11 @@ class TestHandOffErrors:
             )
         finally:
             lock.release()
+
+    def test_an_older_daemon_without_jobs_is_told_to_restart(self, tmp_path: Path) -> None:
+        """The lock holder's database has no jobs table (an older trackd): exit 3, saying to
+        restart it; nothing is written."""
+        proc = self._backfill_while_locked(tmp_path, drop_jobs=True)
         assert proc.returncode == 3, proc.stderr
         assert "older than this one" in proc.stderr and "restart" in proc.stderr
         assert "Traceback" not in proc.stderr
@@ -305,16 +309,7 @@ class TestHandOffErrors:
     def test_a_locked_state_without_a_database_is_explained(self, tmp_path: Path) -> None:
         """The lock is held but no state.db exists yet (a daemon starting up): exit 3 saying to
         wait, and no database is created by the command."""
-        cfg, lock = self._locked(tmp_path)
-        try:
-            proc = subprocess.run(
-                trackd_cmd("backfill", "-c", str(cfg), str(tmp_path / "access.log.1")),
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-        finally:
-            lock.release()
+        proc = self._backfill_while_locked(tmp_path, drop_jobs=False)
         assert proc.returncode == 3, proc.stderr
         assert "holds no state database yet" in proc.stderr
         assert not Path(StatePaths(str(tmp_path / "state")).db).exists()
