@@ -12,6 +12,7 @@ person on a bound epoch gets a new epoch (R2), a shared device is never attribut
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections import Counter, OrderedDict
@@ -46,6 +47,10 @@ class Attribution(NamedTuple):
     user_id: str | None
     resolution: str  # named | device | derived
     contested: bool
+
+
+#: `Attribution(*fields)` without the generated `__new__`'s frame (one per hit).
+_attribution = functools.partial(tuple.__new__, Attribution)
 
 
 class IdentityEvent(NamedTuple):
@@ -119,6 +124,12 @@ class Resolver:
     ) -> tuple[Attribution, list[IdentityEvent]]:
         """Attribute an access hit. `device`/`named`/`session` are normalised values (None when
         absent or junk). With neither a device nor a person, the caller derives an id."""
+        if session is None and device is not None and not self._deferred:
+            dev = self._devices.get(device)
+            if dev is not None and dev.shared_since is None and "~" not in device:
+                fast = self._repeat_hit(dev, ts, named)
+                if fast is not None:
+                    return fast, []
         sess = self._session(session) if session is not None else None
         mapped = sess.mapped_at(ts, self._join_window) if sess is not None else None
         if device is None:
@@ -140,6 +151,41 @@ class Resolver:
         if self._deferred and dev.device in self._deferred:
             events = events + self._retry_deferred(dev)
         return self._attribute(dev, ts, person), events
+
+    def _repeat_hit(self, dev: Device, ts: float, named: str | None) -> Attribution | None:
+        """The hot path of `hit`: a cached, unshared device without a session (nothing
+        deferred), anonymous or carrying the km_ni its epoch is already bound to. Exactly the
+        general path's decisions (R1, R2's silent repeat, the once-a-day last_seen write),
+        without its calls; None when the hit needs the general path (a login to decide)."""
+        epochs = dev.epochs
+        epoch = epochs[-1]
+        if ts < epoch.started and len(epochs) > 1:
+            epoch = dev.epoch_at(ts)
+        bound = epoch.named
+        if named is not None:
+            recent = dev.recent_named
+            if not (
+                bound == named
+                and recent
+                and recent[-1][1] == named
+                and abs(ts - recent[-1][0]) <= _DAY
+            ):
+                return None  # a login to decide (R2)
+        device = dev.device
+        self._devices.move_to_end(device)
+        if ts > dev.last_seen:
+            dev.last_seen = ts
+            if ts - dev.saved_seen > _DAY:
+                self._dirty_devices[device] = dev
+        index = epoch.index
+        eid = device if index == 0 else f"{device}~{index}"
+        if named is not None:
+            person = self._final(named, ts) if self._changes else named
+            return _attribution((eid, person, "named", epoch.contested))
+        if bound is not None and epoch.bound_at is not None and epoch.bound_at <= ts:
+            person = self._final(bound, ts) if self._changes else bound
+            return _attribution((eid, person, "named", epoch.contested))
+        return _attribution((eid, None, "device", epoch.contested))
 
     def _deviceless(self, ts: float, who: str | None) -> Attribution:
         """R1 without a device: the named id (or the session's person), else nothing."""

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+import orjson
+
 from agent.config import Config
 from agent.events.messages import (
     NamedOut,
@@ -32,6 +34,14 @@ from agent.records import Chunk
 
 #: SPEC §1.2 R6: events more than an hour past the newest one already read (and the clock).
 FUTURE_SLACK = 3600.0
+#: A page message without rules: messageId, timestamp, the ids, properties, then `context`
+#: (head, page, resolution, contested, source head, offset), as `message_bytes` joins them.
+_PAGE = (
+    b'{"type":"page","messageId":%b,"timestamp":%b%b,"properties":%b,"context":{%b"page":%b,'
+    b'"identity":{"resolution":%b,"contested":%b},%b%d}}}'
+)
+_TRUE_FALSE = (b"false", b"true")
+_dumps = orjson.dumps
 
 
 class _Identified(NamedTuple):
@@ -66,6 +76,11 @@ class Emitter:
         self.watermarks = watermarks
         #: (source, file) -> the encoded head of `context.source` (`source_head`).
         self._sources: dict[tuple[str, str], bytes] = {}
+        #: The last timestamp's text and its encoding (consecutive hits mostly share a second);
+        #: each resolution's encoding.
+        self._stamp = ""
+        self._stamp_bytes = b'""'
+        self._resolutions: dict[str, bytes] = {}
 
     # -- the R6 time check -----------------------------------------------------------------
 
@@ -100,21 +115,44 @@ class Emitter:
             self._access(p)
 
     def _access(self, p: Prepared) -> None:
-        ts = p.ts
+        if p.rules:
+            self._access_rules(p)
+            return
+        # The hot path: a hit no rule matched, most often a page view of a known visitor.
+        attribution, events = self._resolve(p)
+        if attribution.resolution == "dropped":
+            self.stats.dropped["cookieless"] += 1
+        elif events:
+            self._assemble(p, attribution, events, [])
+        elif p.is_page:
+            self.chunk.messages.append(self._page(p, attribution))
+
+    def _access_rules(self, p: Prepared) -> None:
         early: list[bytes] = []  # identify + alias messages of this record's rules
         for hit in p.rules:
             self._identity_rules(p, hit, early, default_device=p.device)
-        device, named, session = p.device, p.named, p.session
-        if device is None and named is None and session is None:
-            attribution, events = self._cookieless(p)
-        else:
-            attribution, events = self.resolver.hit(ts, device, named, session)
-            if attribution.resolution == "none":
-                attribution, events = self._cookieless(p)
+        attribution, events = self._resolve(p)
         if attribution.resolution == "dropped":
             self.stats.dropped["cookieless"] += 1
             self.chunk.messages.extend(early)
             return
+        self._assemble(p, attribution, events, early)
+
+    def _resolve(self, p: Prepared) -> tuple[Attribution, list[IdentityEvent]]:
+        """Who an access hit belongs to (SPEC §1.2), its derived id without cookies."""
+        device, named, session = p.device, p.named, p.session
+        if device is None and named is None and session is None:
+            return self._cookieless(p)
+        attribution, events = self.resolver.hit(p.ts, device, named, session)
+        if attribution.resolution == "none":
+            return self._cookieless(p)
+        return attribution, events
+
+    def _assemble(
+        self, p: Prepared, attribution: Attribution, events: list[IdentityEvent], early: list[bytes]
+    ) -> None:
+        """The messages of a resolved access hit, after `early` (its rules' identify and alias
+        messages): its aliases, tracks, then its page (SPEC §3.3)."""
         if not p.is_page and not p.rules and not events:
             return  # a login by cookie or a session sighting: state only
         context = self._context(attribution, p)
@@ -147,6 +185,40 @@ class Emitter:
                 )
             )
             self.stats.messages["page"] += 1
+
+    def _page(self, p: Prepared, attribution: Attribution) -> bytes:
+        """A page message without rules in one format: what `message_bytes("page", …,
+        page_fields(None, page), _context(…))` gives, byte for byte."""
+        assert p.page_id is not None and p.page is not None
+        anonymous_id, user_id, resolution, contested = attribution
+        self.stats.resolutions[resolution] += 1
+        self.stats.messages["page"] += 1
+        if user_id is None:
+            ids = b"" if anonymous_id is None else b',"anonymousId":' + _dumps(anonymous_id)
+        else:
+            ids = b',"userId":' + _dumps(self.named_out(user_id))
+            if anonymous_id is not None:
+                ids += b',"anonymousId":' + _dumps(anonymous_id)
+        stamp = p.stamp
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._stamp_bytes = _dumps(stamp)
+        res = self._resolutions.get(resolution)
+        if res is None:
+            res = self._resolutions[resolution] = _dumps(resolution)
+        page = p.page
+        return _PAGE % (
+            _dumps(p.page_id),
+            self._stamp_bytes,
+            ids,
+            page,
+            p.ctx,
+            page,
+            res,
+            _TRUE_FALSE[contested],
+            self._source_head(p),
+            p.offset,
+        )
 
     def _app(self, p: Prepared) -> None:
         early: list[bytes] = []
@@ -249,13 +321,21 @@ class Emitter:
     def _context(self, attribution: Attribution, p: Prepared) -> bytes:
         """`context` encoded: the record's prepared head (ip, userAgent) and page, then
         identity and source (SPEC §3.1)."""
+        return context_bytes(
+            p.ctx,
+            p.page,
+            attribution.resolution,
+            attribution.contested,
+            self._source_head(p),
+            p.offset,
+        )
+
+    def _source_head(self, p: Prepared) -> bytes:
         key = (p.source, p.path)
         head = self._sources.get(key)
         if head is None:
             head = self._sources[key] = source_head(p.source, p.path)
-        return context_bytes(
-            p.ctx, p.page, attribution.resolution, attribution.contested, head, p.offset
-        )
+        return head
 
     def _track(
         self, p: Prepared, hit: RuleHit, event: str, attribution: Attribution, ctx: bytes
