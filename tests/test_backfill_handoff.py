@@ -48,6 +48,25 @@ def write_history(logs: Path, per_file: int) -> list[Path]:
     return rotated
 
 
+def world(tmp_path: Path, per_file: int) -> tuple[list[Path], Path, Path, Path]:
+    """A rotated history under tmp/logs with an empty live access.log, and a config tailing it:
+    (rotated files, config, sink file, state dir)."""
+    logs = tmp_path / "logs"
+    rotated = write_history(logs, per_file)
+    cfg = make_config(tmp_path, paths=[str(logs / "access.log")])
+    return rotated, cfg, tmp_path / "out.jsonl", tmp_path / "state"
+
+
+def backfill(cfg: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """`trackd backfill -c cfg ARGS…` to its end."""
+    return subprocess.run(
+        trackd_cmd("backfill", "-c", str(cfg), *map(str, args)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def job_rows(state: Path) -> list[jobs.Job]:
     """The jobs table as a reader sees it now."""
     conn = connect(StatePaths(str(state)).db, readonly=True)
@@ -159,11 +178,8 @@ class TestHandOff:
         """SIGINT stops following (exit 0, "detached") and `status` shows the job; the daemon
         finishes it; running the same backfill again while it is active follows the same job
         instead of adding one; a backfill of the same files after it is done adds nothing."""
-        logs = tmp_path / "logs"
         per_file = 20_000
-        rotated = write_history(logs, per_file)
-        cfg = make_config(tmp_path, paths=[str(logs / "access.log")])
-        out, state = tmp_path / "out.jsonl", tmp_path / "state"
+        rotated, cfg, out, state = world(tmp_path, per_file)
         with running_daemon(cfg, tmp_path) as daemon:
             proc = start_backfill(cfg, *rotated)
             head = read_until(proc, "Ctrl-C stops following", 30)
@@ -186,24 +202,14 @@ class TestHandOff:
                 trackd_cmd("status", "-c", str(cfg)), capture_output=True, text=True, timeout=60
             ).stdout
             assert "backfill jobs (newest first):" in text and "job #1 (4 file(s)):" in text
-            again = subprocess.run(
-                trackd_cmd("backfill", "-c", str(cfg), *map(str, rotated)),
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            again = backfill(cfg, *rotated)
             assert again.returncode == 0, again.stderr
             assert job_state(state) == jobs.DONE
             if "already job #1" not in again.stderr:
                 # The job finished before the second command looked: it ran as job #2, empty.
                 assert "job #2" in again.stderr and "read 0 lines" in again.stderr
             before = out.read_bytes()
-            third = subprocess.run(
-                trackd_cmd("backfill", "-c", str(cfg), *map(str, rotated)),
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            third = backfill(cfg, *rotated)
             assert third.returncode == 0, third.stderr
             assert "read 0 lines" in third.stderr and "files not read again" in third.stderr
             assert daemon.stop() == 0
@@ -216,11 +222,8 @@ class TestHandOff:
     ) -> None:
         """The daemon stops (SIGTERM drain, or kill -9) in the middle of a job: the follower says
         so (exit 1); the next `run` takes the job up where it stopped: no loss, no duplicate."""
-        logs = tmp_path / "logs"
         per_file = 25_000
-        rotated = write_history(logs, per_file)
-        cfg = make_config(tmp_path, paths=[str(logs / "access.log")])
-        out, state = tmp_path / "out.jsonl", tmp_path / "state"
+        rotated, cfg, out, state = world(tmp_path, per_file)
         with running_daemon(cfg, tmp_path) as daemon:
             proc = start_backfill(cfg, *rotated)
             wait_until(lambda: len(page_seqs(read_messages(out))) >= 5_000, 60, "the job under way")
