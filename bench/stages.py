@@ -5,7 +5,7 @@ so other load on the machine does not count).
 
 The stages are the pipeline's own objects, built from the same config `run --once` uses (fresh
 state, file sink): split (the block into lines), parse (decode + the source's parser), prepare
-(`Preparer`), ship (the round trip a worker's result makes through pickle), emit (prefetch +
+(`Preparer`), ship (a worker result's round trip: marshal, then the pool's pickle), emit (prefetch +
 resolve + assemble + encode, `Pipeline.consume_batch`), commit (the file sink write + fsync and
 the state transaction). `--profile` writes a cProfile of the whole in-process read instead.
 """
@@ -113,7 +113,7 @@ def stages(log: Path, work: Path) -> dict[str, float]:
     for i in range(0, len(prepared), 4096):
         shipped = pickle.dumps(ship_block(prepared[i : i + 4096]))
         unship_block(pickle.loads(shipped))  # noqa: S301 (our own bytes, as the pool does)
-    out["ship (pickle both ways)"] = time.process_time() - t
+    out["ship (marshal both ways)"] = time.process_time() - t
 
     emit = commit = 0.0
     for i in range(0, len(prepared), BATCH):

@@ -79,3 +79,25 @@ def test_run_once_with_workers_is_byte_identical(tmp_path: Path) -> None:
         for out in outputs
     ]
     assert strip[0] == strip[1] and len(strip[0]) > 3000
+
+
+def test_shipping_keeps_rule_hits_and_their_values() -> None:
+    """A block's records come back from `ship_block`/`unship_block` equal and typed as they
+    left: rule hits as RuleHit (traits, properties, logout pairs intact), the rest as Prepared."""
+    from agent.pipeline.prepare import Prepared, RuleHit
+    from agent.pipeline.workers import ship_block, unship_block
+
+    hit = RuleHit(
+        2, "ann@x.com", "ok", "dev1", None, {"plan": "pro", "seats": 3, "n": [1.5, None]},
+        {"path": "/signup"}, "Signup", ("s1", None), None,
+    )  # fmt: skip
+    plain = Prepared(
+        11.0, "web", 0, 7, 40, b"x\n", 10.0, False, b"ab" * 16, "2024-01-01T00:00:10.000Z",
+        "/var/log/a.log", "cd" * 32, "dev1", None, None, True, b'{"path":"/"}', b'"ip":"1.2.3.4",',
+        None, "id-1", (),
+    )  # fmt: skip
+    ruled = plain._replace(offset=40, end=90, is_page=False, page=None, page_id=None, rules=(hit,))
+    back = unship_block(ship_block([plain, ruled]))
+    assert back == [plain, ruled]
+    assert type(back[0]) is Prepared and type(back[1].rules[0]) is RuleHit
+    assert back[1].rules[0].traits == {"plan": "pro", "seats": 3, "n": [1.5, None]}
