@@ -485,7 +485,9 @@ class Resolver:
                 self._fresh_until = now + ttl
                 for fresh in self._fresh.values():
                     fresh.clear()
-        want_d = self._wanted("d", map(escape_device, devices), self._devices, self._dirty_devices)
+        # escape_device only where a `~` occurs (a device value almost never holds one).
+        keys = map(escape_device, devices) if "~" in "".join(devices) else devices
+        want_d = self._wanted("d", keys, self._devices, self._dirty_devices)
         want_n = self._wanted("n", named, self._named, self._dirty_named)
         want_s = self._wanted("s", sessions, self._sessions, self._dirty_sessions)
         if not (want_d or want_n or want_s):

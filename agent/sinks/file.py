@@ -116,7 +116,11 @@ class FileSink:
         fd = self._fd
         if fd is None:
             raise SinkError("file sink used before open()")
-        data = memoryview(b"\n".join(bodies) + b"\n")
+        bodies.append(b"")  # the final newline, without copying the joined chunk once more
+        try:
+            data = memoryview(b"\n".join(bodies))
+        finally:
+            bodies.pop()
         if self._must_cut:
             self._cut()
         try:
