@@ -67,6 +67,7 @@ test-full:
 bench: $(STAMP)
 	$(BIN)/python bench/parse.py $(if $(QUICK),--lines 20000 --repeat 1)
 	$(BIN)/python bench/run_once.py $(if $(QUICK),--quick)
+	$(BIN)/python bench/scale.py $(if $(QUICK),--quick)
 
 faults: $(STAMP)
 	$(BIN)/python bench/faults.py $(if $(QUICK),--quick)
