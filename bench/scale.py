@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import sys
 import tempfile
@@ -30,15 +31,17 @@ from run_once import BARE, _reap, _subreaper, run_once
 
 
 def split_files(log: Path, dest: Path, files: int) -> list[Path]:
-    """`log` cut into `files` files of consecutive lines under `dest` (their paths)."""
+    """`log` cut into `files` files of consecutive lines under `dest` (their paths). Streamed:
+    a bench process holding the corpus would lend its RSS to the trackd it forks (ru_maxrss)."""
     dest.mkdir(parents=True, exist_ok=True)
-    lines = log.read_bytes().splitlines(keepends=True)
-    per = -(-len(lines) // files)
-    paths = []
-    for i in range(files):
-        path = dest / f"access-{i:04d}.log"
-        path.write_bytes(b"".join(lines[i * per : (i + 1) * per]))
-        paths.append(path)
+    with log.open("rb") as fh:
+        total = sum(1 for _ in fh)
+    per = -(-total // files)
+    paths = [dest / f"access-{i:04d}.log" for i in range(files)]
+    with log.open("rb") as fh:
+        for path in paths:
+            with path.open("wb") as out:
+                out.writelines(itertools.islice(fh, per))
     return paths
 
 

@@ -60,3 +60,35 @@ def test_once_marks_an_idle_rotated_generation_done(tmp_path: Path) -> None:
     assert_exactly_once(_once(cfg), range(15))
     states = sorted(r["state"] for r in file_rows(tmp_path / "state"))
     assert states == ["done", "live"]
+
+
+@pytest.mark.timeout(30)
+def test_a_file_is_read_in_blocks_that_start_small_and_double(tmp_path: Path) -> None:
+    """A file's first read is FIRST_BLOCK bytes and each next one twice the last, up to
+    READ_BLOCK, so a merged read of many files holds a small block per waiting file; the
+    splits still give every line exactly once, in order."""
+    import os
+
+    from agent.sources.splitter import LineSplitter
+    from agent.sources.tracked import FIRST_BLOCK, READ_BLOCK, TrackedFile
+    from agent.state.files import FileRow
+
+    log = tmp_path / "access.log"
+    lines = [f"line {i:07d} {'x' * (i % 300)}".encode() for i in range(40_000)]
+    log.write_bytes(b"".join(line + b"\n" for line in lines))
+    size = log.stat().st_size
+    assert size > 4 * READ_BLOCK
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        row = FileRow(
+            1, "web", str(log), None, 0, 0, 0, b"", None, 0, 0, None, 0, 0.0, 0.0, None, ""
+        )
+        tf = TrackedFile(row, fd, str(log), LineSplitter(0, 65536))
+        splits = list(tf.read(size, size))
+    finally:
+        os.close(fd)
+    spans = [s.end - s.start for s in splits]
+    # A split also takes the partial line the read before left (lines here are < 320 bytes).
+    assert spans[0] <= FIRST_BLOCK and spans[1] <= 2 * FIRST_BLOCK + 320 < spans[2]
+    assert max(spans) <= READ_BLOCK + 320 and spans[4] > READ_BLOCK // 2
+    assert [line for s in splits for line in s.lines] == lines
