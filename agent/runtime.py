@@ -64,7 +64,7 @@ def default_store(config: Config, conn: sqlite3.Connection) -> IdentityStore:
     Redis store makes no connection: an unreachable Redis is never a startup failure."""
     url = config.identity.store
     if url == "sqlite":
-        return SqliteIdentityStore(conn)
+        return SqliteIdentityStore(conn, writer=True)
     from agent.identity import redis_store
 
     host_id = meta.get(conn, redis_store.META_HOST)

@@ -39,7 +39,7 @@ def redis_store(
     return store
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-reader", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IdentityStore]:
     if request.param == "memory":
         yield MemoryIdentityStore()
@@ -47,6 +47,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IdentitySt
     conn = open_state(str(tmp_path))
     try:
         if request.param == "sqlite":
+            yield SqliteIdentityStore(conn, writer=True)  # the pipeline's (key filters)
+        elif request.param == "sqlite-reader":
             yield SqliteIdentityStore(conn)
         else:
             server: RedisServer = request.getfixturevalue("redis_server")
