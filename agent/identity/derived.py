@@ -6,8 +6,6 @@ derived = "anon-" + base32_lower(HMAC_SHA256(secret, "v1\\n" + site + "\\n" + ip
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import os
 import secrets
@@ -49,6 +47,35 @@ def load_or_create_secret(path: str) -> bytes:
     return data
 
 
+#: Lower-case base32 (RFC 4648) of every 10-bit value: two characters each.
+_B32 = "abcdefghijklmnopqrstuvwxyz234567"
+_B32_PAIRS = [a + b for a in _B32 for b in _B32]
+
+
+def base32_head(digest: bytes) -> str:
+    """The first 26 characters of `digest`'s lower-case base32: its first 130 bits, ten at a
+    time (what `base64.b32encode(digest).lower()[:26]` gives, at less than half the cost)."""
+    n = int.from_bytes(digest[:17], "big") >> 6
+    t = _B32_PAIRS
+    return "".join(
+        (
+            t[n >> 120],
+            t[n >> 110 & 1023],
+            t[n >> 100 & 1023],
+            t[n >> 90 & 1023],
+            t[n >> 80 & 1023],
+            t[n >> 70 & 1023],
+            t[n >> 60 & 1023],
+            t[n >> 50 & 1023],
+            t[n >> 40 & 1023],
+            t[n >> 30 & 1023],
+            t[n >> 20 & 1023],
+            t[n >> 10 & 1023],
+            t[n & 1023],
+        )
+    )
+
+
 def utc_day(ts: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ts))
 
@@ -78,10 +105,7 @@ class DerivedIds:
             return hit
         day = self._days[day_no]
         msg = f"v1\n{self._site}\n{ip_norm}\n{user_agent}\n{day}".encode("utf-8", "surrogateescape")
-        digest = hmac.new(self._key, msg, hashlib.sha256).digest()
-        # Base32 encodes 5-byte groups independently: the first 20 bytes give the same first 26
-        # characters as the whole digest, with no padding and less work.
-        hit = "anon-" + base64.b32encode(digest[:20]).decode("ascii").lower()[:26]
+        hit = "anon-" + base32_head(hmac.digest(self._key, msg, "sha256"))
         self.minted += 1
         if len(cache) >= _CACHE_MAX:
             cache.clear()

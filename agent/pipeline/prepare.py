@@ -15,7 +15,7 @@ import hashlib
 from binascii import hexlify
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import orjson
 
@@ -110,8 +110,20 @@ class PrepareStats:
 class Preparer:
     """Owns the stateless parts of emitting: intake, page views, rules, URLs, ids."""
 
-    def __init__(self, config: Config, secret: bytes, stats: PrepareStats | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        secret: bytes,
+        stats: PrepareStats | None = None,
+        *,
+        plain: bool = False,
+    ) -> None:
         ident = config.identity
+        #: How a record is made: a `Prepared`, or (`plain`, in worker processes) the plain tuple
+        #: of its fields, which `workers.ship_block` marshals without a copy.
+        self._new: Callable[[tuple[Any, ...]], Prepared] = (
+            cast(Callable[[tuple[Any, ...]], Prepared], tuple) if plain else new_prepared
+        )
         self.stats = stats or PrepareStats()
         self.normalizer = Normalizer(
             lowercase_emails=ident.lowercase_emails, blocklist=ident.blocklist
@@ -245,7 +257,7 @@ class Preparer:
         if ts != self._last_ts:
             self._last_ts = ts
             self._last_stamp = self.timestamps(ts)
-        return new_prepared(
+        return self._new(
             (
                 ts + rec.precision,
                 source,
@@ -330,7 +342,7 @@ class Preparer:
             return None
         ts = rec.ts
         lhash = line_hash(raw[:-1] if raw[-1:] == b"\r" else raw)
-        return new_prepared(
+        return self._new(
             (
                 ts + rec.precision,
                 where.source,

@@ -7,10 +7,11 @@ the chunk transaction). Workers are started with `forkserver` — the agent is m
 and `fork` would copy locks held by other threads — and build their own parsers once, from the
 config.
 
-A block's prepared records travel as one `marshal` string of plain tuples (`ship_block`): the
-pool then pickles a single bytes object, and loading it costs the parent a third of unpickling
-the tuples (marshal keeps no memo and refers back to the strings every record of a file shares —
-source, path, fp). Rule hits, the one NamedTuple inside, travel as plain tuples too.
+A block's prepared records travel as one `marshal` string of plain tuples (`ship_block`; a
+worker's `Preparer` builds them plain, so nothing is copied to ship them): the pool then pickles a
+single bytes object, and loading it costs the parent a third of unpickling the tuples (marshal
+keeps no memo and refers back to the strings every record of a file shares — source, path, fp).
+Rule hits, the one NamedTuple inside, travel as plain tuples too.
 
 Workers die with trackd, even by kill -9 (issue 13 #6): the forkserver, not trackd, is their
 parent, so each worker asks for SIGKILL when the forkserver dies (`PR_SET_PDEATHSIG`) and watches
@@ -34,6 +35,8 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from itertools import compress, count
+from operator import itemgetter
 from typing import Any
 
 import structlog
@@ -61,7 +64,10 @@ def _init(config: Config, secret: bytes, parent: int) -> None:
     _die_with(parent)
     _tune_gc()
     stats = PipelineStats()
-    _worker = (BlockPreparer(config, Preparer(config, secret, stats.prepare), stats), stats)
+    _worker = (
+        BlockPreparer(config, Preparer(config, secret, stats.prepare, plain=True), stats),
+        stats,
+    )
 
 
 def _tune_gc() -> None:
@@ -142,26 +148,25 @@ _RULES = Prepared._fields.index("rules")
 
 
 def ship_block(records: list[Prepared]) -> bytes:
-    """A block's prepared records as they travel from a worker to the parent: plain tuples
-    (rule hits too), marshalled."""
-    rows: list[tuple[Any, ...]] = []
-    append = rows.append
-    for p in records:
-        if p.rules:
-            row: list[Any] = list(p)
-            row[_RULES] = tuple(tuple(h) for h in p.rules)
-            append(tuple(row))
-        else:
-            append(tuple(p))
-    return marshal.dumps(rows, _MARSHAL_VERSION)
+    """A block's prepared records as they travel from a worker to the parent: plain tuples (a
+    worker's `Preparer` makes them so; rule hits are made plain here), and where the records
+    with rule hits are, marshalled."""
+    rows: list[tuple[Any, ...]] = list(map(tuple, records))  # the same objects when plain
+    with_rules = list(compress(count(), map(itemgetter(_RULES), rows)))
+    for i in with_rules:
+        row = list(rows[i])
+        row[_RULES] = tuple(tuple(h) for h in row[_RULES])
+        rows[i] = tuple(row)
+    return marshal.dumps((rows, with_rules), _MARSHAL_VERSION)
 
 
 def unship_block(shipped: bytes) -> list[Prepared]:
     """The parent's side of `ship_block` (`tuple.__new__` straight: `_make` costs a frame)."""
-    out = list(map(new_prepared, marshal.loads(shipped)))  # noqa: S302 (our workers' bytes)
-    for i, p in enumerate(out):
-        if p.rules:
-            out[i] = p._replace(rules=tuple(RuleHit._make(h) for h in p.rules))
+    rows, with_rules = marshal.loads(shipped)  # noqa: S302 (our workers' bytes)
+    out = list(map(new_prepared, rows))
+    for i in with_rules:
+        p = out[i]
+        out[i] = p._replace(rules=tuple(RuleHit._make(h) for h in p.rules))
     return out
 
 

@@ -9,7 +9,7 @@ import hmac
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.identity.derived import DerivedIds, utc_day
+from agent.identity.derived import DerivedIds, base32_head, utc_day
 
 SECRET = b"k" * 32
 DAY = 86400.0
@@ -20,6 +20,13 @@ def formula(ip: str, agent: str, ts: float, site: str = "shop") -> str:
     msg = f"v1\n{site}\n{ip}\n{agent}\n{utc_day(ts)}".encode("utf-8", "surrogateescape")
     digest = hmac.new(SECRET, msg, hashlib.sha256).digest()
     return "anon-" + base64.b32encode(digest).decode().lower().rstrip("=")[:26]
+
+
+@settings(max_examples=500, deadline=None)
+@given(digest=st.binary(min_size=17, max_size=32))
+def test_base32_head_is_the_start_of_base32(digest: bytes) -> None:
+    """The table-driven encoder gives the first 26 characters of RFC 4648 base32, lower case."""
+    assert base32_head(digest) == base64.b32encode(digest).decode().lower()[:26]
 
 
 @settings(max_examples=200, deadline=None)
