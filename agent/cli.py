@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
+import resource
 import sys
 import traceback
 from collections.abc import Callable
@@ -324,6 +326,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from agent import supervisor
 
     _tune_gc()
+    _raise_fd_limit()
 
     if args.once:
         from agent.pipeline import once
@@ -359,6 +362,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
         if opts.since is not None and opts.until is not None and opts.since >= opts.until:
             raise UsageError(f"--since {args.since} is not before --until {args.until}")
         _tune_gc()
+        _raise_fd_limit()
         return backfill.run_backfill(config, opts)
     except UsageError as exc:
         print(f"trackd backfill: {exc}", file=sys.stderr)
@@ -372,6 +376,16 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+def _raise_fd_limit() -> None:
+    """Lift the soft descriptor limit to the hard one, as log shippers do: a soft limit of
+    1024 (the usual default) is below the files a backfill of hourly logs or a `run --once`
+    over many files holds open. The daemon's tailing still caps itself (`default_max_open`)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _not_yet(command: str) -> int:

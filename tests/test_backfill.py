@@ -8,6 +8,7 @@ import json
 import lzma
 import os
 import random
+import resource
 import signal
 import subprocess
 import time
@@ -155,6 +156,51 @@ class TestRotatedHistory:
         proc = backfill(cfg, "--source", "web", str(tmp_path / "copy.gz"))
         assert proc.returncode == 0, proc.stderr
         assert page_seqs(read_messages(tmp_path / "out.jsonl")) == list(range(200))
+
+
+class TestManyFiles:
+    def test_hundreds_of_hourly_archives_read_under_a_small_descriptor_limit(
+        self, tmp_path: Path
+    ) -> None:
+        """300 hourly .gz generations backfill whole with at most 64 descriptors (hard limit):
+        the merge opens a file only when its hour comes, so none fails with 'Too many open
+        files' and every line becomes the same messages as one file of the same lines."""
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        per_file, files = 4, 300
+        for n in range(files):
+            (logs / f"access.log-{n:06d}.gz").write_bytes(
+                gzip.compress(history(n * per_file, per_file))
+            )
+        a = tmp_path / "a"
+        a.mkdir()
+        cfg = make_config(a, paths=[str(logs / "access.log")])
+
+        def small_limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+        proc = subprocess.run(
+            trackd_cmd("backfill", "-c", str(cfg), str(logs / "access.log-*.gz")),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=small_limit,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "Too many open files" not in proc.stderr
+        assert f"read {files * per_file} lines from {files} file(s)" in proc.stderr
+
+        whole = tmp_path / "whole" / "all.log"
+        whole.parent.mkdir()
+        whole.write_bytes(history(0, files * per_file))
+        b = tmp_path / "b"
+        b.mkdir()
+        proc = backfill(
+            make_config(b, paths=[str(tmp_path / "x.log")]), "--source", "web", str(whole)
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert essence(read_messages(a / "out.jsonl")) == essence(read_messages(b / "out.jsonl"))
 
 
 class TestIdempotentWithRun:

@@ -8,6 +8,7 @@ names enter the generated code (the `exec` in `layout.CompiledParser`).
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from agent.parse.escapes import unescape
@@ -24,7 +25,8 @@ _HELPERS: dict[str, Any] = {
     "_split": split_request,
     "_int": to_int,
     "_float": to_float,
-    "_Rec": AccessRecord,
+    # `AccessRecord(*fields)` without the generated `__new__`'s frame: one record per line.
+    "_Rec": functools.partial(tuple.__new__, AccessRecord),
     "_msec": parse_msec,
     "_epoch": epoch_scaled,
 }
@@ -165,7 +167,7 @@ def assembler_source(
         text("forwarded_for"),
         "extra",
     ]
-    body.append(f"    return _Rec({', '.join(fields)})")
+    body.append(f"    return _Rec(({', '.join(fields)}))")
     return "\n".join(body) + "\n", namespace
 
 

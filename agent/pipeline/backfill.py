@@ -19,6 +19,7 @@ or locked.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import secrets
 import sqlite3
@@ -351,8 +352,23 @@ class HistoryRun:
     def skip(self) -> Callable[[Prepared], str | None] | None:
         return window(self.opts.since, self.opts.until)
 
+    @property
+    def floors(self) -> list[float]:
+        """Per stream, a sort key none of its records is below: a file read from its start
+        begins with the record whose time `plan` read (`HistoryFile.floor`; a sort key is a
+        time plus its precision); a resumed one has none."""
+        out: list[float] = []
+        for hf in self.todo:
+            tf = hf.tf
+            assert tf is not None
+            fresh = not hf.resumed_at and tf.pos == 0
+            out.append(hf.floor if fresh else -math.inf)
+        return out
+
     def batches(self) -> Iterator[int]:
-        return self.pipeline.merged_batches(self.streams, self.pool, skip=self.skip)
+        return self.pipeline.merged_batches(
+            self.streams, self.pool, skip=self.skip, floors=self.floors
+        )
 
     def finish(self) -> None:
         """Every file was read to its end: retire the rotated ones (before the last commit)."""
@@ -391,7 +407,7 @@ def read_history(
     run = HistoryRun(pipeline, catalog, outcome, opts, ProgressView(out))
     run.open()
     try:
-        pipeline.run_merged(run.streams, run.pool, skip=run.skip)
+        pipeline.run_merged(run.streams, run.pool, skip=run.skip, floors=run.floors)
         run.finish()
     finally:
         run.close()

@@ -241,10 +241,11 @@ class Pipeline:
         pool: PreparePool | None = None,
         *,
         skip: Callable[[Prepared], str | None] | None = None,
+        floors: list[float] | None = None,
     ) -> None:
         """Merge every file's records by event time (SPEC §1.4) and emit them in that order,
         committing every COMMIT_EVERY records (`merged_batches`) and at the end."""
-        for _n in self.merged_batches(streams, pool, skip=skip):
+        for _n in self.merged_batches(streams, pool, skip=skip, floors=floors):
             if self.chunk.records >= COMMIT_EVERY:
                 self.commit()
                 self._wait_for_room()
@@ -256,13 +257,16 @@ class Pipeline:
         pool: PreparePool | None = None,
         *,
         skip: Callable[[Prepared], str | None] | None = None,
+        floors: list[float] | None = None,
     ) -> Iterator[int]:
         """Emit every file's records merged by event time (SPEC §1.4), yielding after each batch
         (the records it emitted) so the caller commits when it wants — and may pause between
         batches (the daemon runs a handed-off backfill a slice at a time). Never commits.
         With a pool, worker processes parse and prepare; this thread merges and resolves.
         `skip` (backfill's --since/--until) names why a record is not emitted, counted as a
-        skipped line; its file's position still moves past it."""
+        skipped line; its file's position still moves past it. `floors` (per stream, a sort key
+        none of its records is below) lets the merge start a file only once it is reached
+        (`order.merged`)."""
         gens = [
             self._pooled_items(tf, splits, pool)
             if pool is not None
@@ -271,7 +275,7 @@ class Pipeline:
         ]
         batch: list[Prepared] = []
         skipped = self.stats.skipped
-        for item in merged(gens):
+        for item in merged(gens, floors):
             if skip is not None:
                 reason = skip(item)
                 if reason is not None:

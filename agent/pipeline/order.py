@@ -16,13 +16,65 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from agent.pipeline.prepare import Prepared
 
 
-def merged(streams: list[Iterator[Prepared]]) -> Iterable[Prepared]:
-    """Records of every file in one event-time order (each stream is in file order)."""
-    return streams[0] if len(streams) == 1 else heapq.merge(*streams)
+def merged(
+    streams: list[Iterator[Prepared]], floors: list[float] | None = None
+) -> Iterable[Prepared]:
+    """Records of every file in one event-time order (each stream is in file order).
+
+    With `floors` (a sort key no record of stream i is below, or -inf), a stream is started
+    only when the merge reaches its floor: a backfill of a year of hourly files then holds
+    open, reads ahead and keeps records of the few files whose times overlap, not of every
+    file. The order is `heapq.merge`'s, record for record (see `_lazy_merge`)."""
+    if len(streams) == 1:
+        return streams[0]
+    if floors is None:
+        return heapq.merge(*streams)
+    return _lazy_merge(streams, floors)
+
+
+def _lazy_merge(streams: list[Iterator[Prepared]], floors: list[float]) -> Iterator[Prepared]:
+    """`heapq.merge(*streams)`, starting each stream once the smallest record waiting reaches
+    its floor. Same order: a record is taken only while every stream not started has a floor
+    above its key, so that stream's first record is larger (the key comes first); ties between
+    started streams go to the lower index, as in `heapq.merge`."""
+    # Not started yet, the lowest floor last.
+    waiting = sorted(range(len(streams)), key=floors.__getitem__, reverse=True)
+    # [record, stream index, its __next__, the stream]: compared on the first two only.
+    heap: list[list[Any]] = []
+    push, replace, pop = heapq.heappush, heapq.heapreplace, heapq.heappop
+
+    def start(i: int) -> None:
+        it = iter(streams[i])
+        step = it.__next__
+        try:
+            push(heap, [step(), i, step, it])
+        except StopIteration:
+            pass
+
+    while heap or waiting:
+        if not heap:
+            start(waiting.pop())
+            continue
+        entry = heap[0]
+        record = entry[0]
+        if waiting and floors[waiting[-1]] <= record[0]:
+            start(waiting.pop())
+            continue
+        if not waiting and len(heap) == 1:
+            yield record
+            yield from entry[3]
+            return
+        yield record
+        try:
+            entry[0] = entry[2]()
+            replace(heap, entry)
+        except StopIteration:
+            pop(heap)
 
 
 class HoldBuffer:

@@ -196,6 +196,9 @@ class HistoryFile:
     #: First event time and logrotate number: the read order (oldest first).
     first_ts: float = math.inf
     number: int = 0
+    #: A sort key no record of the file (read from its start) is below: its first record's
+    #: time, when its head held complete lines; else -inf (the merge starts it at once).
+    floor: float = -math.inf
     #: Why it is not read: "already read", "copy of …", "unreadable: …".
     skipped: str = ""
     #: Where reading started (a resumed file: > 0) and what the damage report says.
@@ -357,6 +360,10 @@ def describe(hf: HistoryFile) -> str:
     return f"{hf.path} ({hf.source}{kind}, {hf.size:,} bytes)"
 
 
+#: The bytes of each file `plan` reads for its first event time.
+_HEAD = 64 << 10
+
+
 def plan(cat: Catalog, files: list[HistoryFile], blocks: BlockPreparer) -> list[HistoryFile]:
     """Order `files` oldest first and open them in that order (new rows get ids in it: ties of
     the event-time merge go to the older file). Two arguments with the same content (a file and
@@ -365,12 +372,16 @@ def plan(cat: Catalog, files: list[HistoryFile], blocks: BlockPreparer) -> list[
         if hf.kind is None:
             try:
                 with open(hf.path, "rb") as fh:
-                    hf.head = fh.read(64 << 10)
+                    hf.head = fh.read(_HEAD)
             except OSError:
                 hf.head = b""
         else:
-            hf.head = _head_of_packed(hf.path, hf.kind, 64 << 10)
+            hf.head = _head_of_packed(hf.path, hf.kind, _HEAD)
         hf.first_ts = first_event_time(hf.head, hf.source, blocks)
+        if math.isfinite(hf.first_ts) and (b"\n" in hf.head or len(hf.head) < _HEAD):
+            hf.floor = hf.first_ts
+        # Only the fingerprint's bytes stay (a year of hourly files would keep 560 MiB).
+        hf.head = hf.head[: FP_MAX + 1]
         hf.number = rotation_number(hf.path)
     files.sort(key=lambda h: h.sort_key)
     seen: dict[tuple[str, int, bytes], HistoryFile] = {}
