@@ -375,7 +375,7 @@ class HistoryRun:
         for hf in self.todo:
             tf = hf.tf
             assert tf is not None
-            if not hf.live:
+            if not hf.live and _failed(hf) is None:
                 self.catalog.retire(tf.row, "done")
             if hf.resumed_at and not self.progress.lines_of[hf.path] and _damage(hf) is None:
                 hf.skipped = "already read"  # a compressed copy: known only once decompressed
@@ -448,6 +448,15 @@ def report(summary: Summary, outcome: Outcome, skipped: Counter[tuple[str, str]]
                 f"({lost:,} of {reader.size:,} compressed bytes unread"
                 + (", and the partial line at the damage)" if partial else ")")
             )
+    failed = [(hf, why) for hf in read if (why := _failed(hf)) is not None]
+    if failed:
+        lines.append(
+            f"  files that could not be read to their end ({len(failed)}): run the same "
+            "backfill again to read the rest"
+        )
+        for hf, why in failed:
+            got = progress.lines_of[hf.path] if progress is not None else 0
+            lines.append(f"    {hf.path}: {why}; read {got:,} lines")
     return "\n".join(lines)
 
 
@@ -479,6 +488,15 @@ def report_data(
             {"path": hf.path, "why": hf.skipped} for hf in outcome.files if hf.skipped
         ],
         "damaged_files": damaged,
+        "failed_files": [
+            {
+                "path": hf.path,
+                "error": why,
+                "lines_read": progress.lines_of[hf.path] if progress is not None else 0,
+            }
+            for hf in outcome.files
+            if hf.tf is not None and not hf.skipped and (why := _failed(hf)) is not None
+        ],
     }
 
 
@@ -494,6 +512,13 @@ def _print_report(
     else:
         out.write(report(summary, outcome, skipped) + "\n")
     out.flush()
+
+
+def _failed(hf: HistoryFile) -> str | None:
+    """Why a compressed file could not be read to its end (not damage: it stays unfinished,
+    the next backfill reads the rest), else None."""
+    packed = hf.tf.packed if hf.tf is not None else None
+    return packed.failed if isinstance(packed, HistoryReader) and packed.failed else None
 
 
 def _damage(hf: HistoryFile) -> HistoryReader | None:
@@ -540,6 +565,8 @@ async def backfill(config: Config, opts: Options, files: list[HistoryFile]) -> i
     if nothing_read(outcome):
         log.error("backfill_nothing_read", files=len(files))
         return EXIT_RUNTIME
+    if any(_failed(hf) is not None for hf in files):
+        return EXIT_RUNTIME  # the report names them; the next backfill reads the rest
     return exit_code(summary, opts.deliver_timeout)
 
 

@@ -97,7 +97,7 @@ class PackedReader:
     decompressed before the damage (the library's buffered readers drop the block in progress),
     and `consumed` tells how far into the file reading got."""
 
-    __slots__ = ("_gen", "consumed", "damage", "kind", "offset", "path", "size")
+    __slots__ = ("_gen", "consumed", "damage", "failed", "kind", "offset", "path", "size")
 
     def __init__(self, path: str, kind: str) -> None:
         self.path = path
@@ -109,6 +109,9 @@ class PackedReader:
         self.offset = 0
         #: What went wrong, when the archive is damaged ("" while it is not).
         self.damage = ""
+        #: Why the file itself could not be read on (the system's words: gone, no permission,
+        #: too many open files): not damage, the rest is still there to read later.
+        self.failed = ""
 
     def _chunks(self) -> Iterator[bytes]:
         """Decompressed pieces from the start; raises Damaged (after yielding what was read)."""
@@ -180,6 +183,9 @@ class PackedReader:
         except Damaged as exc:
             self.damage = str(exc)
             raise EOFError(str(exc)) from None  # TrackedFile.read_packed logs and stops
+        except OSError as exc:  # opening or reading the file (decompression raises Damaged)
+            self.failed = exc.strerror or str(exc)
+            raise
 
     def close(self) -> None:
         gen = self._gen

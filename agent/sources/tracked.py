@@ -136,6 +136,17 @@ class TrackedFile:
                     if split is not None:
                         yield split
         except DecompressError as exc:
+            if self.packed.failed:
+                log.error(
+                    "compressed_file_read_failed",
+                    path=self.path,
+                    source=self.row.source,
+                    offset=self.splitter.offset,
+                    error=self.packed.failed,
+                    hint="the file could not be read on (removed, no permission, or too many "
+                    "open files): it is not marked read, and the next backfill reads the rest",
+                )
+                return
             log.warning(
                 "compressed_file_unreadable",
                 path=self.path,
