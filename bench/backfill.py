@@ -2,7 +2,10 @@
 same file, measured in the same run: lines/s, CPU seconds (all processes: workers included),
 peak RSS.
 
-    .venv/bin/python bench/backfill.py [--lines 1000000] [--workers auto|0|N]
+    .venv/bin/python bench/backfill.py [--lines 1000000] [--workers auto|0|N] [--files N]
+
+`--files N` cuts the history into N archives of consecutive lines (`access.log-00000.gz` …, as
+hourly rotations look) and backfills them all: a year of hourly logs is 8,760 files.
 
 Prints a table and writes bench/results/backfill.json.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import os
 import platform
@@ -105,12 +109,27 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, floa
     }
 
 
+def cut(plain: Path, logs: Path, files: int, lines: int) -> list[str]:
+    """`plain` as `files` gzipped archives of consecutive lines, oldest first (the bare loop
+    reads the single archive of the same lines)."""
+    per = -(-lines // files)
+    out: list[str] = []
+    with plain.open("rb") as src:
+        for n in range(files):
+            path = logs / f"access.log-{n:05d}.gz"
+            with gzip.open(path, "wb", compresslevel=6) as dst:
+                dst.writelines(itertools.islice(src, per))
+            out.append(str(path))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--workers", default="auto", help="TRACKD_WORKERS (auto: trackd decides)")
+    ap.add_argument("--files", type=int, default=1, help="archives to cut the history into")
     args = ap.parse_args()
     if shutil.which("zcat") is None:
         raise SystemExit("zcat not found")
@@ -123,6 +142,10 @@ def main() -> None:
         with plain.open("rb") as src, gzip.open(packed, "wb", compresslevel=6) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         sizes = (plain.stat().st_size, packed.stat().st_size)
+        targets = [str(packed)]
+        if args.files > 1:
+            targets = cut(plain, logs, args.files, args.lines)
+            sizes = (sizes[0], sum(os.path.getsize(t) for t in targets))
         plain.unlink()
 
         bare = measure(
@@ -137,13 +160,14 @@ def main() -> None:
         work.mkdir()
         cfg = file_sink_config(work, packed.parent / "access.log", NGINX_FORMAT)
         trackd = measure(
-            [sys.executable, "-m", "agent", "backfill", "-c", str(cfg), str(packed)], env=env
+            [sys.executable, "-m", "agent", "backfill", "-c", str(cfg), *targets], env=env
         )
         summary = str(trackd["stderr"]).strip().splitlines()
     rows = [("zcat | python bare regex loop", bare), ("trackd backfill", trackd)]
     print(
         f"{args.lines:,} lines, {sizes[0] / (1 << 20):.0f} MiB plain, "
-        f"{sizes[1] / (1 << 20):.0f} MiB gzipped; {os.cpu_count()} cpus; workers={args.workers}"
+        f"{sizes[1] / (1 << 20):.0f} MiB gzipped in {args.files:,} file(s); "
+        f"{os.cpu_count()} cpus; workers={args.workers}"
     )
     print(f"{'measure':<34}{'lines/s':>12}{'wall s':>9}{'CPU s':>9}{'peak RSS MiB':>14}")
     for name, r in rows:
@@ -163,6 +187,7 @@ def main() -> None:
                 "plain_bytes": sizes[0],
                 "gzip_bytes": sizes[1],
                 "workers": args.workers,
+                "files": args.files,
                 **{
                     key: {
                         "lines_per_s": round(args.lines / float(r["wall_s"])),

@@ -168,3 +168,24 @@ class TestAppSources:
         assert '"reason":"encoding"' in proc.stderr
         again = run_trackd("run", "--once", "-c", str(cfg))
         assert "read 0 lines" in again.stderr  # the position moved past every line
+
+
+class TestMergeOrder:
+    def test_resumed_files_still_merge_in_event_time_order(self, tmp_path: Path) -> None:
+        """Two files read halfway by a first run, then appended to: the second run starts each
+        file at the first record past its position (its floor), so the rest of both comes out
+        in event-time order, not one file after the other."""
+
+        def ts(seq: int) -> str:
+            minute, sec = divmod(10 * seq, 60)
+            hour, minute = divmod(minute, 60)
+            return f"28/Nov/2026:{10 + hour:02d}:{minute:02d}:{sec:02d} +0000"
+
+        a, b = tmp_path / "a.log", tmp_path / "b.log"
+        for lo, hi in ((0, 300), (300, 600)):
+            for seq in range(lo, hi):
+                write_access_log(a if seq % 2 == 0 else b, seq, 1, ts=ts(seq))
+            cfg = make_config(tmp_path, paths=[str(a), str(b)])
+            proc = run_trackd("run", "--once", "-c", str(cfg))
+            assert proc.returncode == 0, proc.stderr
+        assert page_seqs(read_messages(tmp_path / "out.jsonl")) == list(range(600))

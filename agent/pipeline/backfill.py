@@ -19,7 +19,6 @@ or locked.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import secrets
 import sqlite3
@@ -356,13 +355,14 @@ class HistoryRun:
     def floors(self) -> list[float]:
         """Per stream, a sort key none of its records is below: a file read from its start
         begins with the record whose time `plan` read (`HistoryFile.floor`; a sort key is a
-        time plus its precision); a resumed one has none."""
+        time plus its precision); a resumed one with the record at its position, peeked at
+        (`Pipeline.floor_of`; none for a compressed one)."""
         out: list[float] = []
         for hf in self.todo:
             tf = hf.tf
             assert tf is not None
             fresh = not hf.resumed_at and tf.pos == 0
-            out.append(hf.floor if fresh else -math.inf)
+            out.append(hf.floor if fresh else self.pipeline.floor_of(tf, hf.size))
         return out
 
     def batches(self) -> Iterator[int]:

@@ -10,6 +10,7 @@ messages and the positions that produced them commit together (SPEC §5.2).
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections import deque
@@ -29,9 +30,9 @@ from agent.pipeline.order import HoldBuffer, merged
 from agent.pipeline.prepare import Prepared, Preparer
 from agent.pipeline.stats import PipelineStats
 from agent.pipeline.workers import PreparePool
-from agent.records import Chunk
+from agent.records import Chunk, FileRef
 from agent.sinks.base import DirectSink, Stamper
-from agent.sources.fileid import digest16
+from agent.sources.fileid import digest16, read_at
 from agent.sources.splitter import Split
 from agent.sources.tracked import TrackedFile
 from agent.state import files as files_db
@@ -43,6 +44,8 @@ log = structlog.get_logger("trackd.pipeline")
 
 #: Records per chunk transaction in batch reads (`run --once`, backfill).
 COMMIT_EVERY = 16384
+#: How much of a file `floor_of` reads ahead for its first record.
+FLOOR_PEEK = 64 << 10
 #: Records resolved together (one identity prefetch per batch).
 BATCH = 2048
 
@@ -77,6 +80,8 @@ class Pipeline:
         ident = config.identity
         self.preparer = Preparer(config, secret, self.stats.prepare)
         self.blocks = BlockPreparer(config, self.preparer, self.stats)
+        #: Prepares the lines `floor_of` peeks at, counting into its own discarded stats.
+        self._probe: BlockPreparer | None = None
         self.resolver = Resolver(
             store,
             max_named_per_device=ident.max_named_per_device,
@@ -127,6 +132,7 @@ class Pipeline:
         self.blocks.reload_sources(sources, self.config.sources)
         self.preparer.reload_sources(sources)
         self.config = self.config.model_copy(update={"sources": sources})
+        self._probe = None
 
     # -- the direct sink -------------------------------------------------------------------
 
@@ -165,6 +171,27 @@ class Pipeline:
         assert ref is not None  # a complete line exists, so the first line is known
         self._files[tf.row.id] = tf
         yield from self.blocks.lines(ref, split.start, split.end, split.lines, split.too_long)
+
+    def floor_of(self, tf: TrackedFile, limit: int) -> float:
+        """A sort key none of the records `tf` has to read (up to byte `limit`) is below, for
+        the merge (`order.merged`): the key of the first record in the complete lines of the
+        next 64 KiB, prepared apart (their counts discarded); -inf when there is none (a
+        compressed file, nothing to read, or no record there)."""
+        if tf.packed is not None or tf.fd < 0 or tf.pos >= limit:
+            return -math.inf
+        data = read_at(tf.fd, tf.pos, min(FLOOR_PEEK, limit - tf.pos))
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            return -math.inf
+        if self._probe is None:
+            stats = PipelineStats()
+            preparer = Preparer(self.config, self.secret, stats.prepare)
+            self._probe = BlockPreparer(self.config, preparer, stats)
+        ref = FileRef(0, tf.row.source, "", "")
+        lines = data[:cut].split(b"\n")
+        for p in self._probe.lines(ref, tf.pos, tf.pos + cut + 1, lines):
+            return p.key
+        return -math.inf
 
     # -- emitting --------------------------------------------------------------------------
 

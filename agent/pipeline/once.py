@@ -136,7 +136,9 @@ def read_snapshot(rt: Runtime) -> int:
     pool = start_pool(rt.config, pipeline.secret, sum(max(0, s - tf.pos) for tf, s in opened))
     try:
         pipeline.run_merged(
-            [(tf, tf.snapshot(size, final=not tf.live)) for tf, size in opened], pool
+            [(tf, tf.snapshot(size, final=not tf.live)) for tf, size in opened],
+            pool,
+            floors=[pipeline.floor_of(tf, size) for tf, size in opened],
         )
         wall = time.time()
         for tf, size in opened:

@@ -20,16 +20,21 @@ from typing import Any
 
 from agent.pipeline.prepare import Prepared
 
+#: Event seconds before its floor that a file is started: its first blocks are then being
+#: prepared (by the workers) while the merge still takes the file before it.
+START_AHEAD = 300.0
+
 
 def merged(
     streams: list[Iterator[Prepared]], floors: list[float] | None = None
 ) -> Iterable[Prepared]:
     """Records of every file in one event-time order (each stream is in file order).
 
-    With `floors` (a sort key no record of stream i is below, or -inf), a stream is started
-    only when the merge reaches its floor: a backfill of a year of hourly files then holds
-    open, reads ahead and keeps records of the few files whose times overlap, not of every
-    file. The order is `heapq.merge`'s, record for record (see `_lazy_merge`)."""
+    With `floors` (the sort key of stream i's first record, or anything below it: -inf), a
+    stream is started only when the merge comes within START_AHEAD of its floor: a backfill
+    of a year of hourly files then holds open, reads ahead and keeps records of the few files
+    whose times overlap, not of every file. The order is `heapq.merge`'s, record for record
+    (see `_lazy_merge`)."""
     if len(streams) == 1:
         return streams[0]
     if floors is None:
@@ -38,10 +43,10 @@ def merged(
 
 
 def _lazy_merge(streams: list[Iterator[Prepared]], floors: list[float]) -> Iterator[Prepared]:
-    """`heapq.merge(*streams)`, starting each stream once the smallest record waiting reaches
-    its floor. Same order: a record is taken only while every stream not started has a floor
-    above its key, so that stream's first record is larger (the key comes first); ties between
-    started streams go to the lower index, as in `heapq.merge`."""
+    """`heapq.merge(*streams)`, starting each stream once the smallest record waiting comes
+    within START_AHEAD of its floor. Same order: a record is taken only while every stream not
+    started has a floor above its key, so that stream's first record is larger (the key comes
+    first); ties between started streams go to the lower index, as in `heapq.merge`."""
     # Not started yet, the lowest floor last.
     waiting = sorted(range(len(streams)), key=floors.__getitem__, reverse=True)
     # [record, stream index, its __next__, the stream]: compared on the first two only.
@@ -62,7 +67,7 @@ def _lazy_merge(streams: list[Iterator[Prepared]], floors: list[float]) -> Itera
             continue
         entry = heap[0]
         record = entry[0]
-        if waiting and floors[waiting[-1]] <= record[0]:
+        if waiting and floors[waiting[-1]] <= record[0] + START_AHEAD:
             start(waiting.pop())
             continue
         if not waiting and len(heap) == 1:

@@ -11,12 +11,14 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.pipeline.order import merged
+from agent.pipeline.order import START_AHEAD, merged
 
 Rec = tuple[float, str, int, int]
 
-# A file: its records' sort keys (whole and half seconds, so that files tie), in file order.
-keys = st.lists(st.integers(min_value=0, max_value=60).map(lambda k: k / 2), max_size=12)
+# Key steps of a quarter of START_AHEAD: files overlap, tie, and start late or ahead of time.
+STEP = START_AHEAD / 4
+# A file: its records' sort keys, in file order.
+keys = st.lists(st.integers(min_value=0, max_value=60).map(lambda k: k * STEP), max_size=12)
 
 
 def records(file_id: int, stream_keys: list[float]) -> list[Rec]:
@@ -40,7 +42,7 @@ def test_the_order_is_heapq_merges_with_any_valid_floors(
         if unknown or not recs:
             floors.append(-math.inf)
         else:
-            floors.append(recs[0][0] - below / 2)
+            floors.append(recs[0][0] - below * STEP)
     want = list(heapq.merge(*[iter(s) for s in streams]))
     got = list(merged([iter(s) for s in streams], floors))  # type: ignore[arg-type]
     assert got == want
