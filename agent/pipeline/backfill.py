@@ -353,10 +353,10 @@ class HistoryRun:
 
     @property
     def floors(self) -> list[float]:
-        """Per stream, a sort key none of its records is below: a file read from its start
-        begins with the record whose time `plan` read (`HistoryFile.floor`; a sort key is a
-        time plus its precision); a resumed one with the record at its position, peeked at
-        (`Pipeline.floor_of`; none for a compressed one)."""
+        """Per stream, the sort key of its first record (a time plus its precision) or one
+        below it, for `order.merged`: for a file read from its start, the record whose time
+        `plan` read (`HistoryFile.floor`); for a resumed one, the record at its position,
+        peeked at (`Pipeline.floor_of`; -inf for a compressed one)."""
         out: list[float] = []
         for hf in self.todo:
             tf = hf.tf

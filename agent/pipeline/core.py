@@ -173,10 +173,10 @@ class Pipeline:
         yield from self.blocks.lines(ref, split.start, split.end, split.lines, split.too_long)
 
     def floor_of(self, tf: TrackedFile, limit: int) -> float:
-        """A sort key none of the records `tf` has to read (up to byte `limit`) is below, for
-        the merge (`order.merged`): the key of the first record in the complete lines of the
-        next 64 KiB, prepared apart (their counts discarded); -inf when there is none (a
-        compressed file, nothing to read, or no record there)."""
+        """The floor of `tf` for the merge (`order.merged`): the sort key of the first record
+        it has to read (up to byte `limit`), found in the complete lines of the next 64 KiB,
+        prepared apart (their counts discarded), up to that record only; -inf when there is
+        none (a compressed file, nothing to read, or no record there)."""
         if tf.packed is not None or tf.fd < 0 or tf.pos >= limit:
             return -math.inf
         data = read_at(tf.fd, tf.pos, min(FLOOR_PEEK, limit - tf.pos))
