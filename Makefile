@@ -8,12 +8,15 @@ STAMP  := $(VENV)/.installed
 # How many kill -9 / torture iterations the slow tests run: CI scale by default, full with test-full.
 TRACKD_SLOW_SCALE ?= ci
 
-.PHONY: help venv install demo test test-full lint typecheck pytest bench faults clean install-service uninstall-service
+.PHONY: help venv install demo test test-full lint typecheck pytest compiled test-compiled bench faults clean install-service uninstall-service
 
 help:
 	@echo "make demo       install into .venv and run trackd on the bundled sample logs"
 	@echo "make test       install with test extras and run lint, type checks and the whole suite"
 	@echo "make test-full  the same, with the slow tests at their full iteration counts"
+	@echo "make compiled   build the mypyc-compiled hot modules in build/compiled (a copy of the tree)"
+	@echo "make test-compiled  the pipeline, parse and identity tests and the byte-identity check"
+	@echo "                on that compiled copy (part of make test; pure Python when it cannot compile)"
 	@echo "make bench      run the benchmarks in bench/ (prints tables, writes bench/results/*.json);"
 	@echo "                make bench QUICK=1 runs them on small corpora (a minute or two)"
 	@echo "make faults     the fault matrix: each fault with lines in, messages out, duplicates, losses"
@@ -49,8 +52,8 @@ demo: $(STAMP)
 	@$(BIN)/trackd run --once -c config/demo.yaml
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent tests bench
-	$(BIN)/ruff format --check agent tests bench
+	$(BIN)/ruff check agent tests bench setup.py
+	$(BIN)/ruff format --check agent tests bench setup.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -59,7 +62,33 @@ pytest: $(STAMP)
 	@# pytest exits 5 when it collects no tests; make treats any non-zero exit as a failure.
 	TRACKD_SLOW_SCALE=$(TRACKD_SLOW_SCALE) $(BIN)/python -m pytest -p no:cacheprovider
 
-test: lint typecheck pytest
+# The compiled build (setup.py, agent/native.py) in a copy of the tree, so that its extensions
+# never hide the .py files you edit here. Without a C compiler it stays pure Python and says so;
+# TRACKD_REQUIRE_COMPILED=1 (CI) makes that an error.
+COMPILED := build/compiled
+compiled: $(STAMP)
+	@rm -rf $(COMPILED) && mkdir -p $(COMPILED)
+	@cp -R agent bench config tests setup.py pyproject.toml README.md $(COMPILED)/
+	@find $(COMPILED) -name __pycache__ -prune -exec rm -rf {} +
+	@echo "compiling the hot modules with mypyc into $(COMPILED) (log: $(COMPILED)/build.log)"
+	@cd $(COMPILED) && ../../$(BIN)/python setup.py build_ext --inplace > build.log 2>&1 || { \
+	  cat build.log >&2; echo "error: the compiled build failed (full log above)" >&2; exit 1; }
+	@grep '^trackd build:' $(COMPILED)/build.log
+	@cd $(COMPILED) && ../../$(BIN)/python -c 'import os, sys; from agent import native; \
+	  print("build/compiled runs:", native.describe()); \
+	  sys.exit(1 if os.environ.get("TRACKD_REQUIRE_COMPILED") and not native.COMPILED else 0)'
+
+# Byte-identity of the compiled path against the pure one, then the tests of the modules it
+# compiles, run against the compiled copy.
+test-compiled: compiled
+	@rm -rf $(COMPILED)/.ref
+	$(BIN)/python bench/equivalence.py --lines 50000 --record $(COMPILED)/.ref
+	cd $(COMPILED) && PYTHONPATH=$$(pwd) ../../$(BIN)/python bench/equivalence.py --lines 50000 \
+	  --check .ref --workers 0,2
+	cd $(COMPILED) && PYTHONPATH=$$(pwd) TRACKD_SLOW_SCALE=$(TRACKD_SLOW_SCALE) ../../$(BIN)/python \
+	  -m pytest -p no:cacheprovider -q tests/pipeline tests/identity tests/parse tests/test_run_once.py tests/test_native.py
+
+test: lint typecheck pytest test-compiled
 
 test-full:
 	$(MAKE) test TRACKD_SLOW_SCALE=full

@@ -41,6 +41,17 @@ The config file is -c PATH, else $TRACKD_CONFIG, else /etc/trackd/trackd.yaml.
 Docs: README.md; the full contract: SPEC.md."""
 
 
+class _Version(argparse.Action):
+    """`trackd --version`: the version and the build (compiled or pure Python), looked up only
+    when asked."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from agent import native
+
+        print(f"trackd {__version__} ({native.describe()})")
+        parser.exit()
+
+
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
@@ -69,7 +80,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
-    parser.add_argument("--version", action="version", version=f"trackd {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_Version,
+        nargs=0,
+        help="print the version and whether the hot modules run compiled, then exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(

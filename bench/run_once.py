@@ -106,7 +106,12 @@ def main() -> None:
     _subreaper()
     kinds = ("issue", "bench") if args.corpus == "both" else (args.corpus,)
     results: dict[str, Any] = {}
-    print(f"{args.lines:,} lines, {os.cpu_count()} CPUs, TRACKD_WORKERS={args.workers or 'auto'}")
+    build = subprocess.run(
+        [sys.executable, "-m", "agent", "--version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    print(
+        f"{build}: {args.lines:,} lines, {os.cpu_count()} CPUs, TRACKD_WORKERS={args.workers or 'auto'}"
+    )
     head = f"{'corpus':<8}{'bare l/s':>11}{'trackd l/s':>12}{'ratio':>7}{'CPU µs/line':>13}"
     print(head + f"{'peak RSS MiB':>14}")
     for kind in kinds:

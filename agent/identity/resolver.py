@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, TypeVar
 
@@ -31,12 +31,12 @@ from agent.identity.graph import (
     Session,
     escape_device,
 )
+from agent.identity.lru import Lru
 
 log = structlog.get_logger("trackd.identity")
 _DAY = 86400.0
 #: Deferred alias claims kept at most (a long outage with many logins: the rest are not sent).
 _DEFERRED_MAX = 100_000
-K = TypeVar("K")
 V = TypeVar("V")
 
 
@@ -65,19 +65,6 @@ class IdentityEvent(NamedTuple):
     ref: LoginRef | None = None
 
 
-class _Lru(OrderedDict[K, V]):
-    """A bounded LRU mapping (oldest entries dropped first)."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def put(self, key: K, value: V) -> None:
-        self[key] = value
-        if len(self) > self.size:
-            self.popitem(last=False)
-
-
 class Resolver:
     """Resolve hits, logins, logouts and identity changes. The pipeline thread owns it."""
 
@@ -91,16 +78,20 @@ class Resolver:
         session_ttl: float = 86400.0,
         join_window: float = 30.0,
         cache_size: int = 20_000,
+        fast_path: bool = True,
     ) -> None:
         self._store = store
+        #: A cached, unshared device's repeat hit takes `_repeat_hit` (False: every hit takes
+        #: the general path, the reference the tests hold the shortcut to).
+        self._fast_path = fast_path
         self._max_named = max_named_per_device
         self._max_devices = max_devices_per_named
         self._session_timeout = session_timeout
         self._session_ttl = session_ttl
         self._join_window = join_window
-        self._devices: _Lru[str, Device] = _Lru(cache_size)
-        self._named: _Lru[str, Named] = _Lru(cache_size)
-        self._sessions: _Lru[str, Session] = _Lru(cache_size)
+        self._devices: Lru[str, Device] = Lru(cache_size)
+        self._named: Lru[str, Named] = Lru(cache_size)
+        self._sessions: Lru[str, Session] = Lru(cache_size)
         self._dirty_devices: dict[str, Device] = {}
         self._dirty_named: dict[str, Named] = {}
         self._dirty_sessions: dict[str, Session] = {}
@@ -124,7 +115,7 @@ class Resolver:
     ) -> tuple[Attribution, list[IdentityEvent]]:
         """Attribute an access hit. `device`/`named`/`session` are normalised values (None when
         absent or junk). With neither a device nor a person, the caller derives an id."""
-        if session is None and device is not None and not self._deferred:
+        if session is None and device is not None and self._fast_path and not self._deferred:
             dev = self._devices.get(device)
             if dev is not None and dev.shared_since is None and "~" not in device:
                 fast = self._repeat_hit(dev, ts, named)
@@ -505,7 +496,7 @@ class Resolver:
         self._take("s", want_s, found.sessions, self._sessions, lambda x: x.session)
 
     def _wanted(
-        self, kind: str, keys: Iterable[str], cache: _Lru[str, V], dirty: dict[str, V]
+        self, kind: str, keys: Iterable[str], cache: Lru[str, V], dirty: dict[str, V]
     ) -> list[str]:
         if self._ttl is None:
             return [k for k in keys if k not in cache and k not in dirty]
@@ -517,7 +508,7 @@ class Resolver:
         kind: str,
         want: list[str],
         found: list[V],
-        cache: _Lru[str, V],
+        cache: Lru[str, V],
         key_of: Callable[[V], str],
     ) -> None:
         for item in found:
