@@ -76,7 +76,7 @@ compiled: $(STAMP)
 	@grep '^trackd build:' $(COMPILED)/build.log
 	@cd $(COMPILED) && ../../$(BIN)/python -c 'import os, sys; from agent import native; \
 	  print("build/compiled runs:", native.describe()); \
-	  sys.exit(1 if os.environ.get("TRACKD_REQUIRE_COMPILED") and not native.COMPILED else 0)'
+	  sys.exit(1 if os.environ.get("TRACKD_REQUIRE_COMPILED") and not native.is_compiled() else 0)'
 
 # Byte-identity of the compiled path against the pure one, then the tests of the modules it
 # compiles, run against the compiled copy.

@@ -32,6 +32,7 @@ class OptionalMypyc(build_ext):
         self._pure = self._why_pure()
         if not self._pure:
             modules: list[str] = runpy.run_path(str(HERE / "agent" / "native.py"))["MODULES"]
+            self._count = len(modules)
             paths = [str(Path(*m.split(".")).with_suffix(".py")) for m in modules]
             cwd = os.getcwd()
             os.chdir(HERE)  # mypycify takes paths relative to the project, writes build/ there
@@ -56,7 +57,7 @@ class OptionalMypyc(build_ext):
                 Path(out).unlink(missing_ok=True)
             _say(f"compiling failed ({exc}); the hot modules stay pure Python")
             return
-        _say(f"compiled {len(self.extensions)} extension(s) with mypyc")
+        _say(f"compiled the {self._count} hot modules with mypyc")
 
     def _why_pure(self) -> str:
         if os.environ.get("TRACKD_PURE"):

@@ -5,8 +5,8 @@ with mypyc; an editable install, `TRACKD_PURE=1`, or a machine without mypy or a
 the same modules as Python. Both run the same source, so output is byte-identical (CI checks
 that with `bench/equivalence.py` and the pipeline, parse and identity tests on both).
 
-This module imports nothing from trackd: setup.py reads `MODULES` from it before trackd's own
-dependencies exist.
+This module imports nothing from trackd and looks nothing up when loaded: setup.py reads
+`MODULES` from it before trackd is importable.
 """
 
 from __future__ import annotations
@@ -47,12 +47,14 @@ def compiled_modules() -> list[str]:
     return out
 
 
+def is_compiled() -> bool:
+    """Whether any of `MODULES` loads from a compiled extension here."""
+    return bool(compiled_modules())
+
+
 def describe() -> str:
     """`compiled (mypyc, 15 of 15 hot modules)`, or `pure Python`, for `trackd --version`."""
     done = compiled_modules()
     if not done:
         return "pure Python"
     return f"compiled (mypyc, {len(done)} of {len(MODULES)} hot modules)"
-
-
-COMPILED: bool = bool(compiled_modules())

@@ -26,18 +26,18 @@ def test_every_listed_module_exists_as_python_source() -> None:
 @pytest.mark.timeout(30)
 def test_describe_names_the_build_that_runs() -> None:
     """`describe()` says pure Python when no listed module loads from an extension, and counts
-    the compiled ones otherwise; COMPILED agrees with it."""
+    the compiled ones otherwise; `is_compiled()` agrees with it."""
     done = native.compiled_modules()
     assert set(done) <= set(native.MODULES)
     if done:
-        assert native.COMPILED
+        assert native.is_compiled()
         assert (
             native.describe()
             == f"compiled (mypyc, {len(done)} of {len(native.MODULES)} hot modules)"
         )
         assert importlib.import_module(done[0]).__file__.endswith(".so")  # type: ignore[union-attr]
     else:
-        assert not native.COMPILED
+        assert not native.is_compiled()
         assert native.describe() == "pure Python"
         assert importlib.import_module(native.MODULES[0]).__file__.endswith(".py")  # type: ignore[union-attr]
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from agent.identity.graph import Changes
 from agent.identity.memory_store import MemoryIdentityStore
 from agent.identity.resolver import Attribution, Resolver
-from agent.native import COMPILED
+from agent.native import is_compiled
 from tests.identity.test_properties import event
 
 #: Besides B.40's: a device with a `~` (escaped: never the fast path), more people than the R4
@@ -91,7 +91,7 @@ def test_fast_path_decides_as_the_general_path(
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.skipif(COMPILED, reason="a compiled Resolver's methods cannot be wrapped")
+@pytest.mark.skipif(is_compiled(), reason="a compiled Resolver's methods cannot be wrapped")
 def test_fast_path_serves_a_known_devices_repeat_hit() -> None:
     """A cached device's repeat hit (anonymous, or with the km_ni its epoch is bound to) is
     answered by the fast path, with the general path's attribution."""
