@@ -125,17 +125,21 @@ class TrackedFile:
         """Every complete line of a compressed generation, then its final partial line. A damaged
         or incomplete archive ends early, logged: what was read before the damage stays read."""
         assert self.packed is not None
+        # The decompressor hands out pieces of tens of KiB: they are gathered into blocks of
+        # the read size, as a plain file is read (one worker job per ~1 MiB, not per 20 KiB).
+        gathered: list[bytes] = []
+        have = 0
         try:
             for data in self.packed.blocks():
-                while data:
-                    step = self._step()
-                    piece, data = (data[:step], data[step:]) if len(data) > step else (data, b"")
-                    self.pos += len(piece)
-                    self.before = (self.before + piece[-MARKER_MAX:])[-MARKER_MAX:]
-                    split = self.splitter.feed(piece)
-                    if split is not None:
-                        yield split
+                gathered.append(data)
+                have += len(data)
+                if have >= self.block:
+                    yield from self._feed_packed(b"".join(gathered))
+                    gathered.clear()
+                    have = 0
         except DecompressError as exc:
+            # What was decompressed before the damage is read, as a whole archive's is.
+            yield from self._feed_packed(b"".join(gathered))
             if self.packed.failed:
                 log.error(
                     "compressed_file_read_failed",
@@ -156,9 +160,26 @@ class TrackedFile:
                 hint="a damaged or incomplete archive: the lines before the damage were read",
             )
             return
+        yield from self._feed_packed(b"".join(gathered))
         final = self.flush()
         if final is not None:
             yield final
+
+    def _feed_packed(self, data: bytes) -> Iterator[Split]:
+        """Decompressed bytes into the splitter, in steps of the read size."""
+        view = memoryview(data)
+        at = 0
+        while at < len(data):
+            step = self._step()
+            piece = bytes(view[at : at + step]) if at or len(data) > step else data
+            at += len(piece)
+            self.pos += len(piece)
+            self.before = (self.before + piece[-MARKER_MAX:])[-MARKER_MAX:]
+            split = self.splitter.feed(piece)
+            if split is not None:
+                self.lines_read += len(split.lines) + split.too_long
+                self.bytes_read += split.end - split.start
+                yield split
 
     def snapshot(self, limit: int, *, final: bool) -> Iterator[Split]:
         """`run --once`: complete lines up to byte `limit` (a compressed file: to its end). A last
