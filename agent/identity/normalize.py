@@ -26,6 +26,9 @@ JUNK_WORDS = frozenset(
 _ZEROS = re.compile(r"^[0-]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: A value no step but the length, zeros and junk checks can change: no `%`, quote, space,
+#: control character, `@` or non-ASCII (what cookie ids mostly are).
+_PLAIN = re.compile(r"[A-Za-z0-9._~+\-]+").fullmatch
 _CACHE_MAX = 50_000
 
 KINDS = ("device", "named", "session")
@@ -87,6 +90,19 @@ class Normalizer:
             return value
 
     def _normalize(self, kind: str, raw: str, *, percent: bool = True) -> str | None:
+        if _PLAIN(raw) is not None:
+            # Decoding, unquoting, stripping and the control and email checks leave it as is.
+            if len(raw) > 255 or (kind != "named" and len(raw) < 5) or _ZEROS.match(raw):
+                return None
+            folded = raw.lower()
+            if folded in JUNK_WORDS or folded in self._blocklist:
+                return None
+            return raw
+        return self.general(kind, raw, percent=percent)
+
+    def general(self, kind: str, raw: str, *, percent: bool = True) -> str | None:
+        """Every step of SPEC §1.1 intake, for any value (`_normalize` skips those that cannot
+        change a plain one)."""
         value = percent_decode_once(raw) if percent else raw
         if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
             try:

@@ -74,8 +74,19 @@ class KeyFilter:
         return out
 
 
+#: `_device_blob` of a device with one unbound, uncontested epoch and nothing else.
+_PLAIN_DEVICE = b'{"e":[[%d,%b,null,null,false]],"s":null,"r":[]}'
+_dumps = orjson.dumps
+
+
 def _device_blob(dev: Device) -> bytes:
-    return orjson.dumps(
+    epochs = dev.epochs
+    if len(epochs) == 1 and dev.shared_since is None and not dev.recent_named:
+        # The common device, an anonymous visitor: its one epoch without a dict to dump.
+        e = epochs[0]
+        if e.named is None and e.bound_at is None and not e.contested:
+            return _PLAIN_DEVICE % (e.index, _dumps(e.started))
+    return _dumps(
         {
             "e": [[e.index, e.started, e.named, e.bound_at, e.contested] for e in dev.epochs],
             "s": dev.shared_since,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.identity.normalize import Normalizer, percent_decode_once
+from agent.identity.normalize import JUNK_WORDS, Normalizer, percent_decode_once
 
 
 class TestNormalise:
@@ -82,3 +82,25 @@ def test_rendered_values_are_not_decoded_twice() -> None:
     assert n.rendered("named", "50%25off@x.com") == "50%25off@x.com"
     assert n.value("named", "50%25off@x.com") == "50%off@x.com"
     assert n.rendered("device", "undefined") is None and n.junk["device"] == 1
+
+
+plain_values = st.one_of(
+    st.text(alphabet="0123456789-._~+aAbBzZ", max_size=300),
+    st.sampled_from(sorted(JUNK_WORDS)).map(lambda w: "".join(c for c in w if c.isalnum())),
+    st.sampled_from(["NULL", "Guest", "0000-00", "abcd", "abcde", "Ops.Example"]),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    raw=plain_values,
+    kind=st.sampled_from(["device", "named", "session"]),
+    percent=st.booleans(),
+)
+def test_the_plain_value_shortcut_gives_what_every_step_gives(
+    raw: str, kind: str, percent: bool
+) -> None:
+    """For a value of only letters, digits and `-._~+`, the shortcut (length, zeros, junk words,
+    blocklist) decides exactly as the full intake does."""
+    n = Normalizer(blocklist=("ops.example", "abcde"))
+    assert n._normalize(kind, raw, percent=percent) == n.general(kind, raw, percent=percent)
