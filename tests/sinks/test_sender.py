@@ -456,6 +456,33 @@ class TestConcurrency:
             assert sink.max_in_flight <= 4
 
 
+class TestGroupCommit:
+    async def test_outcomes_of_requests_finishing_together_share_a_transaction(
+        self, tmp_path: Path
+    ) -> None:
+        """A sink of one message per request (Kissmetrics) with 8 in flight: the outcomes of
+        the requests that finish while one is being written go in the next transaction, not one
+        transaction each; every message is still recorded delivered once."""
+        sink = ScriptedSink(max_request_messages=1)
+        async with bench(tmp_path, sink, concurrency=8) as b:
+            sink.clock = b.clock
+            sink.slow(1.0)
+            writes = 0
+
+            async def count(fn: Callable[..., Any], _result: Any) -> None:
+                nonlocal writes
+                writes += getattr(fn, "__name__", "") == "_write_outcomes"
+
+            b.db.after = count
+            await b.enqueue(range(40))
+            assert await drive(b, asyncio.create_task(b.drain(grace=60))) == 0
+            assert sink.delivered == {msg_id(n): 1 for n in range(40)}
+            assert await b.rows() == []
+            # 5 rounds of 8 requests: mostly a write for the first to finish and one for the
+            # other 7 (a round's requests may wake over two loop turns); 40 without grouping.
+            assert writes <= 20
+
+
 class TestLinger:
     async def test_a_small_batch_waits_max_wait(self, tmp_path: Path) -> None:
         """With max_events 10 and max_wait 1 s, 3 messages are not sent before 1 s passes, then
