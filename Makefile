@@ -97,6 +97,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/parse.py $(if $(QUICK),--lines 20000 --repeat 1)
 	$(BIN)/python bench/run_once.py $(if $(QUICK),--quick)
 	$(BIN)/python bench/scale.py $(if $(QUICK),--quick)
+	$(BIN)/python bench/backfill.py $(if $(QUICK),--lines 200000)
+	$(BIN)/python bench/deliver.py --skip-without-nginx --sink kissmetrics --max-events 500 \
+	  --messages $(if $(QUICK),5000,20000)
+	$(BIN)/python bench/deliver.py --skip-without-nginx --sink segment $(if $(QUICK),--messages 50000)
+	$(BIN)/python bench/identity.py --visitors $(if $(QUICK),20000,1000000)
+	$(BIN)/python bench/summary.py
 
 faults: $(STAMP)
 	$(BIN)/python bench/faults.py $(if $(QUICK),--quick)

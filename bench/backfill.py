@@ -23,12 +23,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import file_sink_config
+from common import GroupSampler, file_sink_config
 from gen import NGINX_FORMAT, access_log
 from run_once import BARE
 
@@ -45,38 +44,6 @@ for line in sys.stdin.buffer:
     n += 1
 print(n)
 """
-_TICK = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-class GroupSampler(threading.Thread):
-    """Samples every process of a process group from /proc: CPU (utime + stime, the last value
-    seen per process) and the peak of their summed RSS."""
-
-    def __init__(self, pgid: int) -> None:
-        super().__init__(daemon=True)
-        self.pgid = pgid
-        self.cpu: dict[int, float] = {}
-        self.peak_rss = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            rss = 0
-            for entry in os.listdir("/proc"):
-                if not entry.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{entry}/stat") as fh:
-                        fields = fh.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[2]) != self.pgid:  # fields[2] is pgrp (after state, ppid)
-                    continue
-                self.cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / _TICK
-                rss += int(fields[21]) * _PAGE
-            self.peak_rss = max(self.peak_rss, rss)
-            self.stop.wait(0.05)
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float | str]:

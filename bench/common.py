@@ -6,10 +6,50 @@ from __future__ import annotations
 import json
 import os
 import platform
+import threading
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class GroupSampler(threading.Thread):
+    """Samples every process of a process group from /proc: CPU (utime + stime, the last value
+    seen per process), the peak of their summed RSS and the peak RSS of the largest one.
+
+    (`RUSAGE_CHILDREN`'s ru_maxrss would not do for the largest: a child started by vfork
+    inherits the high-water mark of the parent's memory when it execs, so a bench that holds
+    its corpus in memory would report that as trackd's.)"""
+
+    def __init__(self, pgid: int) -> None:
+        super().__init__(daemon=True)
+        self.pgid = pgid
+        self.cpu: dict[int, float] = {}
+        self.peak_rss = 0
+        self.peak_process_rss = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            rss = 0
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        fields = fh.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) != self.pgid:  # fields[2] is pgrp (after state, ppid)
+                    continue
+                self.cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / _TICK
+                one = int(fields[21]) * _PAGE
+                rss += one
+                self.peak_process_rss = max(self.peak_process_rss, one)
+            self.peak_rss = max(self.peak_rss, rss)
+            self.stop.wait(0.05)
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -11,7 +11,8 @@ people without a logout, cookieless visitors — runs `trackd run --once` on it,
 - the share of post-login hits attributed to the right person;
 - hits attributed to someone other than the human who made them (the shared computer's second
   user browsing before their login, on the first user's cookie, is the known, unavoidable case);
-- resolver throughput (hits/s of the whole run) and the peak RSS of the trackd process.
+- resolver throughput (hits/s of the whole run) and the peak RSS of the largest trackd process
+  (and of all of them summed: workers and forkserver).
 
 `--store redis` runs the same corpus with `identity.store` on a fresh `redis-server` (started on a
 free loopback port in the work directory, or `--redis-url` for one you run), and adds the memory
@@ -26,7 +27,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import socket
 import subprocess
@@ -35,6 +35,9 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import GroupSampler
 
 BASE = 1780308000.0  # 2026-06-01T10:00:00Z
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/{v}.0"
@@ -326,15 +329,21 @@ def main() -> None:
             cfg = config(work, server.url if server is not None else "sqlite")
             mem_before = server.used_memory() if server is not None else 0
             start = time.perf_counter()
-            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--once", "-c", str(cfg)],
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                check=True,
+                start_new_session=True,
             )
+            sampler = GroupSampler(proc.pid)
+            sampler.start()
+            _out, err = proc.communicate()
             elapsed = time.perf_counter() - start
-            peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            sampler.stop.set()
+            sampler.join()
+            if proc.returncode != 0:
+                raise SystemExit(f"trackd run --once failed ({proc.returncode}): {err[-2000:]}")
             if server is not None:
                 used = server.used_memory() - mem_before
                 redis_info = {
@@ -355,7 +364,8 @@ def main() -> None:
             "generate_s": round(gen_s, 1),
             "run_s": round(elapsed, 2),
             "hits_per_s": round(hits / elapsed),
-            "peak_rss_mib": round(max(peak_kib, before) / 1024, 1),
+            "peak_rss_mib": round(sampler.peak_process_rss / 2**20, 1),
+            "peak_rss_all_processes_mib": round(sampler.peak_rss / 2**20, 1),
             "cpus": os.cpu_count(),
             "store": args.store,
             **redis_info,
@@ -376,10 +386,11 @@ def main() -> None:
         "run_s",
         "hits_per_s",
         "peak_rss_mib",
+        "peak_rss_all_processes_mib",
         *redis_info,
     ):
         print(f"{key:<40}{result[key]:>14}")
-    print(f"trackd summary: {proc.stderr.strip().splitlines()[-1]}")
+    print(f"trackd summary: {err.strip().splitlines()[-1]}")
     name = "identity.json" if args.store == "sqlite" else "identity-redis.json"
     out = Path(__file__).resolve().parent / "results" / name
     out.parent.mkdir(exist_ok=True)
