@@ -6,7 +6,8 @@ it (SPEC §4 "All HTTP sinks", §5.2).
   draining), and leaves in requests cut to the sink's limits.
 - Up to `sink.concurrency` requests are in flight; a message is never in two at once (the cursor
   only moves forward; a retried message waits in memory for its due time, not in the outbox scan).
-- Each message's outcome is applied in one transaction per group of finished requests (the acker):
+- A finished request's outcomes are judged at once (its holds take effect before the next request
+  starts) and written in one transaction per group of requests finishing together (`_apply`):
   Delivered rows are deleted, Reject rows move to the dead letters, Retry rows count an attempt
   and come back after a capped, jittered backoff — until `retry.max_age` after their first
   failure, then they are dead-lettered `expired`. A Pause, or a Retry with a `Retry-After`, holds
@@ -75,6 +76,18 @@ class _Due:
     row: outbox.Row = field(compare=False)
 
 
+@dataclass(slots=True)
+class _Acked:
+    """A finished request's outcomes, judged (`Sender._judge`), waiting for their transaction."""
+
+    rows: Sequence[outbox.Row]
+    delivered: list[int]
+    retried: list[int]
+    rejected: list[tuple[int, str, str]]
+    #: Rows to send again, and when (before the hold that may come by then).
+    later: list[tuple[outbox.Row, float]]
+
+
 class Sender:
     """Delivers the outbox through one `HttpSink`."""
 
@@ -107,7 +120,7 @@ class Sender:
         self._exhausted = False
         self._retries: list[_Due] = []
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._acks: list[tuple[Sequence[outbox.Row], Sequence[Outcome], float]] = []
+        self._acks: list[_Acked] = []
         #: A task is writing outcomes (`_apply`): acks that arrive meanwhile wait for it.
         self._applying = False
         self._wake = asyncio.Event()
@@ -231,7 +244,7 @@ class Sender:
             raise RuntimeError(
                 f"sink {self.sink.name} returned {len(outcomes)} outcomes for {len(rows)} messages"
             )
-        self._acks.append((rows, outcomes, self._clock.time()))
+        self._acks.append(self._judge(rows, outcomes, self._clock.time()))
         await self._apply()
 
     async def _wait(self, deadline: float | None) -> None:
@@ -267,11 +280,11 @@ class Sender:
     # -- outcomes --------------------------------------------------------------------------
 
     async def _apply(self) -> None:
-        """Apply every finished request's outcomes in one transaction (then their rows are
-        gone, dead-lettered, or waiting to be retried). While one is being written, requests
-        that finish only add theirs: the writing task takes them next, in one transaction more
-        (a group commit: a sink of one message per request, Kissmetrics, would otherwise pay a
-        transaction per message)."""
+        """Write every judged request's outcomes in one transaction (then their rows are gone,
+        dead-lettered, or waiting to be retried). While one is being written, requests that
+        finish only add theirs (already judged: their holds are in force): the writing task
+        takes them next, in one transaction more — a group commit; a sink of one message per
+        request (Kissmetrics) would otherwise pay a transaction per message."""
         if self._applying:
             return
         self._applying = True
@@ -283,66 +296,10 @@ class Sender:
 
     async def _apply_acks(self) -> None:
         acks, self._acks = self._acks, []
-        delivered: list[int] = []
-        retried: list[int] = []
-        rejected: list[tuple[int, str, str]] = []
-        later: list[tuple[outbox.Row, float]] = []
-        now_mono = self._clock.monotonic()
+        delivered = [i for a in acks for i in a.delivered]
+        retried = [i for a in acks for i in a.retried]
+        rejected = [r for a in acks for r in a.rejected]
         stats = self.stats
-        for rows, outcomes, wall in acks:
-            # One backoff per request: its retried messages come back together, as one batch.
-            delay = self._backoff.delay(max(r.attempts for r in rows))
-            for row, outcome in zip(rows, outcomes, strict=True):
-                if isinstance(outcome, Delivered):
-                    delivered.append(row.id)
-                elif isinstance(outcome, Reject):
-                    rejected.append((row.id, outcome.reason, outcome.detail))
-                    stats.dead_by_reason[outcome.reason] += 1
-                    self._log_once(
-                        f"reject:{outcome.reason}",
-                        "messages_dead_lettered",
-                        reason=outcome.reason,
-                        detail=outcome.detail,
-                    )
-                elif isinstance(outcome, Retry):
-                    stats.failures[outcome.reason] += 1
-                    first = row.first_attempt if row.first_attempt is not None else wall
-                    if wall - first >= self._max_age:
-                        rejected.append(
-                            (
-                                row.id,
-                                "expired",
-                                f"still failing after {self._max_age:.0f}s: {outcome.detail}",
-                            )
-                        )
-                        stats.dead_by_reason["expired"] += 1
-                        continue
-                    retried.append(row.id)
-                    if outcome.after is not None:
-                        self._hold(
-                            min(outcome.after, self._max_backoff),
-                            f"retry-after ({outcome.reason})",
-                            now_mono,
-                        )
-                        delay = max(delay, self._held_until - now_mono)
-                    later.append(
-                        (
-                            row._replace(attempts=row.attempts + 1, first_attempt=first),
-                            now_mono + delay,
-                        )
-                    )
-                    self._log_once(
-                        f"retry:{outcome.reason}",
-                        "send_retried",
-                        reason=outcome.reason,
-                        detail=outcome.detail,
-                        backoff_s=round(delay, 2),
-                    )
-                elif isinstance(outcome, Pause):
-                    stats.failures[outcome.reason] += 1
-                    later.append((row, 0.0))
-            self._note_pause(outcomes, now_mono)
-            self._note_failed_request(outcomes, now_mono)
         try:
             await self._db(self._write_outcomes, delivered, retried, rejected, self._clock.time())
         except sqlite3.Error as exc:
@@ -356,12 +313,79 @@ class Sender:
         stats.dead_letters += len(rejected)
         if self.level is not None and (delivered or rejected):
             gone = {*delivered, *(row_id for row_id, _, _ in rejected)}
-            size = sum(len(r.body) for rows, _, _ in acks for r in rows if r.id in gone)
+            size = sum(len(r.body) for a in acks for r in a.rows if r.id in gone)
             self.level.remove(len(gone), size)
         if delivered:
             stats.last_delivery = self._clock.time()
-        for row, due in later:
+        for row, due in (item for a in acks for item in a.later):
             heapq.heappush(self._retries, _Due(max(due, self._held_until), row.id, row))
+
+    def _judge(
+        self, rows: Sequence[outbox.Row], outcomes: Sequence[Outcome], wall: float
+    ) -> _Acked:
+        """What a finished request's outcomes mean, decided at once: holds (Retry-After, a
+        pause, the sink-wide breaker) take effect before the next request can start; the
+        outbox changes wait for `_apply`'s next transaction."""
+        delivered: list[int] = []
+        retried: list[int] = []
+        rejected: list[tuple[int, str, str]] = []
+        later: list[tuple[outbox.Row, float]] = []
+        now_mono = self._clock.monotonic()
+        stats = self.stats
+        # One backoff per request: its retried messages come back together, as one batch.
+        delay = self._backoff.delay(max(r.attempts for r in rows))
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if isinstance(outcome, Delivered):
+                delivered.append(row.id)
+            elif isinstance(outcome, Reject):
+                rejected.append((row.id, outcome.reason, outcome.detail))
+                stats.dead_by_reason[outcome.reason] += 1
+                self._log_once(
+                    f"reject:{outcome.reason}",
+                    "messages_dead_lettered",
+                    reason=outcome.reason,
+                    detail=outcome.detail,
+                )
+            elif isinstance(outcome, Retry):
+                stats.failures[outcome.reason] += 1
+                first = row.first_attempt if row.first_attempt is not None else wall
+                if wall - first >= self._max_age:
+                    rejected.append(
+                        (
+                            row.id,
+                            "expired",
+                            f"still failing after {self._max_age:.0f}s: {outcome.detail}",
+                        )
+                    )
+                    stats.dead_by_reason["expired"] += 1
+                    continue
+                retried.append(row.id)
+                if outcome.after is not None:
+                    self._hold(
+                        min(outcome.after, self._max_backoff),
+                        f"retry-after ({outcome.reason})",
+                        now_mono,
+                    )
+                    delay = max(delay, self._held_until - now_mono)
+                later.append(
+                    (
+                        row._replace(attempts=row.attempts + 1, first_attempt=first),
+                        now_mono + delay,
+                    )
+                )
+                self._log_once(
+                    f"retry:{outcome.reason}",
+                    "send_retried",
+                    reason=outcome.reason,
+                    detail=outcome.detail,
+                    backoff_s=round(delay, 2),
+                )
+            elif isinstance(outcome, Pause):
+                stats.failures[outcome.reason] += 1
+                later.append((row, 0.0))
+        self._note_pause(outcomes, now_mono)
+        self._note_failed_request(outcomes, now_mono)
+        return _Acked(rows, delivered, retried, rejected, later)
 
     def _write_outcomes(
         self,

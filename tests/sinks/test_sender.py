@@ -482,6 +482,41 @@ class TestGroupCommit:
             # other 7 (a round's requests may wake over two loop turns); 40 without grouping.
             assert writes <= 20
 
+    async def test_a_retry_after_holds_at_once_while_outcomes_are_written(
+        self, tmp_path: Path
+    ) -> None:
+        """A 429 with Retry-After that finishes while another request's outcomes are still
+        being written holds the sink at once: no request starts before the write is done (nor
+        for the 30 s after)."""
+        sink = ScriptedSink(max_request_messages=1)
+        async with bench(tmp_path, sink, concurrency=2) as b:
+            sink.clock = b.clock
+            sink.slow(1.0)
+            sink.fail(msg_id(1), Retry("http_429", "429 Too Many Requests", after=30.0))
+            written = asyncio.Event()
+
+            async def hold_first_write(fn: Callable[..., Any], _result: Any) -> None:
+                if getattr(fn, "__name__", "") == "_write_outcomes":
+                    await written.wait()
+
+            b.db.after = hold_first_write
+            await b.enqueue(range(6))
+            task = asyncio.create_task(b.drain(grace=120))
+            await until(sink.wait_for_in_flight(2))
+            b.clock.advance(1.0)
+            await until(sink.wait_for_answered(2))
+            for _ in range(100):  # loop turns in which a wrongly free slot would be used
+                await asyncio.sleep(0)
+            assert len(sink.requests) == 2
+            assert b.sender.stats.paused is not None
+            written.set()
+            await settle(b)
+            assert len(sink.requests) == 2
+            assert await drive(b, task) == 0  # the fake clock past the hold, then the rest
+            assert b.clock.monotonic() >= 31.0
+            assert sink.delivered == {msg_id(n): 1 for n in range(6)}
+            assert sink.seen[msg_id(1)] == 2
+
 
 class TestLinger:
     async def test_a_small_batch_waits_max_wait(self, tmp_path: Path) -> None:
