@@ -126,60 +126,69 @@ class TrackedFile:
         or incomplete archive ends early, logged: what was read before the damage stays read."""
         assert self.packed is not None
         # The decompressor hands out pieces of tens of KiB: they are gathered into blocks of
-        # the read size, as a plain file is read (one worker job per ~1 MiB, not per 20 KiB).
+        # the read size, as a plain file is read (one worker job per block, not per piece).
         gathered: list[bytes] = []
         have = 0
-        try:
-            for data in self.packed.blocks():
-                gathered.append(data)
-                have += len(data)
-                if have >= self.block:
-                    yield from self._feed_packed(b"".join(gathered))
-                    gathered.clear()
-                    have = 0
-        except DecompressError as exc:
-            # What was decompressed before the damage is read, as a whole archive's is.
+        pieces = iter(self.packed.blocks())
+        failure: Exception | None = None
+        while True:
+            try:
+                data = next(pieces, None)
+            except DecompressError as exc:
+                failure = exc
+                break
+            if data is None:
+                break
+            gathered.append(data)
+            have += len(data)
+            while have >= self.block:
+                joined = b"".join(gathered)
+                step = self._step()
+                rest = joined[step:]
+                gathered = [rest] if rest else []
+                have = len(rest)
+                yield from self._feed_packed(joined[:step])
+        if gathered:
+            # The end of the archive — or what was decompressed before its damage: read too.
             yield from self._feed_packed(b"".join(gathered))
-            if self.packed.failed:
-                log.error(
-                    "compressed_file_read_failed",
-                    path=self.path,
-                    source=self.row.source,
-                    offset=self.splitter.offset,
-                    error=self.packed.failed,
-                    hint="the file could not be read on (removed, no permission, or too many "
-                    "open files): it is not marked read, and the next backfill reads the rest",
-                )
-                return
-            log.warning(
-                "compressed_file_unreadable",
-                path=self.path,
-                source=self.row.source,
-                offset=self.splitter.offset,
-                error=str(exc),
-                hint="a damaged or incomplete archive: the lines before the damage were read",
-            )
+        if failure is not None:
+            self._log_unreadable(failure)
             return
-        yield from self._feed_packed(b"".join(gathered))
         final = self.flush()
         if final is not None:
             yield final
 
-    def _feed_packed(self, data: bytes) -> Iterator[Split]:
-        """Decompressed bytes into the splitter, in steps of the read size."""
-        view = memoryview(data)
-        at = 0
-        while at < len(data):
-            step = self._step()
-            piece = bytes(view[at : at + step]) if at or len(data) > step else data
-            at += len(piece)
-            self.pos += len(piece)
-            self.before = (self.before + piece[-MARKER_MAX:])[-MARKER_MAX:]
-            split = self.splitter.feed(piece)
-            if split is not None:
-                self.lines_read += len(split.lines) + split.too_long
-                self.bytes_read += split.end - split.start
-                yield split
+    def _log_unreadable(self, exc: Exception) -> None:
+        assert self.packed is not None
+        if self.packed.failed:
+            log.error(
+                "compressed_file_read_failed",
+                path=self.path,
+                source=self.row.source,
+                offset=self.splitter.offset,
+                error=self.packed.failed,
+                hint="the file could not be read on (removed, no permission, or too many "
+                "open files): it is not marked read, and the next backfill reads the rest",
+            )
+            return
+        log.warning(
+            "compressed_file_unreadable",
+            path=self.path,
+            source=self.row.source,
+            offset=self.splitter.offset,
+            error=str(exc),
+            hint="a damaged or incomplete archive: the lines before the damage were read",
+        )
+
+    def _feed_packed(self, piece: bytes) -> Iterator[Split]:
+        """One block of decompressed bytes into the splitter."""
+        self.pos += len(piece)
+        self.before = (self.before + piece[-MARKER_MAX:])[-MARKER_MAX:]
+        split = self.splitter.feed(piece)
+        if split is not None:
+            self.lines_read += len(split.lines) + split.too_long
+            self.bytes_read += split.end - split.start
+            yield split
 
     def snapshot(self, limit: int, *, final: bool) -> Iterator[Split]:
         """`run --once`: complete lines up to byte `limit` (a compressed file: to its end). A last
