@@ -22,6 +22,7 @@ BAR, GOAL = 136_000, 250_000
 MAX_CPU_US = 15.0
 MAX_TIMES_BARE = 3.0
 MAX_RSS_MIB = 300e6 / 2**20  # 300 MB
+#: The team brief's delivery targets to a local receiver (issue 12 asks for the figures only).
 KM_MIN, SEGMENT_MIN = 2_000, 50_000
 
 
@@ -110,7 +111,7 @@ def scale_rows(scale: dict[str, Any] | None, identity: dict[str, Any] | None) ->
             Row(
                 f"CPU per line at {counts} visitors",
                 " / ".join(f"{c:.1f}" for c in costs) + f" us ({spread:.2f}x spread)",
-                "flat (<= 1.10x)",
+                "flat (<= 1.10x, this table's reading)",
                 spread <= 1.10,
             )
         )
@@ -140,13 +141,20 @@ def scale_rows(scale: dict[str, Any] | None, identity: dict[str, Any] | None) ->
                 "0 wrong merges",
                 identity["wrong_merges"] == 0,
             ),
+        ]
+        summed = identity.get("peak_rss_all_processes_mib")
+        shown = f"{identity['peak_rss_mib']:.0f} MiB largest process" + (
+            f", {summed:.0f} MiB all processes summed" if summed is not None else ""
+        )
+        judged = summed if summed is not None else identity["peak_rss_mib"]
+        rows.append(
             Row(
                 "  peak RSS",
-                f"{identity['peak_rss_mib']:.0f} MiB",
+                shown,
                 f"<= 300 MB ({MAX_RSS_MIB:.0f} MiB) at 1M visitors",
-                identity["peak_rss_mib"] <= MAX_RSS_MIB if v >= 1_000_000 else None,
-            ),
-        ]
+                judged <= MAX_RSS_MIB if v >= 1_000_000 else None,
+            )
+        )
     return rows
 
 
@@ -164,11 +172,19 @@ def delivery_rows(deliver: dict[str, Any] | None) -> list[Row]:
                 f"delivery to a local nginx, {name}",
                 f"{best['messages_per_s']:,} messages/s, {best['cpu_us_per_message']:.0f} us CPU "
                 f"each (max_events {best['max_events']})",
-                f">= {floor:,} messages/s",
+                f">= {floor:,} messages/s (brief)",
                 best["messages_per_s"] >= floor,
             )
         )
     return rows
+
+
+#: Targets of issue 12 that `make bench` does not measure, and where they are measured.
+ELSEWHERE = (
+    Row("run --once against Matomo's importer", "not measured (no checkout)", ">= 6x", None),
+    Row("live tail latency p99 at 10k lines/s", "bench/tailing.py latency", "<= 250 ms", None),
+    Row("idle CPU with 1,000 idle files", "bench/tailing.py idle --files 1000", "~0", None),
+)
 
 
 def table(results: Path) -> list[Row]:
@@ -176,6 +192,7 @@ def table(results: Path) -> list[Row]:
         *throughput_rows(load(results, "run_once"), load(results, "backfill")),
         *scale_rows(load(results, "scale"), load(results, "identity")),
         *delivery_rows(load(results, "deliver")),
+        *ELSEWHERE,
     ]
 
 

@@ -98,9 +98,9 @@ class Normalizer:
             if folded in JUNK_WORDS or folded in self._blocklist:
                 return None
             return raw
-        return self.general(kind, raw, percent=percent)
+        return self.normalize_fully(kind, raw, percent=percent)
 
-    def general(self, kind: str, raw: str, *, percent: bool = True) -> str | None:
+    def normalize_fully(self, kind: str, raw: str, *, percent: bool = True) -> str | None:
         """Every step of SPEC §1.1 intake, for any value (`_normalize` skips those that cannot
         change a plain one)."""
         value = percent_decode_once(raw) if percent else raw
