@@ -189,3 +189,43 @@ class TestMergeOrder:
             proc = run_trackd("run", "--once", "-c", str(cfg))
             assert proc.returncode == 0, proc.stderr
         assert page_seqs(read_messages(tmp_path / "out.jsonl")) == list(range(600))
+
+
+class TestMoreFilesThanDescriptors:
+    def test_files_that_cannot_be_opened_fail_the_run_and_are_read_by_the_next(
+        self, tmp_path: Path
+    ) -> None:
+        """200 matched files under a limit of 64 descriptors: the files that cannot be opened
+        are not silently left out: the summary says how many and why, the exit is 1; the same
+        run with a normal limit reads exactly those, so every line is delivered once."""
+        import resource
+        import subprocess
+
+        from tests.helpers import trackd_cmd
+
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        for n in range(200):
+            write_access_log(logs / f"vhost{n:03d}.log", n, 1)
+        cfg = make_config(tmp_path, paths=[str(logs / "*.log")])
+
+        def limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+        proc = subprocess.run(
+            trackd_cmd("run", "--once", "-c", str(cfg)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=limit,
+            check=False,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert "matched file(s) could not be opened (Too many open files)" in proc.stderr
+        assert "raise the descriptor limit" in proc.stderr
+        first = page_seqs(read_messages(tmp_path / "out.jsonl"))
+        assert 0 < len(first) < 200
+        again = run_trackd("run", "--once", "-c", str(cfg))
+        assert again.returncode == 0, again.stderr
+        assert "could not be opened" not in again.stderr
+        assert sorted(page_seqs(read_messages(tmp_path / "out.jsonl"))) == list(range(200))

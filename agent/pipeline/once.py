@@ -57,6 +57,8 @@ class Summary:
     #: (files, bytes) a first start at `start_at: end` left unread, and why / what to do.
     history_skipped: tuple[int, int] = (0, 0)
     history_hint: str = HISTORY_HINT
+    #: Matched files that could not be opened (path -> why): not read, so the run failed.
+    unopened: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         """The summary as data (`run --once --json`): the same counts as `line`."""
@@ -79,6 +81,11 @@ class Summary:
             "history_not_read": (
                 {"files": files, "bytes": skipped_bytes, "hint": self.history_hint}
                 if files
+                else None
+            ),
+            "files_not_opened": (
+                {"files": len(self.unopened), "errors": sorted(set(self.unopened.values()))}
+                if self.unopened
                 else None
             ),
             "seconds": round(elapsed, 3),
@@ -117,6 +124,8 @@ class Summary:
                 f"; not read: the {skipped_bytes:,} bytes already in {files} file(s) — "
                 f"{self.history_hint}"
             )
+        if self.unopened:
+            text += f"; NOT READ: {unopened_text(self.unopened)}"
         return text
 
 
@@ -164,6 +173,8 @@ async def run_once(rt: Runtime, deliver_timeout: float, *, as_json: bool = False
         await read_and_deliver(rt, lambda: read_snapshot(rt), summary, deliver_timeout)
     finally:
         summary.history_skipped = rt.history_skipped
+        if rt.catalog is not None:
+            summary.unopened = dict(rt.catalog.open_failures)
         if rt.config.start_at != "end":
             summary.history_hint = LOST_STATE_HINT
         await finish(rt, summary)
@@ -204,9 +215,29 @@ async def read_and_deliver(
     summary.pending = (await sender.depth()).messages
 
 
+def unopened_text(unopened: dict[str, str]) -> str:
+    """`N matched file(s) could not be opened (why) …`, naming the first."""
+    reasons = sorted(set(unopened.values()))
+    first = min(unopened)
+    return (
+        f"{len(unopened)} matched file(s) could not be opened ({'; '.join(reasons)}), e.g. "
+        f"{first}; fix that and run again: they are read then"
+    )
+
+
 def exit_code(summary: Summary, deliver_timeout: float) -> int:
-    """1 when reading stopped early or delivery did not finish (logged), else 0."""
+    """1 when reading stopped early, a matched file could not be opened, or delivery did not
+    finish (logged), else 0."""
     if summary.stopped:
+        return EXIT_RUNTIME
+    if summary.unopened:
+        log.error(
+            "files_not_opened",
+            files=len(summary.unopened),
+            errors=sorted(set(summary.unopened.values())),
+            hint="they were not read: raise the descriptor limit (ulimit -n) or fix their "
+            "permissions, then run again",
+        )
         return EXIT_RUNTIME
     if summary.pending:
         log.error(

@@ -16,6 +16,7 @@ transaction owns positions, SPEC §5.2), so a crash between the two repeats the 
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections import Counter
@@ -61,6 +62,18 @@ class PositionStore(Protocol):
     def delete(self, ids: list[int]) -> None: ...
 
 
+def open_failed_hint(exc: OSError) -> str:
+    """What to do about a matched file that could not be opened."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return (
+            "too many open files: raise the descriptor limit (ulimit -n, or LimitNOFILE= in "
+            "the systemd unit); trackd retries at the next discovery"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "check the file's permissions; trackd retries at the next discovery"
+    return "trackd retries at the next discovery"
+
+
 class Catalog:
     """Every saved row, indexed by (device, inode); makes and records the identity decisions."""
 
@@ -87,6 +100,8 @@ class Catalog:
             self._add(row)
         #: Lines lost to truncation (an estimate) per source: trackd_truncation_gap_lines_total.
         self.gaps: Counter[str] = Counter()
+        #: Matched files that could not be opened, and why (the system's words): until they are.
+        self.open_failures: dict[str, str] = {}
 
     # -- the index -------------------------------------------------------------------------
 
@@ -173,14 +188,17 @@ class Catalog:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
+            if exc.errno != errno.ENOENT:  # gone since it was listed: nothing to read
+                self.open_failures[path] = exc.strerror or str(exc)
             log.warning(
                 "file_open_failed",
                 path=path,
                 source=source,
                 error=exc.strerror,
-                hint="check the file's permissions; trackd retries at the next discovery",
+                hint=open_failed_hint(exc),
             )
             return []
+        self.open_failures.pop(path, None)
         st = os.fstat(fd)
         row = self.match(source, fd, st)
         if row is None:
