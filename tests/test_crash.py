@@ -139,7 +139,7 @@ def test_kill9_with_logins_and_sessions_keeps_every_page_once(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(scaled(120, 900))  # 200 kills at full count take ~5 min
 def test_kill9_during_http_delivery_resends_only_under_the_same_ids(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
