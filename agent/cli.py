@@ -102,7 +102,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--once",
         action="store_true",
-        help="read what is there now, deliver it, exit (0, or 1 if delivery did not finish)",
+        help="read what is there now, deliver it, exit (0; 1 if a matched file could not be "
+        "opened, reading stopped early, or delivery did not finish)",
     )
     p.add_argument(
         "--deliver-timeout",
