@@ -18,16 +18,13 @@ import itertools
 import json
 import os
 import platform
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GroupSampler, file_sink_config
+from common import file_sink_config, measure
 from gen import NGINX_FORMAT, access_log
 from run_once import BARE
 
@@ -44,39 +41,6 @@ for line in sys.stdin.buffer:
     n += 1
 print(n)
 """
-
-
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float | str]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    sampler = GroupSampler(proc.pid)
-    sampler.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - start
-    sampler.stop.set()
-    sampler.join()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[:3]} failed ({proc.returncode}): {err[-2000:]}")
-    waited = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {
-        "wall_s": wall,
-        "cpu_s": max(waited, sum(sampler.cpu.values())),
-        # Summed over the group, from /proc: ru_maxrss is one child's, and a vfork'd child's
-        # starts from this bench's own high-water mark.
-        "peak_rss_mib": sampler.peak_rss / (1 << 20),
-        "peak_process_rss_mib": sampler.peak_process_rss / (1 << 20),
-        "stdout": out,
-        "stderr": err,
-    }
 
 
 def cut(plain: Path, logs: Path, files: int, lines: int) -> list[str]:

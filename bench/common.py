@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
+import subprocess
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,50 @@ class GroupSampler(threading.Thread):
                 self.peak_process_rss = max(self.peak_process_rss, one)
             self.peak_rss = max(self.peak_rss, rss)
             self.stop.wait(0.05)
+
+
+def measure(
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    *,
+    reap: Callable[[], None] | None = None,
+) -> dict[str, float | str]:
+    """Run `cmd` in a process group of its own to its end: wall and CPU seconds (every process:
+    trackd, its forkserver and workers), the peak RSS of all of them summed and of the largest
+    one (from /proc: RUSAGE_CHILDREN's ru_maxrss is the largest child this bench ever had, and
+    a vfork'd child starts from the bench's own high-water mark), stdout and stderr. `reap`
+    waits for descendants orphaned to this process (a subreaper) before the CPU is read.
+    Exits the bench, with trackd's stderr, when `cmd` fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    sampler = GroupSampler(proc.pid)
+    sampler.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[:3]} failed ({proc.returncode}): {err[-2000:]}")
+    if reap is not None:
+        reap()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    waited = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "wall_s": wall,
+        "cpu_s": max(waited, sum(sampler.cpu.values())),
+        "peak_rss_mib": sampler.peak_rss / (1 << 20),
+        "peak_process_rss_mib": sampler.peak_process_rss / (1 << 20),
+        "stdout": out,
+        "stderr": err,
+    }
 
 
 def peak_rss_mib(pid: int) -> float:

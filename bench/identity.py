@@ -37,7 +37,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GroupSampler
+from common import measure
 
 BASE = 1780308000.0  # 2026-06-01T10:00:00Z
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/{v}.0"
@@ -328,22 +328,9 @@ def main() -> None:
         try:
             cfg = config(work, server.url if server is not None else "sqlite")
             mem_before = server.used_memory() if server is not None else 0
-            start = time.perf_counter()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--once", "-c", str(cfg)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-            sampler = GroupSampler(proc.pid)
-            sampler.start()
-            _out, err = proc.communicate()
-            elapsed = time.perf_counter() - start
-            sampler.stop.set()
-            sampler.join()
-            if proc.returncode != 0:
-                raise SystemExit(f"trackd run --once failed ({proc.returncode}): {err[-2000:]}")
+            run = measure([sys.executable, "-m", "agent", "run", "--once", "-c", str(cfg)])
+            elapsed = float(run["wall_s"])
+            err = str(run["stderr"])
             if server is not None:
                 used = server.used_memory() - mem_before
                 redis_info = {
@@ -364,8 +351,8 @@ def main() -> None:
             "generate_s": round(gen_s, 1),
             "run_s": round(elapsed, 2),
             "hits_per_s": round(hits / elapsed),
-            "peak_rss_mib": round(sampler.peak_process_rss / 2**20, 1),
-            "peak_rss_all_processes_mib": round(sampler.peak_rss / 2**20, 1),
+            "peak_rss_mib": round(float(run["peak_process_rss_mib"]), 1),
+            "peak_rss_all_processes_mib": round(float(run["peak_rss_mib"]), 1),
             "cpus": os.cpu_count(),
             "store": args.store,
             **redis_info,

@@ -18,7 +18,6 @@ import contextlib
 import ctypes
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stages
-from common import GroupSampler, file_sink_config, write_results
+from common import file_sink_config, measure, write_results
 from gen import NGINX_FORMAT, access_log, bare_loop, issue_log
 
 BARE = re.compile(
@@ -65,36 +64,15 @@ def run_once(log: Path, work: Path, lines: int, workers: str | None) -> dict[str
     if workers is not None:
         env["TRACKD_WORKERS"] = workers
     _reap(0.0)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--once", "-c", str(cfg)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
+    run = measure(
+        [sys.executable, "-m", "agent", "run", "--once", "-c", str(cfg)], env=env, reap=_reap
     )
-    # RSS from /proc, not RUSAGE_CHILDREN: its ru_maxrss is the largest of every child this
-    # bench ever had (a later run would show an earlier one's), and a vfork'd child starts
-    # from the bench's own high-water mark.
-    sampler = GroupSampler(proc.pid)
-    sampler.start()
-    _out, err = proc.communicate()
-    elapsed = time.perf_counter() - start
-    sampler.stop.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"trackd run --once failed ({proc.returncode}): {err[-2000:]}")
-    _reap()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {
-        "lines_per_s": lines / elapsed,
-        "cpu_us_per_line": cpu / lines * 1e6,
-        "peak_rss_mib": sampler.peak_process_rss / 2**20,
-        "peak_rss_all_processes_mib": sampler.peak_rss / 2**20,
-        "summary": err.strip().splitlines()[-1],
+        "lines_per_s": lines / float(run["wall_s"]),
+        "cpu_us_per_line": float(run["cpu_s"]) / lines * 1e6,
+        "peak_rss_mib": run["peak_process_rss_mib"],
+        "peak_rss_all_processes_mib": run["peak_rss_mib"],
+        "summary": str(run["stderr"]).strip().splitlines()[-1],
     }
 
 
