@@ -170,14 +170,19 @@ async def until(awaitable: Any, within: float = 3.0) -> None:
 async def quiesce(b: Bench) -> None:
     """Until the code under test has done all it can without time passing: no database call in
     progress, and the tasks that were ready have run: a window of event loop turns (not a
-    sleep) in which no database call started."""
+    sleep) in which no database call started, ending with nothing left to run. (Without that
+    last check a sleeper task the sender had just created, not yet started and so not yet on
+    the fake clock, read as "nobody sleeps".)"""
+    loop = asyncio.get_running_loop()
     async with asyncio.timeout(3.0):
         while True:
             await b.db.idle.wait()
             started = b.db.started
             for _ in range(50):
                 await asyncio.sleep(0)
-            if not b.db.pending and b.db.started == started:
+            # `_ready`: the loop's queue of callbacks due to run (ours has just been taken).
+            runnable = len(loop._ready)  # type: ignore[attr-defined]
+            if not b.db.pending and b.db.started == started and not runnable:
                 return
 
 
