@@ -14,9 +14,11 @@ help:
 	@echo "make demo       install into .venv and run trackd on the bundled sample logs"
 	@echo "make test       install with test extras and run lint, type checks and the whole suite"
 	@echo "make test-full  the same, with the slow tests at their full iteration counts"
-	@echo "make compiled   build the mypyc-compiled hot modules in build/compiled (a copy of the tree)"
-	@echo "make test-compiled  the pipeline, parse and identity tests and the byte-identity check"
-	@echo "                on that compiled copy (part of make test; pure Python when it cannot compile)"
+	@echo "make compiled   build the mypyc-compiled hot modules and the native kernel in build/compiled"
+	@echo "                (a copy of the tree)"
+	@echo "make test-compiled  the byte-identity check of the native kernel and the compiled copy"
+	@echo "                against the pure path, and the pipeline, parse and identity tests on that"
+	@echo "                copy (part of make test; pure Python when it cannot compile)"
 	@echo "make bench      run the benchmarks in bench/ (prints tables, writes bench/results/*.json);"
 	@echo "                make bench QUICK=1 runs them on small corpora (a minute or two)"
 	@echo "make faults     the fault matrix: each fault with lines in, messages out, duplicates, losses"
@@ -70,19 +72,23 @@ compiled: $(STAMP)
 	@rm -rf $(COMPILED) && mkdir -p $(COMPILED)
 	@cp -R agent bench config tests setup.py pyproject.toml README.md $(COMPILED)/
 	@find $(COMPILED) -name __pycache__ -prune -exec rm -rf {} +
+	@find $(COMPILED) -name '*.so' -delete
 	@echo "compiling the hot modules with mypyc into $(COMPILED) (log: $(COMPILED)/build.log)"
 	@cd $(COMPILED) && ../../$(BIN)/python setup.py build_ext --inplace > build.log 2>&1 || { \
 	  cat build.log >&2; echo "error: the compiled build failed (full log above)" >&2; exit 1; }
 	@grep '^trackd build:' $(COMPILED)/build.log
 	@cd $(COMPILED) && ../../$(BIN)/python -c 'import os, sys; from agent import native; \
 	  print("build/compiled runs:", native.describe()); \
-	  sys.exit(1 if os.environ.get("TRACKD_REQUIRE_COMPILED") and not native.is_compiled() else 0)'
+	  ok = native.is_compiled() and native.kernel() == "native block kernel"; \
+	  sys.exit(1 if os.environ.get("TRACKD_REQUIRE_COMPILED") and not ok else 0)'
 
-# Byte-identity of the compiled path against the pure one, then the tests of the modules it
-# compiles, run against the compiled copy.
+# Byte-identity against the pure path (TRACKD_KERNEL=0: no native kernel, no compiled module) of
+# the native kernel here and of the compiled copy with its kernel, then the tests of the modules
+# it compiles, run against the compiled copy.
 test-compiled: compiled
 	@rm -rf $(COMPILED)/.ref
-	$(BIN)/python bench/equivalence.py --lines 50000 --record $(COMPILED)/.ref
+	TRACKD_KERNEL=0 $(BIN)/python bench/equivalence.py --lines 50000 --record $(COMPILED)/.ref
+	$(BIN)/python bench/equivalence.py --lines 50000 --check $(COMPILED)/.ref --workers 0
 	cd $(COMPILED) && PYTHONPATH=$$(pwd) ../../$(BIN)/python bench/equivalence.py --lines 50000 \
 	  --check .ref --workers 0,2
 	cd $(COMPILED) && PYTHONPATH=$$(pwd) TRACKD_SLOW_SCALE=$(TRACKD_SLOW_SCALE) ../../$(BIN)/python \

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import os
 
 #: The modules the per-line path runs through (read, parse, prepare, resolve, encode).
 #: Left out on purpose: `agent.identity.lru` (mypyc cannot compile an OrderedDict subclass) and
@@ -52,9 +53,23 @@ def is_compiled() -> bool:
     return bool(compiled_modules())
 
 
-def describe() -> str:
-    """`compiled (mypyc, 15 of 15 hot modules)`, or `pure Python`, for `trackd --version`."""
+def build() -> str:
+    """`compiled (mypyc, 15 of 15 hot modules)`, or `pure Python`."""
     done = compiled_modules()
     if not done:
         return "pure Python"
     return f"compiled (mypyc, {len(done)} of {len(MODULES)} hot modules)"
+
+
+def kernel() -> str:
+    """Whether the native block kernel (agent/_kernel.c, agent/pipeline/kernel.py) runs."""
+    if os.environ.get("TRACKD_KERNEL", "").strip() == "0":
+        return "native block kernel off (TRACKD_KERNEL=0)"
+    if importlib.util.find_spec("agent._kernel") is None:
+        return "no native block kernel"
+    return "native block kernel"
+
+
+def describe() -> str:
+    """The build and the kernel, for `trackd --version`: `pure Python, native block kernel`."""
+    return f"{build()}, {kernel()}"

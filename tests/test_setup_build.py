@@ -1,5 +1,6 @@
 """setup.py's optional compiled build: when it cannot or must not compile, the hot modules stay
-Python, the build still succeeds, it says why, and no extension is left behind."""
+Python and the native kernel is left out, the build still succeeds, it says why, and no
+extension is left behind."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def _tree(tmp_path: Path) -> Path:
     """A copy of what setup.py builds from (the package, its metadata)."""
     dst = tmp_path / "src"
-    shutil.copytree(ROOT / "agent", dst / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "agent", dst / "agent", ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd")
+    )
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, dst / name)
     return dst
@@ -46,6 +49,7 @@ def test_trackd_pure_keeps_the_modules_python(tmp_path: Path) -> None:
     proc = _build_inplace(src, TRACKD_PURE="1")
     assert proc.returncode == 0, proc.stderr
     assert "trackd build: the hot modules stay pure Python (TRACKD_PURE is set)" in proc.stderr
+    assert "native block kernel" not in proc.stderr
     assert _extensions(src) == []
 
 
@@ -60,4 +64,5 @@ def test_a_failing_compiler_falls_back_to_python(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "compiling failed (" in proc.stderr
     assert "the hot modules stay pure Python" in proc.stderr
+    assert "the native block kernel could not be built (" in proc.stderr
     assert _extensions(src) == []

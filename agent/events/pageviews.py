@@ -62,6 +62,14 @@ class PageviewFilter:
             self._paths[target] = ok
         return ok and not self._bots(rec.user_agent)
 
+    def request_ok(self, method: str, target: str) -> bool:
+        """The method and path part of `__call__`: whether a request may be a page view."""
+        return method in self._methods and self._path_ok(target)
+
+    def status_ok(self, status: int) -> bool:
+        """The status part of `__call__`."""
+        return status in self._statuses
+
     def _path_ok(self, target: str) -> bool:
         path = path_of(target)
         last = path.rpartition("/")[2]

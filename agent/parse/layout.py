@@ -205,7 +205,18 @@ class CompiledParser:
     `source` holds the generated assembler (for tests and debugging); `names` the names of
     its captures (what rules may ask for besides SPEC §2's fields: `trackd check` checks them)."""
 
-    __slots__ = ("_assemble", "_kind", "_pieces", "_regex", "_template", "_time", "names", "source")
+    __slots__ = (
+        "_assemble",
+        "_kind",
+        "_pieces",
+        "_regex",
+        "_template",
+        "_time",
+        "captures",
+        "names",
+        "optional_groups",
+        "source",
+    )
 
     def __init__(
         self,
@@ -223,6 +234,10 @@ class CompiledParser:
         self._regex = regex
         self._pieces = pieces
         self.names = frozenset(c.name for c, _ in caps)
+        #: Each distinct capture and its index into `m.groups()` (the native kernel reads them).
+        self.captures = tuple(caps)
+        #: Groups may not take part in a match (a user's regex): they read as "".
+        self.optional_groups = pieces is None
         times = sorted((c.rank, idx, c) for c, idx in caps if c.feeds == "ts")
         if not times:
             raise FormatError(f"the {kind} format has no time field")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from agent.config import Config, SourceConfig
 from agent.parse import AccessParser, AppParser, build_parser
+from agent.pipeline import kernel
 from agent.pipeline.prepare import Prepared, Preparer
 from agent.pipeline.stats import PipelineStats
 from agent.records import Continuation, FileRef
@@ -19,14 +20,17 @@ SAMPLE_MAX = 20
 
 
 class SourceContext:
-    """What preparing needs per source: its kind and parser."""
+    """What preparing needs per source: its kind and parser, and its native kernel (or why it
+    has none: the pure path then does every line)."""
 
-    __slots__ = ("is_app", "name", "parser")
+    __slots__ = ("is_app", "kernel", "kernel_why", "name", "parser")
 
     def __init__(self, src: SourceConfig) -> None:
         self.name = src.name
         self.is_app = src.kind == "app"
         self.parser: AccessParser | AppParser = build_parser(src)
+        self.kernel: kernel.SourceKernel | None = None
+        self.kernel_why = "not built yet"
 
 
 class BlockPreparer:
@@ -37,6 +41,7 @@ class BlockPreparer:
         self.preparer = preparer
         self.stats = stats
         self.max_line = config.max_line_bytes
+        self._kernels()
 
     def reload_sources(
         self, sources: tuple[SourceConfig, ...], old: tuple[SourceConfig, ...]
@@ -47,6 +52,16 @@ class BlockPreparer:
             s.name: self.sources[s.name] if before.get(s.name) == s else SourceContext(s)
             for s in sources
         }
+        self._kernels()  # new caches: a reload may change how pages are encoded
+
+    def _kernels(self) -> None:
+        for ctx in self.sources.values():
+            if ctx.is_app:
+                ctx.kernel, ctx.kernel_why = None, "an app source"
+            else:
+                ctx.kernel, ctx.kernel_why = kernel.build(
+                    self.preparer, ctx.name, ctx.parser, self.max_line
+                )
 
     def lines(
         self, where: FileRef, start: int, end: int, lines: list[bytes], too_long: int = 0
@@ -56,13 +71,22 @@ class BlockPreparer:
         (static assets, opt-outs, unparsable lines) are counted, not yielded."""
         source = where.source
         ctx = self.sources[source]
+        if too_long:
+            self._skip(source, "too_long", "", too_long)
+        self.stats.lines[source] += len(lines) + too_long
+        if ctx.kernel is not None:
+            for item in ctx.kernel.run(where, start, end, lines):
+                if len(item) == 3:  # (index, start, end): a line the kernel leaves to us
+                    prepared = self._line(ctx, where, item[1], item[2], lines[item[0]])
+                    if prepared is not None:
+                        yield prepared
+                else:
+                    yield item
+            return
         parser = ctx.parser
         is_app = ctx.is_app
         max_line = self.max_line
         stats = self.stats
-        if too_long:
-            self._skip(source, "too_long", "", too_long)
-        stats.lines[source] += len(lines) + too_long
         prepare = self.preparer.prepare
         offset = start
         for line in lines:
@@ -93,6 +117,25 @@ class BlockPreparer:
             prepared = prepare(where, lo, offset, line, rec)
             if prepared is not None:
                 yield prepared
+
+    def _line(
+        self, ctx: SourceContext, where: FileRef, lo: int, offset: int, line: bytes
+    ) -> Prepared | None:
+        """One access line the pure way (what the loop of `lines` does for each)."""
+        source = ctx.name
+        if len(line) > self.max_line:
+            self._skip(source, "too_long", "")
+            return None
+        body = line[:-1] if line[-1:] == b"\r" else line
+        text = body.decode("utf-8", "replace")
+        rec = ctx.parser(text)
+        if rec is None:
+            self._skip(source, "parse_error", text, explain=ctx.parser)
+            return None
+        if isinstance(rec, Continuation):  # access parsers never say so; kept for symmetry
+            self.stats.continuations[source] += 1
+            return None
+        return self.preparer.prepare(where, lo, offset, line, rec)
 
     def count_too_long(self, source: str, n: int) -> None:
         """Over-long lines the splitter dropped while they streamed in (no line to parse)."""

@@ -121,6 +121,7 @@ class Preparer:
         ident = config.identity
         #: How a record is made: a `Prepared`, or (`plain`, in worker processes) the plain tuple
         #: of its fields, which `workers.ship_block` marshals without a copy.
+        self.plain = plain
         self._new: Callable[[tuple[Any, ...]], Prepared] = (
             cast(Callable[[tuple[Any, ...]], Prepared], tuple) if plain else new_prepared
         )
@@ -308,23 +309,33 @@ class Preparer:
         key = (source, rec.target, rec.host)
         head = self._page_heads.get(key)
         if head is None:
-            page_url = self.urls[source].page(rec.target, rec.host, None)
-            page: dict[str, str] = {"path": page_url.path, "search": page_url.search}
-            if page_url.url is not None:
-                page["url"] = page_url.url
-            head = orjson.dumps(page)[:-1]
+            head = self.page_head(self.urls[source], rec.target, rec.host)
             if len(self._page_heads) >= _BYTES_CACHE_MAX:
                 self._page_heads.clear()
             self._page_heads[key] = head
         referrer = rec.referrer
         tail = self._referrers.get(referrer)
         if tail is None:
-            shown = self.urls[source].referrer(referrer) if referrer else ""
-            tail = b',"referrer":' + orjson.dumps(shown) + b"}"
+            tail = self.referrer_tail(self.urls[source], referrer)
             if len(self._referrers) >= _BYTES_CACHE_MAX:
                 self._referrers.clear()
             self._referrers[referrer] = tail
         return head + tail
+
+    @staticmethod
+    def page_head(urls: UrlBuilder, target: str, host: str) -> bytes:
+        """The page properties up to the referrer, encoded: `{"path":…,"search":…[,"url":…]`."""
+        page_url = urls.page(target, host, None)
+        page: dict[str, str] = {"path": page_url.path, "search": page_url.search}
+        if page_url.url is not None:
+            page["url"] = page_url.url
+        return orjson.dumps(page)[:-1]
+
+    @staticmethod
+    def referrer_tail(urls: UrlBuilder, referrer: str) -> bytes:
+        """`,"referrer":…}` (redacted like page URLs), closing the page properties."""
+        shown = urls.referrer(referrer) if referrer else ""
+        return b',"referrer":' + orjson.dumps(shown) + b"}"
 
     def _app(
         self, where: FileRef, offset: int, end: int, raw: bytes, rec: AppRecord
@@ -369,6 +380,12 @@ class Preparer:
         )
 
     # -- identifiers -----------------------------------------------------------------------
+
+    def cookie_intake(
+        self, header: str
+    ) -> tuple[str | None, str | None, str | None, bool, tuple[str, ...]]:
+        """(device, named, session, opted out, junk kinds seen) from a Cookie header alone."""
+        return self._cookie_intake(header, None)
 
     def _cookie_intake(
         self, header: str, captured: dict[str, str] | None

@@ -1,0 +1,513 @@
+"""The native block kernel (`agent/_kernel.c`, `agent/pipeline/kernel.py`): byte for byte what the
+pure path gives, or no kernel at all and the reason why.
+
+The pure path is the reference. These tests prove the kernel's pieces against it: its VM's spans
+against `re` on the same pattern, its hashes against hashlib and `msgid`, and whole blocks of
+generated lines — valid, junk, opted out, static, bots, non-ASCII, escaped, unparsable, too old,
+too long — through `BlockPreparer` with and without the kernel, records and counters alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.config import Config
+from agent.config.load import load_config
+from agent.events.msgid import NAMESPACE, MessageIdPrefix, line_hash
+from agent.parse.apache import compile_apache
+from agent.parse.nginx import compile_nginx
+from agent.pipeline import kernel
+from agent.pipeline.blocks import BlockPreparer
+from agent.pipeline.prepare import Prepared, Preparer
+from agent.pipeline.stats import PipelineStats
+from agent.records import FileRef
+from tests.helpers import make_config
+
+native, WHY = kernel.load()
+if native is None and os.environ.get("TRACKD_REQUIRE_COMPILED"):
+    raise RuntimeError(f"TRACKD_REQUIRE_COMPILED is set but there is no native kernel: {WHY}")
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(native is None, reason=f"no native kernel here: {WHY}"),
+]
+
+NGINX_FORMATS = [
+    '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+    '"$http_referer" "$http_user_agent" "$http_cookie" $request_time',
+    '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+    '"$http_referer" "$http_user_agent" "$http_x_forwarded_for" $host "$http_cookie" '
+    "$upstream_response_time $request_id",
+    '$msec $remote_addr "$request" $status "$http_cookie" $http_host $http_user_agent',
+    "$http_x_forwarded_for - $remote_addr [$time_iso8601] $request $status $http_user_agent",
+]
+APACHE_FORMATS = ['%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i" "%{Cookie}i"']
+#: Patterns beyond the layouts: lazy and bounded repeats, alternation, optional groups, anchors.
+EXTRA_PATTERNS = [
+    r'(?P<a>[^ ]*?) (?P<b>.*?)"(?P<c>\d{2,4})?(?:x|(?P<d>y+))*$',
+    r"^(?P<a>(?:ab|a)+?)(?P<b>b{1,3})(?P<c>[a-c\d]*)\Z",
+    r"(?P<a>\w+)\s+(?P<b>\W?)(?P<c>[^\s\d]{0,2})(?:(?P<d>-)|(?P<e>\S))\s*$",
+]
+
+LINE_ALPHABET = st.sampled_from([*' "-[]/:.?=&;%+x1A\\', "200", "GET", "km_ai=", "Z"])
+
+
+def _patterns() -> list[re.Pattern[str]]:
+    out = [compile_nginx(f).regex for f in NGINX_FORMATS]
+    out += [compile_apache(f).regex for f in APACHE_FORMATS]
+    return out + [re.compile(p, re.S) for p in EXTRA_PATTERNS]
+
+
+PATTERNS = _patterns()
+
+
+def _program(regex: re.Pattern[str]) -> Any:
+    prog = kernel.compile_program(regex)
+    assert native is not None
+    return native.Program(prog.code, prog.sets, prog.groups)
+
+
+PROGRAMS = [_program(p) for p in PATTERNS]
+
+
+def _sample_line(i: int) -> str:
+    """A plausible line of each of the patterns above, to mutate."""
+    samples = [
+        '203.0.113.9 - - [28/Nov/2026:10:00:00 +0000] "GET /p/1?a=1 HTTP/1.1" 200 512 '
+        '"https://r.example/" "Mozilla/5.0 (X11)" "km_ai=abcdef; km_ni=bob" 0.004',
+        '10.0.0.1 - - [28/Nov/2026:10:00:00 +0000] "GET / HTTP/1.1" 304 0 "-" "curl/8" '
+        '"198.51.100.7, 10.0.0.2" shop.example "-" 0.010, 0.020 : 0.001 abc123',
+        '1764324000.123 203.0.113.9 "GET /x HTTP/2.0" 200 "km_ai=v1" h.example Mozilla/5.0 (A B)',
+        "198.51.100.7 - 10.0.0.1 [2026-11-28T10:00:00+00:00] GET /a HTTP/1.1 200 Agent (X; Y) 2",
+        '203.0.113.9 - - [28/Nov/2026:10:00:00 +0000] "GET /p HTTP/1.1" 200 512 "-" '
+        '"Mozilla \\"q\\"" "km_ai=abcdef"',
+        'ab "12xyyx',
+        "ababbbca1",
+        "word \t!ab-",
+    ]
+    return samples[i]
+
+
+@st.composite
+def _pattern_and_line(draw: st.DrawFn) -> tuple[int, str]:
+    i = draw(st.integers(0, len(PATTERNS) - 1))
+    kind = draw(st.sampled_from(["sample", "mutated", "random"]))
+    if kind == "random":
+        return i, "".join(draw(st.lists(LINE_ALPHABET, max_size=40)))
+    line = _sample_line(i)
+    if kind == "mutated":
+        for _ in range(draw(st.integers(1, 4))):
+            at = draw(st.integers(0, len(line)))
+            op = draw(st.sampled_from(["insert", "delete", "replace"]))
+            piece = draw(LINE_ALPHABET)
+            if op == "insert":
+                line = line[:at] + piece + line[at:]
+            elif op == "delete":
+                line = line[:at] + line[at + 1 :]
+            else:
+                line = line[:at] + piece + line[at + len(piece) :]
+    return i, line
+
+
+class TestVm:
+    @settings(max_examples=3000, deadline=None)
+    @given(_pattern_and_line())
+    def test_spans_are_the_regexs(self, case: tuple[int, str]) -> None:
+        """On printable ASCII (all the VM is ever given), the VM matches where `re` matches and
+        gives each group `re`'s span (unset groups included), and fails where `re` fails."""
+        i, line = case
+        m = PATTERNS[i].match(line)
+        got = PROGRAMS[i].match(line.encode())
+        if m is None:
+            assert got is None
+        else:
+            assert got == m.regs[1:]
+
+    def test_the_sample_lines_match(self) -> None:
+        """Each pattern's sample line matches, in `re` and in the VM alike (so the generated
+        cases above are mostly near-misses of real matches, not only failures)."""
+        for i, (pattern, program) in enumerate(zip(PATTERNS, PROGRAMS, strict=True)):
+            m = pattern.match(_sample_line(i))
+            assert m is not None, pattern.pattern
+            assert program.match(_sample_line(i).encode()) == m.regs[1:]
+
+    @pytest.mark.parametrize(
+        ("pattern", "why"),
+        [
+            (r"(?P<a>x)(?P=a)", "GROUPREF"),
+            (r"(?<=\?)x", "ASSERT"),
+            (r"(?i)abc", "ignores case"),
+            (r"(?:a*)*b", "can match nothing"),
+            (r"x\b", "anchor"),
+        ],
+    )
+    def test_what_it_cannot_do_is_refused(self, pattern: str, why: str) -> None:
+        """A pattern with a construct outside the VM's is refused with the construct named (the
+        source then runs the pure path), never compiled approximately."""
+        with pytest.raises(kernel.Unsupported, match=why):
+            kernel.compile_program(re.compile(pattern))
+
+    def test_pathological_backtracking_gives_up(self) -> None:
+        """A line that makes the VM backtrack past its step budget is given up (False: the pure
+        path decides it), not matched slowly or wrongly."""
+        prog = _program(re.compile(r"(?:a|aa)+?(?:a|aa)+?(?:a|aa)+?(?:a|aa)+?b"))
+        assert prog.match(b"a" * 300) is False
+
+    def test_a_malformed_program_is_refused(self) -> None:
+        """The C side checks a program before running it: an out-of-range jump is a ValueError,
+        not a crash."""
+        assert native is not None
+        with pytest.raises(ValueError, match="malformed"):
+            native.Program((5, 99, 11), b"", 0)
+
+
+#: `sha_path` picks the hash code for a whole test, the same for each of its examples.
+FIXTURE_ONCE = HealthCheck.function_scoped_fixture
+
+
+@pytest.fixture(params=[True, False], ids=["sha-ni", "portable"])
+def sha_path(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Each hash test on the SHA extensions (where the CPU has them) and on the portable code."""
+    assert native is not None
+    used = native.use_sha_ni(request.param)
+    try:
+        yield used
+    finally:
+        native.use_sha_ni(True)
+
+
+class TestHashes:
+    def test_the_sha_extensions_are_used_where_the_cpu_has_them(self) -> None:
+        """On a CPU whose flags list sha_ni the kernel hashes with them (the figures in the
+        README assume so); turning them off falls back to the portable code."""
+        assert native is not None
+        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        assert native.use_sha_ni(True) == (" sha_ni" in flags)
+        assert native.use_sha_ni(False) is False
+        native.use_sha_ni(True)
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[FIXTURE_ONCE])
+    @given(data=st.binary(max_size=300))
+    def test_line_hash_is_hashlibs(self, sha_path: bool, data: bytes) -> None:
+        """The kernel's SHA-256 line hash equals `msgid.line_hash` (hashlib) on any bytes,
+        across the 55/56/64-byte padding boundaries."""
+        assert native is not None
+        assert native.line_hash(data) == line_hash(data)
+        assert native.line_hash(data) == hashlib.sha256(data).hexdigest()[:32].encode()
+
+    def test_every_length_to_a_few_blocks(self, sha_path: bool) -> None:
+        """Every length from 0 to 300 bytes (each padding case, one to six blocks)."""
+        assert native is not None
+        for n in range(301):
+            data = bytes((i * 7 + n) % 256 for i in range(n))
+            assert native.line_hash(data) == line_hash(data), n
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[FIXTURE_ONCE])
+    @given(
+        source=st.text(min_size=0, max_size=80),
+        fp=st.text(alphabet="0123456789abcdef", min_size=0, max_size=64),
+        offset=st.integers(0, 2**62),
+        line=st.binary(min_size=0, max_size=40),
+    )
+    def test_message_id_is_msgids(
+        self, sha_path: bool, source: str, fp: str, offset: int, line: bytes
+    ) -> None:
+        """The kernel's UUIDv5 messageId equals `MessageIdPrefix` for any source, file
+        fingerprint, offset and line (the prefix spans one or two SHA-1 blocks)."""
+        assert native is not None
+        lhash = line_hash(line)
+        prefix = NAMESPACE.bytes + f"trackd:v1\n{source}\n{fp}\n".encode()
+        want = MessageIdPrefix(source, fp)(offset, lhash, b"page")
+        assert native.message_id(prefix, offset, lhash, b"page") == want
+
+
+# -- whole blocks: kernel against pure ---------------------------------------------------------
+
+TIMES = [
+    "28/Nov/2026:10:00:00 +0000",
+    "28/Nov/2026:10:00:01 +0000",
+    "29/Nov/2026:23:59:59 +0130",
+    "01/Jan/2005:00:00:00 +0000",  # too old (R6)
+    "31/Feb/2026:10:00:00 +0000",  # not a date
+    "28/Nov/2026:25:00:00 +0000",  # not a time
+]
+REQUESTS = [
+    "GET /p/1 HTTP/1.1",
+    "GET /p/2?utm_source=x&token=secret HTTP/1.1",
+    "GET /static/site.css HTTP/1.1",
+    "POST /login HTTP/1.1",
+    "GET http://other.example/abs?q=1 HTTP/1.1",
+    "-",
+    "GET /a b c HTTP/1.1",
+    "\\x16\\x03\\x01",
+    "GET /caf\u00e9 HTTP/1.1",
+    "GET /admin/x HTTP/1.1",
+]
+AGENTS = [
+    "Mozilla/5.0 (X11; Linux x86_64) Firefox/132.0",
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "-",
+    "",
+    'Agent \\"quoted\\"',
+    "Mozilla/5.0 (Macintosh) \u00fcber",
+]
+COOKIES = [
+    "-",
+    "km_ai=dev0000001x",
+    "km_ai=dev0000002x; km_ni=bob%40example.com",
+    "km_ni=alice; sid=sess000001",
+    "km_ai=undefined",
+    "km_ai=dev0000003x; optout=1",
+    "km_ai=dev0000004x; km_ni=dev0000004x",
+    'km_ai="dev0000005x"',
+    "sid=sess000002",
+    "km_ai=dev0000006x; km_ni=",
+]
+IPS = ["203.0.113.9", "198.51.100.7", "10.0.0.2", "2001:db8::1", "-", "not-an-ip"]
+FORWARDED = ["-", "198.51.100.7", "203.0.113.50, 10.0.0.3", "garbage, 10.0.0.2"]
+REFERRERS = ["-", "https://r.example/", "https://r.example/s?q=1&token=x#frag", "android-app://x"]
+STATUSES = ["200", "304", "404", "-", "500"]
+
+#: Layouts of the block tests: (log_format, which fields it has).
+BLOCK_FORMATS = {
+    "plain": '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+    '"$http_referer" "$http_user_agent" "$http_cookie" $request_time',
+    "proxied": '$remote_addr - - [$time_local] "$request" $status $body_bytes_sent '
+    '"$http_referer" "$http_user_agent" "$http_x_forwarded_for" $host "$http_cookie"',
+}
+
+
+@st.composite
+def _access_line(draw: st.DrawFn, layout: str) -> bytes:
+    kind = draw(st.sampled_from(["line"] * 8 + ["garbage", "binary", "long"]))
+    if kind == "garbage":
+        return "".join(draw(st.lists(LINE_ALPHABET, max_size=30))).encode()
+    if kind == "binary":
+        return draw(st.binary(max_size=60)).replace(b"\n", b"")
+    ip = draw(st.sampled_from(IPS))
+    ts = draw(st.sampled_from(TIMES))
+    request = draw(st.sampled_from(REQUESTS))
+    status = draw(st.sampled_from(STATUSES))
+    referrer = draw(st.sampled_from(REFERRERS))
+    agent = draw(st.sampled_from(AGENTS))
+    cookie = draw(st.sampled_from(COOKIES))
+    if layout == "plain":
+        text = f'{ip} - - [{ts}] "{request}" {status} 512 "{referrer}" "{agent}" "{cookie}" 0.004'
+    else:
+        xff = draw(st.sampled_from(FORWARDED))
+        host = draw(st.sampled_from(["shop.example", "-", "h2.example:8080"]))
+        text = (
+            f'{ip} - - [{ts}] "{request}" {status} 512 "{referrer}" "{agent}" "{xff}" {host} '
+            f'"{cookie}"'
+        )
+    if kind == "long":
+        text = text.replace("/p/1", "/p/" + "x" * 400)
+    raw = text.encode()
+    if draw(st.booleans()):
+        raw += b"\r"
+    return raw
+
+
+VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    # name: (layout, identity keys, other top-level keys)
+    "defaults": ("plain", {"session_cookies": ["sid"]}, {}),
+    "no-pageviews": ("plain", {}, {"events": {"pageviews": {"enabled": False}}}),
+    "drop-cookieless": (
+        "proxied",
+        {"cookieless": "drop", "trusted_proxies": ["10.0.0.0/8"], "session_cookies": ["sid"]},
+        {"privacy": {"ip": "full", "optout_cookie": "optout"}, "max_line_bytes": 300},
+    ),
+    "proxied-derived": (
+        "proxied",
+        {"trusted_proxies": ["10.0.0.0/8"]},
+        {
+            "privacy": {"ip": "drop", "optout_cookie": "optout"},
+            "events": {"pageviews": {"exclude_paths": ["/admin/*"], "statuses": ["2xx"]}},
+        },
+    ),
+}
+
+
+def _config(tmp: Path, variant: str) -> Config:
+    layout, identity, extra = VARIANTS[variant]
+    source = {
+        "name": "web",
+        "kind": "access",
+        "paths": [str(tmp / "access.log")],
+        "format": "nginx",
+        "log_format": BLOCK_FORMATS[layout],
+        "base_url": "https://www.example.com",
+    }
+    return load_config(str(make_config(tmp, sources=[source], identity=identity, extra=extra)))
+
+
+def _blocks(config: Config, *, with_kernel: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
+    with monkeypatch.context() as m:
+        m.setenv("TRACKD_KERNEL", "1" if with_kernel else "0")
+        stats = PipelineStats()
+        blocks = BlockPreparer(config, Preparer(config, b"secret", stats.prepare), stats)
+    assert (blocks.sources["web"].kernel is not None) == with_kernel, blocks.sources[
+        "web"
+    ].kernel_why
+    return blocks
+
+
+def _run(blocks: Any, lines: list[bytes]) -> tuple[list[Prepared], Any]:
+    ref = FileRef(7, "web", "/var/log/nginx/access.log", "ab" * 32)
+    end = sum(len(x) + 1 for x in lines)
+    out = list(blocks.lines(ref, 100, 100 + end, lines))
+    stats = blocks.stats
+    counters = (
+        dict(stats.lines),
+        dict(stats.skipped),
+        {k: list(v) for k, v in stats.samples.items()},
+        dict(stats.prepare.junk),
+        dict(stats.prepare.dropped),
+        dict(stats.prepare.too_old),
+    )
+    return out, counters
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Config]:
+    return {v: _config(tmp_path_factory.mktemp(v), v) for v in VARIANTS}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_blocks_are_the_pure_paths(
+    variant: str, configs: dict[str, Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of generated lines give the same records (every field, types included) and the
+    same counters and samples with the kernel as without, in each config variant: page views
+    on and off, derived or dropped cookieless hits, trusted proxies, privacy modes, opt-outs,
+    a small max_line_bytes."""
+    config = configs[variant]
+    layout = VARIANTS[variant][0]
+
+    @settings(
+        max_examples=150,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(st.lists(_access_line(layout), min_size=1, max_size=40))
+    def check(lines: list[bytes]) -> None:
+        pure = _run(_blocks(config, with_kernel=False, monkeypatch=monkeypatch), lines)
+        fast = _run(_blocks(config, with_kernel=True, monkeypatch=monkeypatch), lines)
+        assert [type(p) for p in fast[0]] == [type(p) for p in pure[0]]
+        assert fast == pure
+
+    check()
+
+
+def test_a_long_run_through_warm_caches_is_the_pure_paths(
+    configs: dict[str, Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many blocks through one pair of preparers (caches warm, the previous line's time and
+    stamp reused across blocks, the page messageId prefix reused per file) stay equal too."""
+    config = configs["defaults"]
+    pure_blocks = _blocks(config, with_kernel=False, monkeypatch=monkeypatch)
+    fast_blocks = _blocks(config, with_kernel=True, monkeypatch=monkeypatch)
+    lines = list(_lines(3000))
+    for i in range(0, len(lines), 250):
+        block = lines[i : i + 250]
+        assert _run(fast_blocks, block) == _run(pure_blocks, block)
+
+
+def _lines(n: int) -> Iterator[bytes]:
+    for i in range(n):
+        ts = f"28/Nov/2026:10:{i // 60 % 60:02d}:{i % 60:02d} +0000"
+        cookie = COOKIES[i % len(COOKIES)].replace("0000001", f"{i % 50:07d}")
+        request = REQUESTS[i % 5].replace("/p/1", f"/p/{i % 37}")
+        yield (
+            f'203.0.113.{i % 200} - - [{ts}] "{request}" 200 512 "-" '
+            f'"{AGENTS[i % 2]}" "{cookie}" 0.004'
+        ).encode()
+
+
+def test_plain_records_in_workers(
+    configs: dict[str, Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's preparer builds plain tuples (shipped without a copy): the kernel makes
+    plain tuples there too, with the same fields."""
+    config = configs["defaults"]
+    with monkeypatch.context() as m:
+        m.setenv("TRACKD_KERNEL", "1")
+        stats = PipelineStats()
+        blocks = BlockPreparer(
+            config, Preparer(config, b"secret", stats.prepare, plain=True), stats
+        )
+    lines = list(_lines(50))
+    out, _ = _run(blocks, lines)
+    pure, _ = _run(_blocks(config, with_kernel=False, monkeypatch=monkeypatch), lines)
+    assert out and all(type(p) is tuple for p in out)
+    assert out == [tuple(p) for p in pure]
+
+
+class TestWhichSources:
+    def test_rules_on_a_source_keep_it_pure(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A source with rules has no kernel (rules read any field of the record), and says so."""
+        rules = [{"name": "login", "source": "web", "match": {"path": "/login"}, "event": "Login"}]
+        cfg = load_config(
+            str(
+                make_config(
+                    tmp_path, paths=[str(tmp_path / "a.log")], extra={"events": {"rules": rules}}
+                )
+            )
+        )
+        monkeypatch.setenv("TRACKD_KERNEL", "1")
+        stats = PipelineStats()
+        blocks = BlockPreparer(cfg, Preparer(cfg, b"s", stats.prepare), stats)
+        assert blocks.sources["web"].kernel is None
+        assert blocks.sources["web"].kernel_why == "the source has rules"
+
+    def test_the_combined_family_keeps_its_own_parser(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`format: combined_cookie` has its own parser (not a compiled layout): the pure path
+        reads it, and the reason names the parser."""
+        cfg = load_config(
+            str(make_config(tmp_path, paths=[str(tmp_path / "a.log")], fmt="combined_cookie"))
+        )
+        monkeypatch.setenv("TRACKD_KERNEL", "1")
+        stats = PipelineStats()
+        blocks = BlockPreparer(cfg, Preparer(cfg, b"s", stats.prepare), stats)
+        assert blocks.sources["web"].kernel is None
+        assert "ClfParser" in blocks.sources["web"].kernel_why
+
+    def test_trackd_kernel_0_turns_it_off(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """`TRACKD_KERNEL=0` is the switch to the pure path, and `describe` says so."""
+        monkeypatch.setenv("TRACKD_KERNEL", "0")
+        assert kernel.load() == (None, "TRACKD_KERNEL=0")
+        assert kernel.describe() == "no native block kernel (TRACKD_KERNEL=0)"
+        monkeypatch.delenv("TRACKD_KERNEL")
+        assert kernel.describe() == "native block kernel"
+
+
+def test_a_reload_drops_the_kernels_encoded_pages(
+    configs: dict[str, Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGHUP with a new `base_url`: the kernel's cached page encodings are dropped with the
+    preparer's, so the next hit's URL is the new one."""
+    config = configs["defaults"]
+    blocks = _blocks(config, with_kernel=True, monkeypatch=monkeypatch)
+    line = next(_lines(1))
+    (before,), _ = _run(blocks, [line])
+    assert b"https://www.example.com/p/0" in before.page
+    old = config.sources[0]
+    new = old.model_copy(update={"base_url": "https://new.example"})
+    monkeypatch.setenv("TRACKD_KERNEL", "1")
+    blocks.reload_sources((new,), (old,))
+    blocks.preparer.reload_sources((new,))
+    assert blocks.sources["web"].kernel is not None
+    (after,), _ = _run(blocks, [line])
+    assert b"https://new.example/p/0" in after.page
