@@ -520,69 +520,109 @@ static void Program_dealloc(ProgramObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Whether `code` is a program vm_run can run without checking anything: every opcode known,
+ * operands in range, every jump onto the start of an instruction, and no way to run off the end
+ * (the last instruction is MATCH or JMP, the only ones that do not fall through). */
+static int program_ok(const int *code, Py_ssize_t n, Py_ssize_t nsets, int nslots) {
+    unsigned char *starts = PyMem_Calloc((size_t)n, 1);
+    if (starts == NULL) return -1;
+    int ok = 1, last = 0;
+    for (Py_ssize_t pc = 0; ok && pc < n; pc += OP_SIZE[last]) {
+        last = code[pc];
+        if (last < OP_CHAR || last > OP_MATCH || pc + OP_SIZE[last] > n) {
+            ok = 0;
+            break;
+        }
+        starts[pc] = 1;
+        if ((last == OP_CLASS || last == OP_REP) && (code[pc + 1] < 0 || code[pc + 1] >= nsets))
+            ok = 0;
+        if (last == OP_SAVE && (code[pc + 1] < 0 || code[pc + 1] >= nslots)) ok = 0;
+        if (last == OP_REP && (code[pc + 2] < 0 || code[pc + 3] < code[pc + 2])) ok = 0;
+    }
+    if (ok && last != OP_MATCH && last != OP_JMP) ok = 0;
+    for (Py_ssize_t pc = 0; ok && pc < n; pc += OP_SIZE[code[pc]]) {
+        if (code[pc] == OP_SPLIT || code[pc] == OP_JMP) {
+            for (int j = 1; j < OP_SIZE[code[pc]]; j++) {
+                int to = code[pc + j];
+                if (to < 0 || to >= n || !starts[to]) ok = 0;
+            }
+        }
+    }
+    PyMem_Free(starts);
+    return ok;
+}
+
 static int Program_init(ProgramObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"code", "sets", "groups", NULL};
     PyObject *code;
     Py_buffer sets;
     int groups;
+    if (self->code != NULL) {
+        PyErr_SetString(PyExc_TypeError, "trackd kernel: a Program is initialised once");
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!y*i", kwlist, &PyTuple_Type, &code, &sets,
                                      &groups))
         return -1;
     Py_ssize_t n = PyTuple_GET_SIZE(code);
-    if (sets.len % 32 != 0 || groups < 0 || groups > 1000 || n == 0) {
-        PyBuffer_Release(&sets);
+    int *prog = NULL;
+    unsigned char *bits = NULL;
+    if (sets.len % 32 != 0 || groups < 0 || groups > 1000 || n == 0 || n > (1 << 24)) {
         PyErr_SetString(PyExc_ValueError, "trackd kernel: bad program shape");
-        return -1;
+        goto fail;
     }
-    PyMem_Free(self->code);
-    PyMem_Free(self->sets);
-    self->code = PyMem_Malloc((size_t)n * sizeof(int));
-    self->sets = PyMem_Malloc((size_t)sets.len + 1);
-    if (self->stack == NULL) {
-        self->stack_cap = 256;
-        self->stack = PyMem_Malloc((size_t)self->stack_cap * sizeof(bt_entry));
-    }
-    if (self->code == NULL || self->sets == NULL || self->stack == NULL) {
-        PyBuffer_Release(&sets);
+    prog = PyMem_Malloc((size_t)n * sizeof(int));
+    bits = PyMem_Malloc((size_t)sets.len + 1);
+    if (prog == NULL || bits == NULL) {
         PyErr_NoMemory();
-        return -1;
+        goto fail;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         long v = PyLong_AsLong(PyTuple_GET_ITEM(code, i));
-        if (v == -1 && PyErr_Occurred()) {
-            PyBuffer_Release(&sets);
-            return -1;
+        if (v == -1 && PyErr_Occurred()) goto fail;
+        if (v < INT32_MIN || v > INT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "trackd kernel: program value out of range");
+            goto fail;
         }
-        self->code[i] = (int)v;
+        prog[i] = (int)v;
     }
-    memcpy(self->sets, sets.buf, (size_t)sets.len);
-    self->nsets = sets.len / 32;
-    PyBuffer_Release(&sets);
+    memcpy(bits, sets.buf, (size_t)sets.len);
+    int ok = program_ok(prog, n, sets.len / 32, 2 * groups);
+    if (ok < 0) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "trackd kernel: malformed program");
+        goto fail;
+    }
+    self->stack_cap = 256;
+    self->stack = PyMem_Malloc((size_t)self->stack_cap * sizeof(bt_entry));
+    if (self->stack == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    self->code = prog;
+    self->sets = bits;
     self->ncode = n;
+    self->nsets = sets.len / 32;
     self->nslots = 2 * groups;
-    /* Check the program once so that vm_run need not: every opcode known, operands in range. */
-    for (Py_ssize_t pc = 0; pc < n;) {
-        int op = self->code[pc];
-        if (op < OP_CHAR || op > OP_MATCH || pc + OP_SIZE[op] > n) goto bad;
-        if (op == OP_SPLIT || op == OP_JMP) {
-            for (int j = 1; j < OP_SIZE[op]; j++)
-                if (self->code[pc + j] < 0 || self->code[pc + j] >= n) goto bad;
-        }
-        if ((op == OP_CLASS || op == OP_REP) && (self->code[pc + 1] < 0 || self->code[pc + 1] >= self->nsets))
-            goto bad;
-        if (op == OP_SAVE && (self->code[pc + 1] < 0 || self->code[pc + 1] >= self->nslots)) goto bad;
-        if (op == OP_REP && (self->code[pc + 2] < 0 || self->code[pc + 3] < self->code[pc + 2])) goto bad;
-        pc += OP_SIZE[op];
-    }
+    PyBuffer_Release(&sets);
     return 0;
-bad:
-    PyErr_SetString(PyExc_ValueError, "trackd kernel: malformed program");
+fail:
+    PyMem_Free(prog);
+    PyMem_Free(bits);
+    PyBuffer_Release(&sets);
     return -1;
 }
 
 /* Program.match(line: bytes) -> tuple of (start, end) per group (-1, -1 when unset), None when
  * the line does not match, False when matching took too many steps. For tests and `explain`. */
 static PyObject *Program_match(ProgramObject *self, PyObject *arg) {
+    if (self->code == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "trackd kernel: Program used before __init__");
+        return NULL;
+    }
     if (!PyBytes_Check(arg)) {
         PyErr_SetString(PyExc_TypeError, "match() takes bytes");
         return NULL;
@@ -687,6 +727,10 @@ static int Kernel_init(KernelObject *self, PyObject *args, PyObject *kwds) {
                              "derived", "calls", "stamp_of", "derived_of", "record_type", NULL};
     PyObject *program, *groups, *hosts, *calls, *stamp_of, *derived_of, *record_type;
     int optional_groups, pageviews, derived;
+    if (self->program != NULL) {
+        PyErr_SetString(PyExc_TypeError, "trackd kernel: a Kernel is initialised once");
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!pppO!OOO", kwlist, &ProgramType, &program,
                                      &PyTuple_Type, &groups, &PyTuple_Type, &hosts,
                                      &optional_groups, &pageviews, &derived, &PyTuple_Type, &calls,
@@ -698,9 +742,13 @@ static int Kernel_init(KernelObject *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     ProgramObject *prog = (ProgramObject *)program;
+    if (prog->code == NULL) {
+        PyErr_SetString(PyExc_ValueError, "trackd kernel: the Program is not initialised");
+        return -1;
+    }
     for (int i = 0; i < F_NFIELDS; i++) {
         long g = PyLong_AsLong(PyTuple_GET_ITEM(groups, i));
-        if (g < 0 || 2 * g > prog->nslots) {
+        if (g < 0 || g > prog->nslots / 2) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "trackd kernel: bad group");
             return -1;
         }
@@ -709,7 +757,7 @@ static int Kernel_init(KernelObject *self, PyObject *args, PyObject *kwds) {
     self->nhosts = (int)PyTuple_GET_SIZE(hosts);
     for (int i = 0; i < self->nhosts; i++) {
         long g = PyLong_AsLong(PyTuple_GET_ITEM(hosts, i));
-        if (g < 1 || 2 * g > prog->nslots) {
+        if (g < 1 || g > prog->nslots / 2) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "trackd kernel: bad host group");
             return -1;
         }
@@ -1065,10 +1113,19 @@ error_derived:
  * without their "\n", the first starting at byte `start`; `end` just past the last), in order,
  * its record, or (index, line start, line end) for a line the Python path must do; lines that
  * produce nothing are left out. `where`: (source, file id, path, fp, messageId prefix bytes). */
+static int kernel_ready(KernelObject *self) {
+    if (self->program == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "trackd kernel: Kernel used before __init__");
+        return 0;
+    }
+    return 1;
+}
+
 static PyObject *Kernel_run(KernelObject *self, PyObject *args) {
     PyObject *lines, *where;
     long long start, end;
     Py_ssize_t max_line;
+    if (!kernel_ready(self)) return NULL;
     if (!PyArg_ParseTuple(args, "O!LLnO!", &PyList_Type, &lines, &start, &end, &max_line,
                           &PyTuple_Type, &where))
         return NULL;
@@ -1109,6 +1166,7 @@ error:
 }
 
 static PyObject *Kernel_clear(KernelObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!kernel_ready(self)) return NULL;
     for (int i = 0; i < C_NCACHES; i++) PyDict_Clear(self->caches[i]);
     self->last_time_len = -1;
     self->last_ts = -1.0;

@@ -4,10 +4,12 @@ so other load on the machine does not count).
     .venv/bin/python bench/stages.py [--lines 200000] [--corpus issue|bench] [--profile FILE]
 
 The stages are the pipeline's own objects, built from the same config `run --once` uses (fresh
-state, file sink): split (the block into lines), parse (decode + the source's parser), prepare
-(`Preparer`), ship (a worker result's round trip: marshal, then the pool's pickle), emit (prefetch +
-resolve + assemble + encode, `Pipeline.consume_batch`), commit (the file sink write + fsync and
-the state transaction). `--profile` writes a cProfile of the whole in-process read instead.
+state, file sink): split (the block into lines); parse (decode + the source's parser) and prepare
+(`Preparer`), or where the native kernel runs the two in one, `BlockPreparer.lines`
+(TRACKD_KERNEL=0 measures the pure path's two); ship (a worker result's round trip: marshal,
+then the pool's pickle); emit (prefetch + resolve + assemble + encode,
+`Pipeline.consume_batch`); commit (the file sink write + fsync and the state transaction).
+`--profile` writes a cProfile of the whole in-process read instead.
 """
 
 from __future__ import annotations
@@ -92,22 +94,36 @@ def stages(log: Path, work: Path) -> dict[str, float]:
     lines = data[:-1].split(b"\n")
     out["split"] = time.process_time() - t
 
-    parser = pipe.blocks.sources["web"].parser
-    t = time.process_time()
-    records = [parser(line.decode("utf-8", "replace")) for line in lines]
-    out["parse"] = time.process_time() - t
+    ctx = pipe.blocks.sources["web"]
+    if ctx.kernel is not None:
+        # The native kernel does parse and prepare in one call per block (lines it leaves to
+        # the pure path are done inside the same call to `lines`): one stage.
+        t = time.process_time()
+        prepared = []
+        offset = 0
+        for i in range(0, len(lines), 4096):
+            block = lines[i : i + 4096]
+            end = offset + sum(len(x) + 1 for x in block)
+            prepared.extend(pipe.blocks.lines(ref, offset, end, block))
+            offset = end
+        out["parse + prepare (native kernel)"] = time.process_time() - t
+    else:
+        parser = ctx.parser
+        t = time.process_time()
+        records = [parser(line.decode("utf-8", "replace")) for line in lines]
+        out["parse"] = time.process_time() - t
 
-    prepare = pipe.preparer.prepare
-    t = time.process_time()
-    offset = 0
-    prepared = []
-    for line, rec in zip(lines, records, strict=True):
-        end = offset + len(line) + 1
-        p = prepare(ref, offset, end, line, rec)  # type: ignore[arg-type]
-        offset = end
-        if p is not None:
-            prepared.append(p)
-    out["prepare"] = time.process_time() - t
+        prepare = pipe.preparer.prepare
+        t = time.process_time()
+        offset = 0
+        prepared = []
+        for line, rec in zip(lines, records, strict=True):
+            end = offset + len(line) + 1
+            p = prepare(ref, offset, end, line, rec)  # type: ignore[arg-type]
+            offset = end
+            if p is not None:
+                prepared.append(p)
+        out["prepare"] = time.process_time() - t
 
     t = time.process_time()
     for i in range(0, len(prepared), 4096):

@@ -8,7 +8,10 @@ address, referrer, time) by its raw bytes. On a miss it calls back into this mod
 computes the part with the pure path's own functions (`Preparer`, `PageviewFilter`, `ClientIp`,
 the layout's time reader). A line it is not sure of (not printable ASCII, a backslash, no match,
 an unreadable or too old time, a junk or opted-out identifier) comes back to `BlockPreparer` to
-be done the pure way, so every counter, sample and error stays the pure path's.
+be done the pure way, so every counter, sample and error stays the pure path's. (One gauge can
+read differently: `trackd_identities{kind="derived"}` counts derived ids computed, and a block's
+kernel lines ask for theirs before the pure path does the lines left to it, so over lines of
+several days a day's cache may be dropped at another point. The ids are the same either way.)
 
 Optional like PyYAML's libyaml: without a C compiler at install time, with `TRACKD_KERNEL=0`, or
 for a source it does not cover (app sources, rules on the source, the `combined` family and
@@ -45,6 +48,8 @@ OP_AT_END, OP_AT_BEGIN, OP_AT_END_STRING, OP_MATCH = 8, 9, 10, 11
 _UNBOUNDED = 1 << 30
 #: General (not single-character) repeats are unrolled up to this many copies.
 _MAX_UNROLL = 16
+#: The VM's limit (agent/_kernel.c Program_init).
+_MAX_GROUPS = 1000
 _ALL = frozenset(range(256))
 
 
@@ -80,12 +85,15 @@ class Program(NamedTuple):
 
 def compile_program(regex: re.Pattern[str]) -> Program:
     """The VM program of `regex` (used as `regex.match(line)`), or Unsupported."""
-    if regex.flags & re.IGNORECASE:
-        raise Unsupported("the layout regex ignores case")
+    if regex.groups > _MAX_GROUPS:
+        raise Unsupported(f"more than {_MAX_GROUPS} groups")
     tree = _parser.parse(regex.pattern, regex.flags)
-    if tree.state.flags & re.IGNORECASE:
+    flags = tree.state.flags | regex.flags
+    if flags & re.IGNORECASE:
         raise Unsupported("the layout regex ignores case")
-    em = _Emitter(dotall=bool(tree.state.flags & re.DOTALL))
+    if flags & re.MULTILINE:
+        raise Unsupported("the layout regex is MULTILINE (line anchors)")
+    em = _Emitter(dotall=bool(flags & re.DOTALL))
     em.seq(tree.data)
     em.emit(OP_MATCH)
     sets = b"".join(_bitmap(s) for s in em.sets)
@@ -222,6 +230,8 @@ class _Emitter:
         if len(body) == 1:
             chars = self.single(*body[0])
             if chars is not None:
+                if lo >= _UNBOUNDED or (hi != _c.MAXREPEAT and hi >= _UNBOUNDED):
+                    raise Unsupported("a repeat count too large")
                 top = _UNBOUNDED if hi == _c.MAXREPEAT else hi
                 self.emit(OP_REP, self.set_id(chars), lo, top, int(greedy))
                 return

@@ -161,12 +161,82 @@ class TestVm:
         prog = _program(re.compile(r"(?:a|aa)+?(?:a|aa)+?(?:a|aa)+?(?:a|aa)+?b"))
         assert prog.match(b"a" * 300) is False
 
-    def test_a_malformed_program_is_refused(self) -> None:
-        """The C side checks a program before running it: an out-of-range jump is a ValueError,
-        not a crash."""
+    @pytest.mark.parametrize(
+        "code",
+        [
+            (5, 99, 11),  # a jump past the end
+            (1, 97),  # runs off the end (no MATCH)
+            (5, 3, 1, 3, 11),  # a jump into an operand (CHAR 3 read as CLASS 11)
+            (3, 1, 11),  # a class that is not there (one set given)
+            (6, 2, 11),  # a save slot past the groups
+            (7, 0, 5, 2, 1, 11),  # a repeat whose max is below its min
+        ],
+    )
+    def test_a_malformed_program_is_refused(self, code: tuple[int, ...]) -> None:
+        """The C side checks a program before running it — jumps onto instruction starts only,
+        no running off the end, operands in range — so a bad one is a ValueError, not a read
+        outside its buffers."""
         assert native is not None
         with pytest.raises(ValueError, match="malformed"):
-            native.Program((5, 99, 11), b"", 0)
+            native.Program(code, bytes(32), 1)
+
+    def test_values_outside_a_c_int_are_refused(self) -> None:
+        """A program value that does not fit the VM's ints is refused, not truncated."""
+        assert native is not None
+        with pytest.raises(ValueError, match="out of range"):
+            native.Program((1, 2**40, 11), b"", 0)
+
+    @pytest.mark.parametrize(
+        ("pattern", "why"),
+        [
+            (r"a{1073741825,}", "too large"),
+            (r"a{0,3000000000}", "too large"),
+            (r"(a)$", "MULTILINE"),
+            ("(a)" * 1001, "groups"),
+        ],
+    )
+    def test_what_the_vm_cannot_hold_is_unsupported(self, pattern: str, why: str) -> None:
+        """Repeat counts past the VM's ints, MULTILINE anchors and more groups than it holds are
+        Unsupported (the source runs pure), never a program that fails to load."""
+        flags = re.MULTILINE if why == "MULTILINE" else 0
+        with pytest.raises(kernel.Unsupported, match=why):
+            kernel.compile_program(re.compile(pattern, flags))
+
+    def test_objects_are_usable_only_once_initialised_and_only_once(self) -> None:
+        """`__new__` without `__init__` gives objects that refuse to run (RuntimeError, not a
+        NULL dereference), and a second `__init__` is refused (it would resize what a Kernel
+        sized its buffers by)."""
+        assert native is not None
+        with pytest.raises(RuntimeError, match="before __init__"):
+            native.Program.__new__(native.Program).match(b"a")
+        bare = native.Kernel.__new__(native.Kernel)
+        with pytest.raises(RuntimeError, match="before __init__"):
+            bare.run([b"x"], 0, 2, 100, ("s", 1, "p", "f", b""))
+        with pytest.raises(RuntimeError, match="before __init__"):
+            bare.clear()
+        prog = _program(re.compile("(a)"))
+        with pytest.raises(TypeError, match="initialised once"):
+            prog.__init__((11,), b"", 0)
+        assert prog.match(b"a") == ((0, 1),)
+
+    def test_a_group_past_the_program_is_refused(self) -> None:
+        """Kernel group numbers are checked against the program's groups without overflow."""
+        assert native is not None
+        prog = _program(re.compile("(a)"))
+        for bad in (2, 2**62 + 2**31 + 5):
+            with pytest.raises((ValueError, OverflowError)):
+                native.Kernel(
+                    program=prog,
+                    groups=(1, bad, 0, 0, 0, 0, 0, 0),
+                    hosts=(),
+                    optional_groups=False,
+                    pageviews=True,
+                    derived=False,
+                    calls=(len,) * 7,
+                    stamp_of=len,
+                    derived_of=len,
+                    record_type=None,
+                )
 
 
 #: `sha_path` picks the hash code for a whole test, the same for each of its examples.
