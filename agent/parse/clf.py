@@ -76,6 +76,17 @@ class ClfParser:
             None,
         )
 
+    @property
+    def name(self) -> str:
+        """`common`, `combined` or `combined_cookie`."""
+        return self._name
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        """The layout's regex (groups: ip, ident, user, time, request, status, bytes, then
+        referrer, user agent and cookie as the layout has them)."""
+        return self._rx
+
     def explain(self, line: str) -> str:
         """Why `line` does not parse (for `trackd check`)."""
         m = self._rx.match(line)

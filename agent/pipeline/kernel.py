@@ -14,9 +14,10 @@ kernel lines ask for theirs before the pure path does the lines left to it, so o
 several days a day's cache may be dropped at another point. The ids are the same either way.)
 
 Optional like PyYAML's libyaml: without a C compiler at install time, with `TRACKD_KERNEL=0`, or
-for a source it does not cover (app sources, rules on the source, the `combined` family and
-`json`/`regex` formats with features it lacks), the pure path does everything, byte for byte the
-same (tests/pipeline/test_kernel.py proves it on generated logs).
+for a source it does not cover (app sources, rules on the source, the `json` and `regex` formats,
+layouts with features it lacks), the pure path does everything, byte for byte the same
+(tests/pipeline/test_kernel.py proves it on generated logs). It covers the `nginx` and `apache`
+layouts and the `common`/`combined`/`combined_cookie` formats.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 
 from agent.events.messages import context_head
 from agent.events.msgid import NAMESPACE
+from agent.parse.clf import ClfParser
 from agent.parse.fields import dash, to_int
 from agent.parse.layout import Capture, CompiledParser
 from agent.parse.request import split_request
@@ -289,6 +291,19 @@ class _Layout(NamedTuple):
     hosts: tuple[int, ...]
     time_of: Callable[[str], float | None]
     precision: float
+    #: Whether `-` reads as "" in the client address (the compiled layouts; not `ClfParser`).
+    dash_ip: bool = True
+    #: A group that does not take part in a match reads as "" (a user's regex).
+    optional_groups: bool = False
+
+
+def _clf_layout(parser: ClfParser) -> _Layout:
+    """The groups of the `common`/`combined`/`combined_cookie` regex, as `ClfParser` reads them:
+    the address as logged (no `-` rule), the quoted fields dashed."""
+    n = parser.regex.groups
+    quoted = (8, 9, 10 if n >= 10 else 0) if n >= 9 else (0, 0, 0)
+    groups = (4, 1, 5, 6, *quoted, 0)
+    return _Layout(groups, (), ClfTime(), 1.0, dash_ip=False)
 
 
 def _layout(parser: CompiledParser) -> _Layout:
@@ -327,7 +342,10 @@ def _layout(parser: CompiledParser) -> _Layout:
     else:
         raise Unsupported(f"a {time_cap.time or 'custom'} time")
     groups = tuple(best[f][1] + 1 if f in best else 0 for f in FIELDS)
-    return _Layout(groups, tuple(i + 1 for _, i in sorted(hosts)), time_of, precision)
+    hosts_in_order = tuple(i + 1 for _, i in sorted(hosts))
+    return _Layout(
+        groups, hosts_in_order, time_of, precision, optional_groups=parser.optional_groups
+    )
 
 
 class SourceKernel:
@@ -338,11 +356,14 @@ class SourceKernel:
     def __init__(
         self, native: ModuleType, preparer: Preparer, source: str, parser: object, max_line: int
     ) -> None:
-        if not isinstance(parser, CompiledParser):
-            raise Unsupported(f"the format's parser ({type(parser).__name__})")
         if preparer.rules.get(source):
             raise Unsupported("the source has rules")
-        layout = _layout(parser)
+        if isinstance(parser, CompiledParser):
+            layout = _layout(parser)
+        elif isinstance(parser, ClfParser):
+            layout = _clf_layout(parser)
+        else:
+            raise Unsupported(f"the format's parser ({type(parser).__name__})")
         program = compile_program(parser.regex)
         pv = preparer.pageviews
         client_ip = preparer.client_ip
@@ -369,8 +390,10 @@ class SourceKernel:
             agent = dash(raw.decode("ascii"))
             return context_head(None, agent), pv is not None and pv.is_bot(agent), agent
 
+        address: Callable[[str], str] = dash if layout.dash_ip else str
+
         def ip_of(raw: bytes, forwarded: bytes) -> tuple[bytes, str]:
-            ip = client_ip.client(dash(raw.decode("ascii")), dash(forwarded.decode("ascii")))
+            ip = client_ip.client(address(raw.decode("ascii")), dash(forwarded.decode("ascii")))
             return context_head(client_ip.for_context(ip), ""), client_ip.normalized(ip)
 
         def intake_of(raw: bytes) -> tuple[Any, ...]:
@@ -381,7 +404,7 @@ class SourceKernel:
             program=native.Program(program.code, program.sets, program.groups),
             groups=layout.groups,
             hosts=layout.hosts,
-            optional_groups=parser.optional_groups,
+            optional_groups=layout.optional_groups,
             pageviews=pv is not None,
             derived=derived is not None,
             # In the order of agent/_kernel.c's C_TIME … C_COOKIE.
