@@ -675,7 +675,7 @@ static PyTypeObject ProgramType = {
  * cache misses, and the caches.                                                              */
 
 enum { F_TIME, F_IP, F_REQUEST, F_STATUS, F_REFERRER, F_AGENT, F_COOKIE, F_XFF, F_NFIELDS };
-enum { C_TIME, C_REQUEST, C_STATUS, C_REFERRER, C_AGENT, C_IP, C_COOKIE, C_NCACHES };
+enum { C_TIME, C_REQUEST, C_STATUS, C_REFERRER, C_AGENT, C_IP, C_COOKIE, C_RULES, C_NCACHES };
 #define MAX_HOSTS 8
 #define CACHE_MAX 50000
 /* SPEC §1.2 R6: events before 2009-01-01 are too old (prepare.MIN_EVENT_TS). */
@@ -690,6 +690,7 @@ typedef struct {
     int optional_groups; /* an unset group reads as "" (else the line is deferred) */
     int pageviews;       /* page views enabled */
     int derived;         /* cookieless: derived */
+    int rules;           /* the source has rules: lines one may match are the Python path's */
     PyObject *calls[C_NCACHES];
     PyObject *stamp_of, *derived_of;
     PyObject *caches[C_NCACHES];
@@ -724,17 +725,18 @@ static void Kernel_dealloc(KernelObject *self) {
 
 static int Kernel_init(KernelObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"program", "groups", "hosts", "optional_groups", "pageviews",
-                             "derived", "calls", "stamp_of", "derived_of", "record_type", NULL};
+                             "derived", "calls", "stamp_of", "derived_of", "record_type", "rules",
+                             NULL};
     PyObject *program, *groups, *hosts, *calls, *stamp_of, *derived_of, *record_type;
-    int optional_groups, pageviews, derived;
+    int optional_groups, pageviews, derived, rules = 0;
     if (self->program != NULL) {
         PyErr_SetString(PyExc_TypeError, "trackd kernel: a Kernel is initialised once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!pppO!OOO", kwlist, &ProgramType, &program,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!pppO!OOO|p", kwlist, &ProgramType, &program,
                                      &PyTuple_Type, &groups, &PyTuple_Type, &hosts,
                                      &optional_groups, &pageviews, &derived, &PyTuple_Type, &calls,
-                                     &stamp_of, &derived_of, &record_type))
+                                     &stamp_of, &derived_of, &record_type, &rules))
         return -1;
     if (PyTuple_GET_SIZE(groups) != F_NFIELDS || PyTuple_GET_SIZE(calls) != C_NCACHES ||
         PyTuple_GET_SIZE(hosts) > MAX_HOSTS) {
@@ -801,6 +803,7 @@ static int Kernel_init(KernelObject *self, PyObject *args, PyObject *kwds) {
     self->optional_groups = optional_groups;
     self->pageviews = pageviews;
     self->derived = derived;
+    self->rules = rules;
     self->last_ts = -1.0;
     self->last_time_len = -1;
     PyMem_Free(self->slots);
@@ -923,9 +926,43 @@ static int one_line(KernelObject *self, PyObject *line, long long lo, long long 
     }
     if (ts < MIN_EVENT_TS) return DEFER; /* counted as too old by the Python path */
 
-    /* SPEC §1.1 intake from the Cookie header: junk and opt-outs are the Python path's. */
+    /* The request and host (the first host neither empty nor `-`). */
+    int ra, rb;
+    if (group_span(self, self->group[F_REQUEST], &ra, &rb)) return DEFER;
+    int ha = 0, hb = 0;
+    for (int i = 0; i < self->nhosts; i++) {
+        int x, y;
+        if (group_span(self, self->hosts[i], &x, &y)) return DEFER;
+        if (y > x && !(y - x == 1 && s[x] == '-')) {
+            ha = x;
+            hb = y;
+            break;
+        }
+    }
     PyObject *key;
-    int rc = span_bytes(self, s, self->group[F_COOKIE], &key);
+    int rc;
+    if (self->rules) {
+        /* Whether one of the source's rules may match (they read only request, host and
+         * status: agent/pipeline/kernel.py checks): such a line is the Python path's. */
+        int sa, sb;
+        if (group_span(self, self->group[F_STATUS], &sa, &sb)) return DEFER;
+        key = PyBytes_FromStringAndSize(NULL, (rb - ra) + 1 + (hb - ha) + 1 + (sb - sa));
+        if (key == NULL) return -1;
+        char *k = PyBytes_AS_STRING(key);
+        memcpy(k, s + ra, (size_t)(rb - ra));
+        k += rb - ra;
+        *k++ = '\n';
+        memcpy(k, s + ha, (size_t)(hb - ha));
+        k += hb - ha;
+        *k++ = '\n';
+        memcpy(k, s + sa, (size_t)(sb - sa));
+        PyObject *may = cached(self, C_RULES, key, NULL);
+        if (may == NULL) return -1;
+        if (may != Py_False) return DEFER;
+    }
+
+    /* SPEC §1.1 intake from the Cookie header: junk and opt-outs are the Python path's. */
+    rc = span_bytes(self, s, self->group[F_COOKIE], &key);
     if (rc) return rc;
     PyObject *intake = cached(self, C_COOKIE, key, NULL);
     if (intake == NULL) return -1;
@@ -942,18 +979,6 @@ static int one_line(KernelObject *self, PyObject *line, long long lo, long long 
     if (optout || junk) return DEFER;
 
     /* The request (and host): whether its method and path may be a page view, page head. */
-    int ra, rb;
-    if (group_span(self, self->group[F_REQUEST], &ra, &rb)) return DEFER;
-    int ha = 0, hb = 0;
-    for (int i = 0; i < self->nhosts; i++) {
-        int x, y;
-        if (group_span(self, self->hosts[i], &x, &y)) return DEFER;
-        if (y > x && !(y - x == 1 && s[x] == '-')) {
-            ha = x;
-            hb = y;
-            break;
-        }
-    }
     if (hb > ha) {
         key = PyBytes_FromStringAndSize(NULL, (rb - ra) + 1 + (hb - ha));
         if (key == NULL) return -1;

@@ -141,6 +141,11 @@ class Matcher:
     def __call__(self, get: Getter) -> bool:
         return all(test(get(field)) for field, test in self._tests)
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The field names the conditions read (all a match can depend on)."""
+        return tuple(field for field, _test in self._tests)
+
 
 @dataclass(frozen=True, slots=True)
 class IdentifySpec:

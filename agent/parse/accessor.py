@@ -76,6 +76,12 @@ def cookie_value(raw: str) -> str:
     return percent_decode_once(raw)
 
 
+def alias_of(name: str) -> str | None:
+    """The field a capture name reads when the record has no extra of that name
+    (`request_uri` -> target, `http_host` -> host), or None."""
+    return _ALIASES.get(name)
+
+
 def access_field(rec: AccessRecord, name: str) -> Any:
     """The value of field `name` of an access record, or None when it has none."""
     getter = _DIRECT.get(name)

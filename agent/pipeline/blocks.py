@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
+import structlog
+
 from agent.config import Config, SourceConfig
 from agent.parse import AccessParser, AppParser, build_parser
 from agent.pipeline import kernel
@@ -17,6 +19,7 @@ from agent.pipeline.stats import PipelineStats
 from agent.records import Continuation, FileRef
 
 SAMPLE_MAX = 20
+log = structlog.get_logger("trackd.blocks")
 
 
 class SourceContext:
@@ -62,6 +65,12 @@ class BlockPreparer:
                 ctx.kernel, ctx.kernel_why = kernel.build(
                     self.preparer, ctx.name, ctx.parser, self.max_line
                 )
+            log.debug(
+                "native_kernel",
+                source=ctx.name,
+                on=ctx.kernel is not None,
+                why=ctx.kernel_why or None,
+            )
 
     def lines(
         self, where: FileRef, start: int, end: int, lines: list[bytes], too_long: int = 0

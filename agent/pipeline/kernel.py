@@ -31,13 +31,15 @@ from typing import Any, NamedTuple
 
 from agent.events.messages import context_head
 from agent.events.msgid import NAMESPACE
+from agent.events.rules import Rule
+from agent.parse.accessor import access_field, alias_of
 from agent.parse.clf import ClfParser
 from agent.parse.fields import dash, to_int
 from agent.parse.layout import Capture, CompiledParser
 from agent.parse.request import split_request
 from agent.parse.timefmt import ClfTime, IsoTime, epoch_scaled, parse_msec
 from agent.pipeline.prepare import Prepared, Preparer
-from agent.records import FileRef
+from agent.records import AccessRecord, FileRef
 
 # `re`'s parser and opcodes: private modules, but their shape is what `re` itself compiles
 # from; a Python whose parse tree holds anything this module does not know gets no kernel.
@@ -295,6 +297,8 @@ class _Layout(NamedTuple):
     dash_ip: bool = True
     #: A group that does not take part in a match reads as "" (a user's regex).
     optional_groups: bool = False
+    #: The names of the captures that are extras (what rules read by name before aliases).
+    extras: frozenset[str] = frozenset()
 
 
 def _clf_layout(parser: ClfParser) -> _Layout:
@@ -310,10 +314,12 @@ def _layout(parser: CompiledParser) -> _Layout:
     """Which group feeds each field, chosen as `assemble.assembler_source` chooses them."""
     best: dict[str, tuple[Capture, int]] = {}
     hosts: list[tuple[int, int]] = []
+    extras: set[str] = set()
     for cap, idx in parser.captures:
         feeds = cap.feeds
         if feeds is None:
-            continue  # an extra: only rules read those
+            extras.add(cap.name)  # only rules read those
+            continue
         if feeds not in _KNOWN_FEEDS:
             raise Unsupported(f"the layout captures {cap.label or cap.name} (feeds {feeds})")
         if feeds == "host":
@@ -321,7 +327,11 @@ def _layout(parser: CompiledParser) -> _Layout:
             continue
         held = best.get(feeds)
         if held is None or cap.rank < held[0].rank:
+            if held is not None:
+                extras.add(held[0].name)
             best[feeds] = (cap, idx)
+        else:
+            extras.add(cap.name)
     if len(hosts) > 8:
         raise Unsupported("more than 8 host captures")
     time_cap = best["ts"][0]
@@ -344,7 +354,12 @@ def _layout(parser: CompiledParser) -> _Layout:
     groups = tuple(best[f][1] + 1 if f in best else 0 for f in FIELDS)
     hosts_in_order = tuple(i + 1 for _, i in sorted(hosts))
     return _Layout(
-        groups, hosts_in_order, time_of, precision, optional_groups=parser.optional_groups
+        groups,
+        hosts_in_order,
+        time_of,
+        precision,
+        optional_groups=parser.optional_groups,
+        extras=frozenset(extras),
     )
 
 
@@ -356,14 +371,19 @@ class SourceKernel:
     def __init__(
         self, native: ModuleType, preparer: Preparer, source: str, parser: object, max_line: int
     ) -> None:
-        if preparer.rules.get(source):
-            raise Unsupported("the source has rules")
         if isinstance(parser, CompiledParser):
             layout = _layout(parser)
         elif isinstance(parser, ClfParser):
             layout = _clf_layout(parser)
         else:
             raise Unsupported(f"the format's parser ({type(parser).__name__})")
+        rules = preparer.rules.get(source) or []
+        for rule in rules:
+            for name in rule.matcher.fields:
+                if not _request_field(name, layout.extras):
+                    raise Unsupported(
+                        f"rule {rule.name!r} matches on {name}, which the kernel does not read"
+                    )
         program = compile_program(parser.regex)
         pv = preparer.pageviews
         client_ip = preparer.client_ip
@@ -399,6 +419,9 @@ class SourceKernel:
         def intake_of(raw: bytes) -> tuple[Any, ...]:
             return preparer.cookie_intake(dash(raw.decode("ascii")))
 
+        def rules_of(raw: bytes) -> bool:
+            return _may_match(rules, raw.decode("ascii"))
+
         derived = preparer.derived
         self._kernel = native.Kernel(
             program=native.Program(program.code, program.sets, program.groups),
@@ -408,10 +431,20 @@ class SourceKernel:
             pageviews=pv is not None,
             derived=derived is not None,
             # In the order of agent/_kernel.c's C_TIME … C_COOKIE.
-            calls=(time_of, request_of, status_of, referrer_of, agent_of, ip_of, intake_of),
+            calls=(
+                time_of,
+                request_of,
+                status_of,
+                referrer_of,
+                agent_of,
+                ip_of,
+                intake_of,
+                rules_of,
+            ),
             stamp_of=preparer.timestamps,
             derived_of=derived if derived is not None else _no_derived,
             record_type=None if preparer.plain else Prepared,
+            rules=bool(rules),
         )
         self._max_line = max_line
         self._where_of: FileRef | None = None
@@ -425,6 +458,43 @@ class SourceKernel:
             self._where = (where.source, where.file_id, where.path, where.line_fp, prefix)
         out: list[Any] = self._kernel.run(lines, start, end, self._max_line, self._where)
         return out
+
+
+#: Fields a rule may match on that come from the request line, its host and status alone
+#: (`accessor.access_field` reads these without the record's extras).
+_DIRECT_REQUEST_FIELDS = frozenset(("method", "protocol", "status", "host", "path"))
+#: Looked up among the extras first (a capture of that name), then derived from the request.
+_DERIVED_REQUEST_FIELDS = frozenset(("target", "query", "request"))
+
+
+def _request_field(name: str, extras: frozenset[str]) -> bool:
+    """Whether a rule condition on `name` depends only on the request, host and status."""
+    if name in _DIRECT_REQUEST_FIELDS:
+        return True
+    if name.startswith("query."):
+        return f"arg_{name[6:]}" not in extras  # `$arg_NAME` captured alone is read too
+    if name in extras:
+        return False
+    alias = alias_of(name)
+    return alias is not None and (
+        alias in _DIRECT_REQUEST_FIELDS or alias in _DERIVED_REQUEST_FIELDS
+    )
+
+
+def _may_match(rules: list[Rule], key: str) -> bool:
+    """Whether any rule matches a record with this request, host and status (`key`: the three
+    joined by newlines); the other fields are empty, and no condition reads them."""
+    request, host, status = key.split("\n")
+    method, target, protocol = split_request(request)
+    rec = AccessRecord(
+        0.0, 1.0, "", method, target, protocol, to_int(status), 0, "", "", "", None,
+        dash(host), None, "", None,
+    )  # fmt: skip
+
+    def get(name: str) -> Any:
+        return access_field(rec, name)
+
+    return any(rule.matcher(get) for rule in rules)
 
 
 def _no_derived(ip_norm: str, user_agent: str, ts: float) -> str:

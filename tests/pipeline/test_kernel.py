@@ -408,6 +408,36 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
             "events": {"pageviews": {"exclude_paths": ["/admin/*"], "statuses": ["2xx"]}},
         },
     ),
+    # Rules on request fields: lines a rule may match are the pure path's, the rest the kernel's.
+    "rules": (
+        "proxied",
+        {"session_cookies": ["sid"]},
+        {
+            "events": {
+                "rules": [
+                    {
+                        "name": "login",
+                        "source": "web",
+                        "match": {"method": "POST", "path": "/login"},
+                        "identify": {"user": "{query.user}", "session": "{cookie.sid}"},
+                    },
+                    {
+                        "name": "abs",
+                        "source": "web",
+                        "match": {"host": "shop.example", "status": "2xx", "query.q": "1"},
+                        "event": "Absolute",
+                    },
+                    {
+                        "name": "admin",
+                        "source": "web",
+                        "match": {"request_uri": "/admin/x", "http_host": "h2.example:8080"},
+                        "event": "Admin",
+                        "properties": {"agent": "{user_agent}"},
+                    },
+                ]
+            }
+        },
+    ),
     # The combined family's own parser: the address as logged ("-" stays), quoted fields dashed.
     "combined_cookie": ("clf", {"session_cookies": ["sid"]}, {"privacy": {"ip": "full"}}),
     "combined": ("clf", {}, {}),
@@ -534,11 +564,14 @@ def test_plain_records_in_workers(
 
 
 class TestWhichSources:
-    def test_rules_on_a_source_keep_it_pure(
+    def test_a_rule_on_other_fields_keeps_the_source_pure(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A source with rules has no kernel (rules read any field of the record), and says so."""
-        rules = [{"name": "login", "source": "web", "match": {"path": "/login"}, "event": "Login"}]
+        """A rule that matches on a field beyond the request, host and status (here the user
+        agent) leaves its source to the pure path, and the reason names rule and field."""
+        rules = [
+            {"name": "bot", "source": "web", "match": {"user_agent": "curl*"}, "event": "Curl"}
+        ]
         cfg = load_config(
             str(
                 make_config(
@@ -550,7 +583,9 @@ class TestWhichSources:
         stats = PipelineStats()
         blocks = BlockPreparer(cfg, Preparer(cfg, b"s", stats.prepare), stats)
         assert blocks.sources["web"].kernel is None
-        assert blocks.sources["web"].kernel_why == "the source has rules"
+        assert blocks.sources["web"].kernel_why == (
+            "rule 'bot' matches on user_agent, which the kernel does not read"
+        )
 
     def test_json_access_logs_keep_the_pure_path(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
