@@ -243,7 +243,7 @@ def _splits(hf: HistoryFile, progress: Progress) -> Iterator[Split]:
         reader = tf.packed
         seen = reader.consumed
         for split in tf.read_packed():
-            progress.add(hf.path, len(split.lines), reader.consumed - seen)
+            progress.add(hf.path, split.count, reader.consumed - seen)
             seen = reader.consumed
             yield split
         # Damaged: the unread rest counts as done for the bar.
@@ -251,7 +251,7 @@ def _splits(hf: HistoryFile, progress: Progress) -> Iterator[Split]:
     else:
         last = tf.pos
         for split in tf.snapshot(hf.size, final=not hf.live):
-            progress.add(hf.path, len(split.lines), split.end - last)
+            progress.add(hf.path, split.count, split.end - last)
             last = split.end
             yield split
         progress.add(hf.path, 0, max(0, hf.size - last))

@@ -347,15 +347,15 @@ class Pipeline:
                 if split is None:
                     more = False
                     break
-                if not split.lines:
+                if not split.count:
                     pending.append((None, split))
                     continue
                 ref = tf.ref if tf.ref is not None else tf.ensure_ref()
                 assert ref is not None  # a complete line exists, so the first line is known
                 self._files[tf.row.id] = tf
-                block = b"\n".join(split.lines)
+                # The block as read: the worker splits it (here only the count is needed).
                 pending.append(
-                    (pool.submit(ref, split.start, split.end, block, split.too_long), split)
+                    (pool.submit(ref, split.start, split.end, split.block, split.too_long), split)
                 )
                 if len(pending) >= 4:
                     break

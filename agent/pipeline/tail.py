@@ -128,7 +128,7 @@ class TailLoop:
                 log.info("reading_resumed", outbox_messages=level.messages if level else 0)
             for tf, split in tailer.poll(sweep, paths=sweep and self._path_check_due()):
                 pipeline.feed(tf, split)
-                n += len(split.lines) + split.too_long
+                n += split.count + split.too_long
         pipeline.release()
         pipeline.commit()
         tailer.settle()

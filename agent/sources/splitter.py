@@ -9,19 +9,75 @@ line's length anyway while it computes offsets.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any
 
 
-class Split(NamedTuple):
-    #: Offset of the first byte of `lines[0]`.
-    start: int
-    lines: list[bytes]
-    #: Offset just past the last consumed byte.
-    end: int
-    #: Over-long lines that ended inside this feed (dropped while streaming).
-    too_long: int
-    #: Up to 64 bytes just before `end` (the offset marker, SPEC §5.3).
-    before: bytes
+class Split:
+    """Complete lines of one feed: where they start and end, and how many over-long lines ended
+    inside it. The lines are split from the block only when asked for (`lines`): a worker pool
+    takes the block as it was read (`block`), and only the count is needed here."""
+
+    __slots__ = ("_block", "_lines", "before", "end", "start", "too_long")
+
+    def __init__(
+        self, start: int, lines: list[bytes], end: int, too_long: int, before: bytes
+    ) -> None:
+        #: Offset of the first byte of `lines[0]`.
+        self.start = start
+        #: Offset just past the last consumed byte.
+        self.end = end
+        #: Over-long lines that ended inside this feed (dropped while streaming).
+        self.too_long = too_long
+        #: Up to 64 bytes just before `end` (the offset marker, SPEC §5.3).
+        self.before = before
+        self._lines: list[bytes] | None = lines
+        self._block: bytes | None = None
+
+    @classmethod
+    def of_block(cls, start: int, block: bytes, end: int, too_long: int, before: bytes) -> Split:
+        """A split of at least one line: `block` is the lines joined by `\n` (without the
+        last one's)."""
+        split = cls(start, [], end, too_long, before)
+        split._lines = None
+        split._block = block
+        return split
+
+    @property
+    def lines(self) -> list[bytes]:
+        """The complete lines, without their `\n`."""
+        if self._lines is None:
+            assert self._block is not None
+            self._lines = self._block.split(b"\n")
+        return self._lines
+
+    @property
+    def block(self) -> bytes:
+        """The lines joined by `\n`, as read (no copy for a split made from a block)."""
+        if self._block is None:
+            self._block = b"\n".join(self.lines)
+        return self._block
+
+    @property
+    def count(self) -> int:
+        """How many complete lines (without splitting them)."""
+        if self._lines is not None:
+            return len(self._lines)
+        assert self._block is not None
+        return self._block.count(b"\n") + 1
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.start, self.lines, self.end, self.too_long, self.before)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Split) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable cache inside: not hashable
+
+    def __repr__(self) -> str:
+        return (
+            f"Split(start={self.start}, lines={self.count}, end={self.end}, "
+            f"too_long={self.too_long}, before={self.before!r})"
+        )
 
 
 class LineSplitter:
@@ -71,13 +127,13 @@ class LineSplitter:
                 return Split(self.offset, [], self.offset, too_long, before)
             return None
         start = self.offset
-        lines = buf[:last].split(b"\n")
         self._pending = buf[last + 1 :]
         if len(self._pending) > self._max:
             self._dropping = len(self._pending)
             self._pending = b""
         self.offset = start + last + 1
-        return Split(start, lines, self.offset, too_long, buf[max(0, last - 63) : last + 1])
+        before = buf[max(0, last - 63) : last + 1]
+        return Split.of_block(start, buf[:last], self.offset, too_long, before)
 
     def take_partial(self) -> bytes:
         """The pending partial line (for a file that is no longer live: flushed as a line)."""
