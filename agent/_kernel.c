@@ -882,10 +882,8 @@ static PyObject *concat(PyObject *a, PyObject *b) {
 #define SKIP 2
 
 /* One line: 0 with *out the record, SKIP (nothing to send, nothing counted), DEFER, -1 error. */
-static int one_line(KernelObject *self, PyObject *line, long long lo, long long off,
+static int one_line(KernelObject *self, const char *s, Py_ssize_t n, long long lo, long long off,
                     PyObject *const *where, PyObject **out) {
-    const char *s = PyBytes_AS_STRING(line);
-    Py_ssize_t n = PyBytes_GET_SIZE(line);
     Py_ssize_t body = n;
     if (body > 0 && s[body - 1] == '\r') body--;
     for (Py_ssize_t i = 0; i < body; i++) {
@@ -1134,10 +1132,11 @@ error_derived:
     return -1;
 }
 
-/* Kernel.run(lines, start, end, max_line, where) -> list: per line of `lines` (complete lines
- * without their "\n", the first starting at byte `start`; `end` just past the last), in order,
- * its record, or (index, line start, line end) for a line the Python path must do; lines that
- * produce nothing are left out. `where`: (source, file id, path, fp, messageId prefix bytes). */
+/* Kernel.run(block, start, end, max_line, where) -> list: per line of `block` (complete lines
+ * joined by "\n", without the last one's; the first starts at byte `start`, `end` is just past
+ * the last), in order, its record, or (line, line start, line end) for a line the Python path
+ * must do; lines that produce nothing are left out. `where`: (source, file id, path, fp,
+ * messageId prefix bytes). */
 static int kernel_ready(KernelObject *self) {
     if (self->program == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "trackd kernel: Kernel used before __init__");
@@ -1147,12 +1146,11 @@ static int kernel_ready(KernelObject *self) {
 }
 
 static PyObject *Kernel_run(KernelObject *self, PyObject *args) {
-    PyObject *lines, *where;
+    PyObject *block, *where;
     long long start, end;
     Py_ssize_t max_line;
     if (!kernel_ready(self)) return NULL;
-    if (!PyArg_ParseTuple(args, "O!LLnO!", &PyList_Type, &lines, &start, &end, &max_line,
-                          &PyTuple_Type, &where))
+    if (!PyArg_ParseTuple(args, "SLLnO!", &block, &start, &end, &max_line, &PyTuple_Type, &where))
         return NULL;
     if (PyTuple_GET_SIZE(where) != 5 || !PyBytes_Check(PyTuple_GET_ITEM(where, 4))) {
         PyErr_SetString(PyExc_TypeError, "where: (source, file id, path, fp, prefix bytes)");
@@ -1161,28 +1159,29 @@ static PyObject *Kernel_run(KernelObject *self, PyObject *args) {
     PyObject *const *w = &PyTuple_GET_ITEM(where, 0);
     PyObject *out = PyList_New(0);
     if (out == NULL) return NULL;
-    Py_ssize_t count = PyList_GET_SIZE(lines);
+    const char *data = PyBytes_AS_STRING(block);
+    const char *stop = data + PyBytes_GET_SIZE(block);
     long long off = start;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *line = PyList_GET_ITEM(lines, i);
-        if (!PyBytes_Check(line)) {
-            PyErr_SetString(PyExc_TypeError, "lines must be bytes");
-            goto error;
-        }
+    for (const char *p = data;; ) {
+        const char *nl = memchr(p, '\n', (size_t)(stop - p));
+        Py_ssize_t n = (nl != NULL ? nl : stop) - p;
         long long lo = off;
-        off = lo + PyBytes_GET_SIZE(line) + 1;
+        off = lo + n + 1;
         if (off > end) off = end;
         PyObject *rec = NULL;
-        int rc = PyBytes_GET_SIZE(line) > max_line ? DEFER : one_line(self, line, lo, off, w, &rec);
+        int rc = n > max_line ? DEFER : one_line(self, p, n, lo, off, w, &rec);
         if (rc < 0) goto error;
-        if (rc == SKIP) continue;
         if (rc == DEFER) {
-            rec = Py_BuildValue("(nLL)", i, lo, off);
+            rec = Py_BuildValue("(y#LL)", p, n, lo, off);
             if (rec == NULL) goto error;
         }
-        int appended = PyList_Append(out, rec);
-        Py_DECREF(rec);
-        if (appended < 0) goto error;
+        if (rc != SKIP) {
+            int appended = PyList_Append(out, rec);
+            Py_DECREF(rec);
+            if (appended < 0) goto error;
+        }
+        if (nl == NULL) break;
+        p = nl + 1;
     }
     return out;
 error:
@@ -1201,7 +1200,7 @@ static PyObject *Kernel_clear(KernelObject *self, PyObject *Py_UNUSED(ignored)) 
 
 static PyMethodDef Kernel_methods[] = {
     {"run", (PyCFunction)Kernel_run, METH_VARARGS,
-     "run(lines, start, end, max_line, where) -> records and deferred (index, start, end)"},
+     "run(block, start, end, max_line, where) -> records and deferred (line, start, end)"},
     {"clear", (PyCFunction)Kernel_clear, METH_NOARGS, "Forget every cached part."},
     {NULL, NULL, 0, NULL}};
 

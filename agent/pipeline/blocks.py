@@ -75,23 +75,43 @@ class BlockPreparer:
     def lines(
         self, where: FileRef, start: int, end: int, lines: list[bytes], too_long: int = 0
     ) -> Iterator[Prepared]:
-        """The prepared records of consecutive complete lines (without their `\\n`) that start
+        """The prepared records of consecutive complete lines (without their `\n`) that start
         at byte `start`; `end` is the offset just past the last one. Lines that produce nothing
         (static assets, opt-outs, unparsable lines) are counted, not yielded."""
+        if lines and self.sources[where.source].kernel is not None:
+            yield from self.block(where, start, end, b"\n".join(lines), too_long)
+            return
+        yield from self._pure(where, start, end, lines, too_long)
+
+    def block(
+        self, where: FileRef, start: int, end: int, block: bytes, too_long: int = 0
+    ) -> Iterator[Prepared]:
+        """`lines` for at least one complete line, given joined by `\n` as read (without the
+        last one's): the native kernel's input, split only where the pure path does them."""
+        source = where.source
+        ctx = self.sources[source]
+        if ctx.kernel is None:
+            yield from self._pure(where, start, end, block.split(b"\n"), too_long)
+            return
+        if too_long:
+            self._skip(source, "too_long", "", too_long)
+        self.stats.lines[source] += block.count(b"\n") + 1 + too_long
+        for item in ctx.kernel.run(where, start, end, block):
+            if len(item) == 3:  # (line, start, end): a line the kernel leaves to us
+                prepared = self._line(ctx, where, item[1], item[2], item[0])
+                if prepared is not None:
+                    yield prepared
+            else:
+                yield item
+
+    def _pure(
+        self, where: FileRef, start: int, end: int, lines: list[bytes], too_long: int
+    ) -> Iterator[Prepared]:
         source = where.source
         ctx = self.sources[source]
         if too_long:
             self._skip(source, "too_long", "", too_long)
         self.stats.lines[source] += len(lines) + too_long
-        if ctx.kernel is not None:
-            for item in ctx.kernel.run(where, start, end, lines):
-                if len(item) == 3:  # (index, start, end): a line the kernel leaves to us
-                    prepared = self._line(ctx, where, item[1], item[2], lines[item[0]])
-                    if prepared is not None:
-                        yield prepared
-                else:
-                    yield item
-            return
         parser = ctx.parser
         is_app = ctx.is_app
         max_line = self.max_line

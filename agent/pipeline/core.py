@@ -163,14 +163,14 @@ class Pipeline:
 
         Lines that produce nothing are not yielded: the split's end moves the file's position
         past them (`advance`)."""
-        if not split.lines:
+        if not split.count:
             if split.too_long:
                 self.blocks.count_too_long(tf.row.source, split.too_long)
             return
         ref = tf.ref if tf.ref is not None else tf.ensure_ref()
         assert ref is not None  # a complete line exists, so the first line is known
         self._files[tf.row.id] = tf
-        yield from self.blocks.lines(ref, split.start, split.end, split.lines, split.too_long)
+        yield from self.blocks.block(ref, split.start, split.end, split.block, split.too_long)
 
     def floor_of(self, tf: TrackedFile, limit: int) -> float:
         """The floor of `tf` for the merge (`order.merged`): the sort key of the first record

@@ -450,13 +450,14 @@ class SourceKernel:
         self._where_of: FileRef | None = None
         self._where: tuple[str, int, str, str, bytes] = ("", 0, "", "", b"")
 
-    def run(self, where: FileRef, start: int, end: int, lines: list[bytes]) -> list[Any]:
-        """`Kernel.run`: records, and (index, start, end) of the lines left to the pure path."""
+    def run(self, where: FileRef, start: int, end: int, block: bytes) -> list[Any]:
+        """`Kernel.run` over a block of complete lines joined by `\n` (at least one line):
+        records, and (line, start, end) of the lines left to the pure path."""
         if where is not self._where_of:
             self._where_of = where
             prefix = NAMESPACE.bytes + f"trackd:v1\n{where.source}\n{where.line_fp}\n".encode()
             self._where = (where.source, where.file_id, where.path, where.line_fp, prefix)
-        out: list[Any] = self._kernel.run(lines, start, end, self._max_line, self._where)
+        out: list[Any] = self._kernel.run(block, start, end, self._max_line, self._where)
         return out
 
 

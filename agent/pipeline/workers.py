@@ -137,7 +137,7 @@ def _prepare_block(
     """Worker: the prepared records of a block of complete lines (without its last `\\n`)."""
     assert _worker is not None, "worker used before its initializer ran"
     lines, stats = _worker
-    records = ship_block(list(lines.lines(where, start, end, block.split(b"\n"), too_long)))
+    records = ship_block(list(lines.block(where, start, end, block, too_long)))
     return records, dump_stats(stats)
 
 

@@ -211,7 +211,7 @@ class TestVm:
             native.Program.__new__(native.Program).match(b"a")
         bare = native.Kernel.__new__(native.Kernel)
         with pytest.raises(RuntimeError, match="before __init__"):
-            bare.run([b"x"], 0, 2, 100, ("s", 1, "p", "f", b""))
+            bare.run(b"x", 0, 2, 100, ("s", 1, "p", "f", b""))
         with pytest.raises(RuntimeError, match="before __init__"):
             bare.clear()
         prog = _program(re.compile("(a)"))
