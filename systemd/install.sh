@@ -256,7 +256,7 @@ check_python() {
 
 check_checkout() {
 	local f
-	for f in pyproject.toml README.md agent/cli.py config/trackd.example.yaml systemd/trackd.service; do
+	for f in pyproject.toml setup.py README.md agent/cli.py config/trackd.example.yaml systemd/trackd.service; do
 		[[ -e $SRC/$f ]] || problem "$SRC is not a trackd checkout ($f is missing): run the install.sh of a complete checkout"
 	done
 }
@@ -334,7 +334,10 @@ install_venv() {
 		build=$BUILD
 		note "-> $build"
 	fi
-	run cp -R "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/agent" "$build/"
+	run cp -R "$SRC/pyproject.toml" "$SRC/setup.py" "$SRC/README.md" "$SRC/agent" "$build/"
+	# An extension built in the checkout (`make install`) is for its Python, not this venv's:
+	# setup.py builds the native kernel afresh here (or leaves it out without a C compiler).
+	run find "$build/agent" -name '*.so' -delete
 	run "$(r "$VENV")/bin/python" -m pip install --quiet --disable-pip-version-check "$build"
 	# The unit's Documentation= points here.
 	run install -m 0644 "$SRC/README.md" "$(r "$VENV")/README.md"

@@ -214,6 +214,7 @@ def world_readable_copy() -> Path:
         "systemd/trackd.service",
         "config/trackd.example.yaml",
         "pyproject.toml",
+        "setup.py",
         "README.md",
         "agent/cli.py",
     ):
