@@ -691,6 +691,9 @@ typedef struct {
     int pageviews;       /* page views enabled */
     int derived;         /* cookieless: derived */
     int rules;           /* the source has rules: lines one may match are the Python path's */
+    int ip_mode;         /* privacy.ip for a plain IPv4 done here: 0 full, 1 truncate, 2 drop; -1 off */
+    int trusted;         /* trusted proxies configured (the X-Forwarded-For walk is Python's) */
+    int dash_ip;         /* `-` in the address reads as "" (compiled layouts) */
     PyObject *calls[C_NCACHES];
     PyObject *stamp_of, *derived_of;
     PyObject *caches[C_NCACHES];
@@ -726,17 +729,18 @@ static void Kernel_dealloc(KernelObject *self) {
 static int Kernel_init(KernelObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"program", "groups", "hosts", "optional_groups", "pageviews",
                              "derived", "calls", "stamp_of", "derived_of", "record_type", "rules",
-                             NULL};
+                             "ip_mode", "trusted", "dash_ip", NULL};
     PyObject *program, *groups, *hosts, *calls, *stamp_of, *derived_of, *record_type;
-    int optional_groups, pageviews, derived, rules = 0;
+    int optional_groups, pageviews, derived, rules = 0, ip_mode = -1, trusted = 1, dash_ip = 1;
     if (self->program != NULL) {
         PyErr_SetString(PyExc_TypeError, "trackd kernel: a Kernel is initialised once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!pppO!OOO|p", kwlist, &ProgramType, &program,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!pppO!OOO|pipp", kwlist, &ProgramType, &program,
                                      &PyTuple_Type, &groups, &PyTuple_Type, &hosts,
                                      &optional_groups, &pageviews, &derived, &PyTuple_Type, &calls,
-                                     &stamp_of, &derived_of, &record_type, &rules))
+                                     &stamp_of, &derived_of, &record_type, &rules, &ip_mode, &trusted,
+                                     &dash_ip))
         return -1;
     if (PyTuple_GET_SIZE(groups) != F_NFIELDS || PyTuple_GET_SIZE(calls) != C_NCACHES ||
         PyTuple_GET_SIZE(hosts) > MAX_HOSTS) {
@@ -804,6 +808,9 @@ static int Kernel_init(KernelObject *self, PyObject *args, PyObject *kwds) {
     self->pageviews = pageviews;
     self->derived = derived;
     self->rules = rules;
+    self->ip_mode = ip_mode < 0 || ip_mode > 2 ? -1 : ip_mode;
+    self->trusted = trusted;
+    self->dash_ip = dash_ip;
     self->last_ts = -1.0;
     self->last_time_len = -1;
     PyMem_Free(self->slots);
@@ -878,8 +885,52 @@ static PyObject *concat(PyObject *a, PyObject *b) {
     return out;
 }
 
+/* The context head of a fast-path address (`"ip":"…",` per privacy.ip, or nothing) followed by
+ * the user agent's part: what context_head(for_context(ip), "") + agent part gives. */
+static PyObject *ip_context(int mode, int fast_ip, const char *ip, int n, int last_dot,
+                            PyObject *agent) {
+    int shown = fast_ip == 1 && mode != 2;
+    int len = mode == 1 ? last_dot + 2 : n;
+    Py_ssize_t na = PyBytes_GET_SIZE(agent);
+    Py_ssize_t total = (shown ? 6 + len + 2 : 0) + na;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) return NULL;
+    char *p = PyBytes_AS_STRING(out);
+    if (shown) {
+        memcpy(p, "\"ip\":\"", 6);
+        p += 6;
+        if (mode == 1) {
+            memcpy(p, ip, (size_t)last_dot);
+            memcpy(p + last_dot, ".0", 2);
+        } else {
+            memcpy(p, ip, (size_t)n);
+        }
+        p += len;
+        memcpy(p, "\",", 2);
+        p += 2;
+    }
+    memcpy(p, PyBytes_AS_STRING(agent), (size_t)na);
+    return out;
+}
+
 #define DEFER 1
 #define SKIP 2
+
+/* Whether s[0:n] is a plain dotted quad as identity/clientip.py's _IPV4 reads one (four decimal
+ * octets 0-255, no leading zeros); *last_dot is the offset of its last dot. */
+static int plain_ipv4(const char *s, int n, int *last_dot) {
+    int octets = 0, i = 0;
+    while (octets < 4) {
+        int start = i, value = 0;
+        while (i < n && i - start < 4 && s[i] >= '0' && s[i] <= '9') value = value * 10 + (s[i++] - '0');
+        int len = i - start;
+        if (len == 0 || len > 3 || (len > 1 && s[start] == '0') || value > 255) return 0;
+        if (++octets == 4) break;
+        if (i >= n || s[i] != '.') return 0;
+        *last_dot = i++;
+    }
+    return i == n;
+}
 
 /* One line: 0 with *out the record, SKIP (nothing to send, nothing counted), DEFER, -1 error. */
 static int one_line(KernelObject *self, const char *s, Py_ssize_t n, long long lo, long long off,
@@ -1019,8 +1070,24 @@ static int one_line(KernelObject *self, const char *s, Py_ssize_t n, long long l
     int ia, ib, xa, xb;
     if (group_span(self, self->group[F_IP], &ia, &ib)) return DEFER;
     if (group_span(self, self->group[F_XFF], &xa, &xb)) return DEFER;
+    /* A plain IPv4 (or `-`) that is the client itself — no trusted proxies, or no
+     * X-Forwarded-For to walk — needs no Python: ClientIp.client() returns it, its context part
+     * is it, its /24 or nothing (privacy.ip), and its normalised form is itself. */
+    int fast_ip = 0, last_dot = 0;
+    const char *ip_text = s + ia;
+    int ip_len = ib - ia;
+    int no_forwarded = xb <= xa || (xb - xa == 1 && s[xa] == '-');
+    if (self->ip_mode >= 0 && (!self->trusted || no_forwarded)) {
+        if (self->dash_ip && ip_len == 1 && ip_text[0] == '-')
+            fast_ip = 2; /* "" : no context part, normalised "" */
+        else if (plain_ipv4(ip_text, ip_len, &last_dot))
+            fast_ip = 1;
+    }
+    PyObject *ip = NULL;
     PyObject *ip_args = NULL;
-    if (xb > xa) {
+    if (fast_ip) {
+        /* nothing to look up */
+    } else if (xb > xa) {
         key = PyBytes_FromStringAndSize(NULL, (ib - ia) + 1 + (xb - xa));
         if (key == NULL) return -1;
         char *k = PyBytes_AS_STRING(key);
@@ -1034,22 +1101,25 @@ static int one_line(KernelObject *self, const char *s, Py_ssize_t n, long long l
         if (key == NULL) return -1;
         ip_args = Py_BuildValue("(y#y)", s + ia, (Py_ssize_t)(ib - ia), "");
     }
-    if (ip_args == NULL) {
-        Py_DECREF(key);
-        return -1;
-    }
-    PyObject *ip = cached(self, C_IP, key, ip_args);
-    if (ip == NULL) return -1;
-    if (!PyTuple_Check(ip) || PyTuple_GET_SIZE(ip) != 2) {
-        PyErr_SetString(PyExc_TypeError, "trackd kernel: ip_of must give a 2-tuple");
-        return -1;
+    if (!fast_ip) {
+        if (ip_args == NULL) {
+            Py_DECREF(key);
+            return -1;
+        }
+        ip = cached(self, C_IP, key, ip_args);
+        if (ip == NULL) return -1;
+        if (!PyTuple_Check(ip) || PyTuple_GET_SIZE(ip) != 2 ||
+            !PyBytes_Check(PyTuple_GET_ITEM(ip, 0))) {
+            PyErr_SetString(PyExc_TypeError, "trackd kernel: ip_of must give (bytes, str)");
+            return -1;
+        }
     }
     rc = span_bytes(self, s, self->group[F_REFERRER], &key);
     if (rc) return rc;
     PyObject *tail = cached(self, C_REFERRER, key, NULL);
     if (tail == NULL) return -1;
     if (!PyBytes_Check(tail) || !PyBytes_Check(PyTuple_GET_ITEM(req, 1)) ||
-        !PyBytes_Check(PyTuple_GET_ITEM(ip, 0)) || !PyBytes_Check(PyTuple_GET_ITEM(agent, 0))) {
+        !PyBytes_Check(PyTuple_GET_ITEM(agent, 0))) {
         PyErr_SetString(PyExc_TypeError, "trackd kernel: encoded parts must be bytes");
         return -1;
     }
@@ -1059,8 +1129,16 @@ static int one_line(KernelObject *self, const char *s, Py_ssize_t n, long long l
     if (device == Py_None && named == Py_None && self->derived) {
         PyObject *pts = PyFloat_FromDouble(ts);
         if (pts == NULL) return -1;
-        derived = PyObject_CallFunctionObjArgs(self->derived_of, PyTuple_GET_ITEM(ip, 1),
-                                               PyTuple_GET_ITEM(agent, 2), pts, NULL);
+        PyObject *norm = fast_ip == 1 ? PyUnicode_FromStringAndSize(ip_text, ip_len)
+                         : fast_ip == 2 ? PyUnicode_FromStringAndSize("", 0)
+                                        : Py_NewRef(PyTuple_GET_ITEM(ip, 1));
+        if (norm == NULL) {
+            Py_DECREF(pts);
+            return -1;
+        }
+        derived = PyObject_CallFunctionObjArgs(self->derived_of, norm, PyTuple_GET_ITEM(agent, 2),
+                                               pts, NULL);
+        Py_DECREF(norm);
         Py_DECREF(pts);
         if (derived == NULL) return -1;
         own_derived = 1;
@@ -1111,7 +1189,9 @@ static int one_line(KernelObject *self, const char *s, Py_ssize_t n, long long l
     PyTuple_SET_ITEM(rec, 14, Py_NewRef(session));
     PyTuple_SET_ITEM(rec, 15, Py_NewRef(is_page ? Py_True : Py_False));
     PyTuple_SET_ITEM(rec, 16, concat(PyTuple_GET_ITEM(req, 1), tail));
-    PyTuple_SET_ITEM(rec, 17, concat(PyTuple_GET_ITEM(ip, 0), PyTuple_GET_ITEM(agent, 0)));
+    PyTuple_SET_ITEM(rec, 17, fast_ip ? ip_context(self->ip_mode, fast_ip, ip_text, ip_len, last_dot,
+                                                   PyTuple_GET_ITEM(agent, 0))
+                                      : concat(PyTuple_GET_ITEM(ip, 0), PyTuple_GET_ITEM(agent, 0)));
     PyTuple_SET_ITEM(rec, 18, own_derived ? derived : Py_NewRef(Py_None));
     PyTuple_SET_ITEM(rec, 19, page_id); /* the reference message_id gave, or None's */
     if (page_id == Py_None) Py_INCREF(Py_None);

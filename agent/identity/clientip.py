@@ -21,6 +21,16 @@ class ClientIp:
         self._norm_cache: dict[str, str] = {}
         self._trunc_cache: dict[str, str | None] = {}
 
+    @property
+    def mode(self) -> str:
+        """`privacy.ip`: full, truncate or drop."""
+        return self._mode
+
+    @property
+    def has_trusted(self) -> bool:
+        """Whether trusted proxies are configured (X-Forwarded-For is walked through them)."""
+        return bool(self._trusted)
+
     def client(self, remote_addr: str, forwarded_for: str) -> str:
         """The client address: the rightmost X-Forwarded-For entry not inside a trusted proxy."""
         if not self._trusted or not forwarded_for or not self._is_trusted(remote_addr):

@@ -445,6 +445,10 @@ class SourceKernel:
             derived_of=derived if derived is not None else _no_derived,
             record_type=None if preparer.plain else Prepared,
             rules=bool(rules),
+            # Plain IPv4 client addresses are done natively (agent/_kernel.c plain_ipv4).
+            ip_mode=_IP_MODES.get(client_ip.mode, -1),
+            trusted=client_ip.has_trusted,
+            dash_ip=layout.dash_ip,
         )
         self._max_line = max_line
         self._where_of: FileRef | None = None
@@ -461,6 +465,8 @@ class SourceKernel:
         return out
 
 
+#: privacy.ip as agent/_kernel.c numbers it.
+_IP_MODES = {"full": 0, "truncate": 1, "drop": 2}
 #: Fields a rule may match on that come from the request line, its host and status alone
 #: (`accessor.access_field` reads these without the record's extras).
 _DIRECT_REQUEST_FIELDS = frozenset(("method", "protocol", "status", "host", "path"))

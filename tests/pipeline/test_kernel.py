@@ -341,7 +341,24 @@ COOKIES = [
     "sid=sess000002",
     "km_ai=dev0000006x; km_ni=",
 ]
-IPS = ["203.0.113.9", "198.51.100.7", "10.0.0.2", "2001:db8::1", "-", "not-an-ip"]
+IPS = [
+    "203.0.113.9",
+    "198.51.100.7",
+    "10.0.0.2",
+    "0.0.0.0",
+    "255.255.255.255",
+    "2001:db8::1",
+    "-",
+    "not-an-ip",
+    # Not plain dotted quads (the pure path's `ipaddress` decides them): leading zeros, an octet
+    # past 255, too few or too many octets, an empty octet.
+    "010.0.0.1",
+    "256.1.1.1",
+    "1.2.3",
+    "1.2.3.4.5",
+    "1..2.3",
+    "1.2.3.",
+]
 FORWARDED = ["-", "198.51.100.7", "203.0.113.50, 10.0.0.3", "garbage, 10.0.0.2"]
 REFERRERS = ["-", "https://r.example/", "https://r.example/s?q=1&token=x#frag", "android-app://x"]
 STATUSES = ["200", "304", "404", "-", "500"]
