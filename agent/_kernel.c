@@ -694,6 +694,15 @@ typedef struct {
     int ip_mode;         /* privacy.ip for a plain IPv4 done here: 0 full, 1 truncate, 2 drop; -1 off */
     int trusted;         /* trusted proxies configured (the X-Forwarded-For walk is Python's) */
     int dash_ip;         /* `-` in the address reads as "" (compiled layouts) */
+    /* Cookie intake done here for plain values (agent/pipeline/kernel.py cookie_spec): the
+     * extractor's names (longest first), which kind each is (0 device, 1 named, 2 session, 3
+     * opt-out), the kinds' names in config order, and the junk words (lower case). */
+    int cookie_fast;
+    PyObject *cookie_names; /* tuple of bytes, longest first */
+    int cookie_kind[64];
+    PyObject *kind_names[3]; /* per kind: tuple of indexes into cookie_names, config order */
+    PyObject *junk_words;    /* frozenset of str */
+    PyObject *scratch[3];    /* this line's device, named, session (owned until the next) */
     PyObject *calls[C_NCACHES];
     PyObject *stamp_of, *derived_of;
     PyObject *caches[C_NCACHES];
@@ -722,25 +731,34 @@ static void Kernel_dealloc(KernelObject *self) {
     Py_XDECREF(self->empty_rules);
     Py_XDECREF(self->prefix.key);
     Py_XDECREF(self->last_stamp);
+    Py_XDECREF(self->cookie_names);
+    Py_XDECREF(self->junk_words);
+    for (int i = 0; i < 3; i++) {
+        Py_XDECREF(self->kind_names[i]);
+        Py_XDECREF(self->scratch[i]);
+    }
     PyMem_Free(self->slots);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static int cookie_spec_set(KernelObject *self, PyObject *spec);
+
 static int Kernel_init(KernelObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"program", "groups", "hosts", "optional_groups", "pageviews",
                              "derived", "calls", "stamp_of", "derived_of", "record_type", "rules",
-                             "ip_mode", "trusted", "dash_ip", NULL};
+                             "ip_mode", "trusted", "dash_ip", "cookies", NULL};
     PyObject *program, *groups, *hosts, *calls, *stamp_of, *derived_of, *record_type;
     int optional_groups, pageviews, derived, rules = 0, ip_mode = -1, trusted = 1, dash_ip = 1;
+    PyObject *cookies = Py_None;
     if (self->program != NULL) {
         PyErr_SetString(PyExc_TypeError, "trackd kernel: a Kernel is initialised once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!pppO!OOO|pipp", kwlist, &ProgramType, &program,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!pppO!OOO|pippO", kwlist, &ProgramType, &program,
                                      &PyTuple_Type, &groups, &PyTuple_Type, &hosts,
                                      &optional_groups, &pageviews, &derived, &PyTuple_Type, &calls,
                                      &stamp_of, &derived_of, &record_type, &rules, &ip_mode, &trusted,
-                                     &dash_ip))
+                                     &dash_ip, &cookies))
         return -1;
     if (PyTuple_GET_SIZE(groups) != F_NFIELDS || PyTuple_GET_SIZE(calls) != C_NCACHES ||
         PyTuple_GET_SIZE(hosts) > MAX_HOSTS) {
@@ -811,6 +829,7 @@ static int Kernel_init(KernelObject *self, PyObject *args, PyObject *kwds) {
     self->ip_mode = ip_mode < 0 || ip_mode > 2 ? -1 : ip_mode;
     self->trusted = trusted;
     self->dash_ip = dash_ip;
+    if (cookies != Py_None && cookie_spec_set(self, cookies) < 0) return -1;
     self->last_ts = -1.0;
     self->last_time_len = -1;
     PyMem_Free(self->slots);
@@ -916,6 +935,148 @@ static PyObject *ip_context(int mode, int fast_ip, const char *ip, int n, int la
 #define DEFER 1
 #define SKIP 2
 
+
+/* cookies: (names: tuple[bytes] longest first, kinds: tuple[int], per-kind index tuples
+ * (device, named, session), junk words frozenset). */
+static int cookie_spec_set(KernelObject *self, PyObject *spec) {
+    PyObject *names, *kinds, *per_kind, *junk;
+    if (!PyArg_ParseTuple(spec, "O!O!O!O!", &PyTuple_Type, &names, &PyTuple_Type, &kinds,
+                          &PyTuple_Type, &per_kind, &PyFrozenSet_Type, &junk))
+        return -1;
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    if (n > 64 || PyTuple_GET_SIZE(kinds) != n || PyTuple_GET_SIZE(per_kind) != 3) {
+        PyErr_SetString(PyExc_ValueError, "trackd kernel: bad cookie spec");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        long kind = PyLong_AsLong(PyTuple_GET_ITEM(kinds, i));
+        if (!PyBytes_Check(name) || PyBytes_GET_SIZE(name) == 0 || kind < 0 || kind > 3) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "trackd kernel: bad cookie");
+            return -1;
+        }
+        self->cookie_kind[i] = (int)kind;
+    }
+    for (int k = 0; k < 3; k++) {
+        PyObject *idx = PyTuple_GET_ITEM(per_kind, k);
+        if (!PyTuple_Check(idx)) {
+            PyErr_SetString(PyExc_TypeError, "trackd kernel: bad cookie kinds");
+            return -1;
+        }
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(idx); j++) {
+            long v = PyLong_AsLong(PyTuple_GET_ITEM(idx, j));
+            if (v < 0 || v >= n) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "trackd kernel: bad index");
+                return -1;
+            }
+        }
+        Py_INCREF(idx);
+        Py_XSETREF(self->kind_names[k], idx);
+    }
+    Py_INCREF(names);
+    Py_XSETREF(self->cookie_names, names);
+    Py_INCREF(junk);
+    Py_XSETREF(self->junk_words, junk);
+    self->cookie_fast = 1;
+    return 0;
+}
+
+#define NEED_PY 3
+
+static int is_plain_char(unsigned char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '~' || c == '+' || c == '-';
+}
+
+/* The normalised value of a plain identifier (normalize.Normalizer._normalize's first branch):
+ * 1 with *out (new ref) or *out NULL when junk; 0 when the value is not plain (NEED_PY). */
+static int plain_identifier(KernelObject *self, const char *v, Py_ssize_t n, int named,
+                            PyObject **out) {
+    *out = NULL;
+    if (n == 0) return 0;
+    int zeros = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (!is_plain_char(c)) return 0;
+        if (c != '0' && c != '-') zeros = 0;
+    }
+    if (n > 255 || (!named && n < 5) || zeros) return 1;
+    char low[256];
+    for (Py_ssize_t i = 0; i < n; i++) low[i] = (char)(v[i] >= 'A' && v[i] <= 'Z' ? v[i] + 32 : v[i]);
+    PyObject *folded = PyUnicode_FromStringAndSize(low, n);
+    if (folded == NULL) return -1;
+    int junk = PySet_Contains(self->junk_words, folded);
+    Py_DECREF(folded);
+    if (junk < 0) return -1;
+    if (junk) return 1;
+    *out = PyUnicode_FromStringAndSize(v, n);
+    return *out == NULL ? -1 : 1;
+}
+
+/* SPEC §1.1 intake of a Cookie header (prepare.Preparer._cookie_intake with
+ * cookies.CookieExtractor) when every value it takes is plain: 0 with self->scratch set, DEFER
+ * for an opt-out or a junk value (the Python path counts them), NEED_PY for anything else, -1. */
+static int intake_fast(KernelObject *self, const char *s, Py_ssize_t n) {
+    for (int k = 0; k < 3; k++) Py_CLEAR(self->scratch[k]);
+    if (n == 0 || (n == 1 && s[0] == '-')) return 0; /* no cookies */
+    Py_ssize_t count = PyTuple_GET_SIZE(self->cookie_names);
+    const char *vals[64];
+    Py_ssize_t lens[64];
+    int found[64] = {0};
+    /* The extractor's findall: a match starts the header or follows a `;`. */
+    for (Py_ssize_t c = 0; c <= n; c++) {
+        Py_ssize_t p;
+        if (c == 0) {
+            p = 0;
+        } else if (s[c - 1] == ';') {
+            p = c;
+        } else {
+            continue;
+        }
+        while (p < n && (s[p] == ' ' || s[p] == '\t')) p++;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *name = PyTuple_GET_ITEM(self->cookie_names, i);
+            Py_ssize_t len = PyBytes_GET_SIZE(name);
+            if (p + len > n || memcmp(s + p, PyBytes_AS_STRING(name), (size_t)len) != 0) continue;
+            Py_ssize_t q = p + len;
+            while (q < n && (s[q] == ' ' || s[q] == '\t')) q++;
+            if (q >= n || s[q] != '=') continue;
+            Py_ssize_t a = q + 1, b = a;
+            while (b < n && s[b] != ';') b++;
+            if (!found[i]) {
+                Py_ssize_t x = a, y = b;
+                while (x < y && (s[x] == ' ' || s[x] == '\t')) x++;
+                while (y > x && (s[y - 1] == ' ' || s[y - 1] == '\t')) y--;
+                found[i] = 1;
+                vals[i] = s + x;
+                lens[i] = y - x;
+            }
+            break;
+        }
+    }
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (found[i] && self->cookie_kind[i] == 3) return DEFER; /* opted out */
+    for (int k = 0; k < 3; k++) {
+        PyObject *idx = self->kind_names[k];
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(idx); j++) {
+            Py_ssize_t i = PyLong_AsSsize_t(PyTuple_GET_ITEM(idx, j));
+            if (!found[i]) continue;
+            PyObject *value;
+            int rc = plain_identifier(self, vals[i], lens[i], k == 1, &value);
+            if (rc < 0) return -1;
+            if (rc == 0) return NEED_PY;
+            if (value == NULL) return DEFER; /* junk: counted by the Python path */
+            self->scratch[k] = value;
+            break;
+        }
+    }
+    if (self->scratch[0] != NULL && self->scratch[1] != NULL &&
+        PyUnicode_Compare(self->scratch[0], self->scratch[1]) == 0)
+        Py_CLEAR(self->scratch[0]); /* a km_ai equal to km_ni is the named id */
+    if (PyErr_Occurred()) return -1;
+    return 0;
+}
+
 /* Whether s[0:n] is a plain dotted quad as identity/clientip.py's _IPV4 reads one (four decimal
  * octets 0-255, no leading zeros); *last_dot is the offset of its last dot. */
 static int plain_ipv4(const char *s, int n, int *last_dot) {
@@ -1010,22 +1171,35 @@ static int one_line(KernelObject *self, const char *s, Py_ssize_t n, long long l
         if (may != Py_False) return DEFER;
     }
 
-    /* SPEC §1.1 intake from the Cookie header: junk and opt-outs are the Python path's. */
-    rc = span_bytes(self, s, self->group[F_COOKIE], &key);
-    if (rc) return rc;
-    PyObject *intake = cached(self, C_COOKIE, key, NULL);
-    if (intake == NULL) return -1;
-    if (!PyTuple_Check(intake) || PyTuple_GET_SIZE(intake) != 5) {
-        PyErr_SetString(PyExc_TypeError, "trackd kernel: intake_of must give a 5-tuple");
-        return -1;
+    /* SPEC §1.1 intake from the Cookie header: junk and opt-outs are the Python path's. Plain
+     * values are taken here; any other header is looked up (the Python path on a miss). */
+    PyObject *device, *named, *session;
+    int ca, cb;
+    if (group_span(self, self->group[F_COOKIE], &ca, &cb)) return DEFER;
+    rc = self->cookie_fast ? intake_fast(self, s + ca, cb - ca) : NEED_PY;
+    if (rc < 0 || rc == DEFER) return rc;
+    if (rc == 0) {
+        device = self->scratch[0] ? self->scratch[0] : Py_None;
+        named = self->scratch[1] ? self->scratch[1] : Py_None;
+        session = self->scratch[2] ? self->scratch[2] : Py_None;
+    } else {
+        key = PyBytes_FromStringAndSize(s + ca, cb - ca);
+        if (key == NULL) return -1;
+        PyObject *intake = cached(self, C_COOKIE, key, NULL);
+        if (intake == NULL) return -1;
+        if (!PyTuple_Check(intake) || PyTuple_GET_SIZE(intake) != 5) {
+            PyErr_SetString(PyExc_TypeError, "trackd kernel: intake_of must give a 5-tuple");
+            return -1;
+        }
+        device = PyTuple_GET_ITEM(intake, 0);
+        named = PyTuple_GET_ITEM(intake, 1);
+        session = PyTuple_GET_ITEM(intake, 2);
+        int optout = PyObject_IsTrue(PyTuple_GET_ITEM(intake, 3));
+        if (optout < 0) return -1;
+        Py_ssize_t junk = PyObject_Length(PyTuple_GET_ITEM(intake, 4));
+        if (junk < 0) return -1;
+        if (optout || junk) return DEFER;
     }
-    PyObject *device = PyTuple_GET_ITEM(intake, 0), *named = PyTuple_GET_ITEM(intake, 1),
-             *session = PyTuple_GET_ITEM(intake, 2);
-    int optout = PyObject_IsTrue(PyTuple_GET_ITEM(intake, 3));
-    if (optout < 0) return -1;
-    Py_ssize_t junk = PyObject_Length(PyTuple_GET_ITEM(intake, 4));
-    if (junk < 0) return -1;
-    if (optout || junk) return DEFER;
 
     /* The request (and host): whether its method and path may be a page view, page head. */
     if (hb > ha) {

@@ -49,6 +49,11 @@ class Normalizer:
         #: Junk values discarded, by kind (`trackd_identity_junk_total{kind}`); never the values.
         self.junk: Counter[str] = Counter()
 
+    @property
+    def junk_words(self) -> frozenset[str]:
+        """The lower-case values discarded as junk: JUNK_WORDS and the configured blocklist."""
+        return JUNK_WORDS | self._blocklist
+
     def device(self, raw: str) -> str | None:
         return self._get("device", raw)
 

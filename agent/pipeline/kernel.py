@@ -449,6 +449,7 @@ class SourceKernel:
             ip_mode=_IP_MODES.get(client_ip.mode, -1),
             trusted=client_ip.has_trusted,
             dash_ip=layout.dash_ip,
+            cookies=cookie_spec(preparer),
         )
         self._max_line = max_line
         self._where_of: FileRef | None = None
@@ -463,6 +464,34 @@ class SourceKernel:
             self._where = (where.source, where.file_id, where.path, where.line_fp, prefix)
         out: list[Any] = self._kernel.run(block, start, end, self._max_line, self._where)
         return out
+
+
+#: A cookie name as RFC 6265 tokens allow (what the native extractor can match exactly).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}").fullmatch
+
+
+def cookie_spec(preparer: Preparer) -> tuple[Any, ...] | None:
+    """What agent/_kernel.c needs to take plain cookie values itself, the way
+    `CookieExtractor` and `Preparer._cookie_intake` do; None (every header is looked up, the pure
+    path computing it once) when a name is not a plain token or serves two kinds."""
+    anon, named, session, optout = preparer.cookie_names
+    kinds: dict[str, int] = {}
+    for kind, names in enumerate((anon, named, session, (optout,) if optout else ())):
+        for name in names:
+            if not _TOKEN(name) or kinds.setdefault(name, kind) != kind:
+                return None
+    if len(kinds) > 64:
+        return None
+    # The extractor's alternation: longest first, ties in config order (a stable sort).
+    order = sorted(kinds, key=len, reverse=True)
+    index = {name: i for i, name in enumerate(order)}
+    per_kind = tuple(tuple(index[n] for n in names) for names in (anon, named, session))
+    return (
+        tuple(n.encode() for n in order),
+        tuple(kinds[n] for n in order),
+        per_kind,
+        preparer.normalizer.junk_words,
+    )
 
 
 #: privacy.ip as agent/_kernel.c numbers it.

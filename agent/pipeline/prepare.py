@@ -381,6 +381,11 @@ class Preparer:
 
     # -- identifiers -----------------------------------------------------------------------
 
+    @property
+    def cookie_names(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], str | None]:
+        """The anonymous, named and session cookie names (config order), and the opt-out's."""
+        return self._anon_names, self._named_names, self._session_names, self._optout
+
     def cookie_intake(
         self, header: str
     ) -> tuple[str | None, str | None, str | None, bool, tuple[str, ...]]:

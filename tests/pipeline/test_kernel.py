@@ -345,7 +345,7 @@ IPS = [
     "203.0.113.9",
     "198.51.100.7",
     "10.0.0.2",
-    "0.0.0.0",
+    "0.0.0.0",  # noqa: S104 (an address in a log line, not a bind)
     "255.255.255.255",
     "2001:db8::1",
     "-",
@@ -534,6 +534,107 @@ def test_blocks_are_the_pure_paths(
         assert fast == pure
 
     check()
+
+
+COOKIE_NAMES = ["km_ai", "km", "km_aix", "km_ni", "uid", "sid", "km_optout", "other", " km_ai", ""]
+COOKIE_VALUES = [
+    "abcdef12",
+    "AbC.9_~+-",
+    "bob",
+    "x1",
+    "00-00",
+    "undefined",
+    "Banned",
+    '"quoted1"',
+    "bob%40example.com",
+    "",
+    " padded1 \t",
+    "a=b=c",
+    "x" * 256,
+]
+
+
+@st.composite
+def _cookie_header(draw: st.DrawFn) -> str:
+    pieces = []
+    for _ in range(draw(st.integers(0, 5))):
+        if draw(st.integers(0, 9)) == 0:
+            pieces.append(draw(st.sampled_from(["", " ", "garbage", "=x", "\t;"])))
+            continue
+        name = draw(st.sampled_from(COOKIE_NAMES))
+        eq = draw(st.sampled_from(["=", " =", "=\t", " = "]))
+        pieces.append(name + eq + draw(st.sampled_from(COOKIE_VALUES)))
+    sep = draw(st.sampled_from(["; ", ";", ";\t", " ; "]))
+    return sep.join(pieces) or draw(st.sampled_from(["", "-"]))
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.lists(_cookie_header(), min_size=1, max_size=30))
+def test_cookie_headers_are_taken_as_the_pure_path_takes_them(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, headers: list[str]
+) -> None:
+    """The kernel takes plain cookie values itself: with several names per kind (one a prefix
+    of another), repeats (the first wins), blanks, tabs, `=` in values, junk words, a blocklist,
+    short and overlong values, quoted and encoded ones (left to the pure path), and an opt-out,
+    every block gives the pure path's records and counters."""
+    config = _cookie_config(tmp_path_factory)
+    lines = [
+        f'203.0.113.9 - - [28/Nov/2026:10:00:0{i % 10} +0000] "GET /p/{i} HTTP/1.1" 200 512 '
+        f'"-" "Mozilla/5.0" "{h}" 0.004'.encode()
+        for i, h in enumerate(headers)
+    ]
+    pure = _run(_blocks(config, with_kernel=False, monkeypatch=monkeypatch), lines)
+    fast = _run(_blocks(config, with_kernel=True, monkeypatch=monkeypatch), lines)
+    assert fast == pure
+
+
+_COOKIE_CONFIG: list[Config] = []
+
+
+def _cookie_config(factory: pytest.TempPathFactory) -> Config:
+    if not _COOKIE_CONFIG:
+        tmp = factory.mktemp("cookies")
+        source = {
+            "name": "web",
+            "kind": "access",
+            "paths": [str(tmp / "access.log")],
+            "format": "nginx",
+            "log_format": BLOCK_FORMATS["plain"],
+        }
+        identity = {
+            "anonymous_cookies": ["km_ai", "km"],
+            "named_cookies": ["km_ni", "uid"],
+            "session_cookies": ["sid"],
+            "blocklist": ["banned"],
+        }
+        extra = {"privacy": {"optout_cookie": "km_optout"}}
+        path = make_config(tmp, sources=[source], identity=identity, extra=extra)
+        _COOKIE_CONFIG.append(load_config(str(path)))
+    return _COOKIE_CONFIG[0]
+
+
+def test_the_native_cookie_intake_is_on_for_token_names(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The cookie spec the kernel gets: names longest first, their kinds, each kind's names in
+    config order, the junk words with the blocklist; None when a name is not a plain token."""
+    config = _cookie_config(tmp_path_factory)
+    preparer = Preparer(config, b"s")
+    spec = kernel.cookie_spec(preparer)
+    assert spec is not None
+    names, kinds, per_kind, junk = spec
+    assert names == (b"km_optout", b"km_ai", b"km_ni", b"uid", b"sid", b"km")
+    assert kinds == (3, 0, 1, 1, 2, 0)
+    assert per_kind == ((1, 5), (2, 3), (4,))
+    assert "banned" in junk and "undefined" in junk
+    odd = config.model_copy(
+        update={"identity": config.identity.model_copy(update={"named_cookies": ("a b",)})}
+    )
+    assert kernel.cookie_spec(Preparer(odd, b"s")) is None
 
 
 def test_a_long_run_through_warm_caches_is_the_pure_paths(
