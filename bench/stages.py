@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import logging
 import pickle
 import shutil
 import sys
@@ -24,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 if "agent" not in sys.modules:
@@ -60,6 +63,8 @@ def corpus(kind: str, path: Path, lines: int) -> Path:
 
 
 def build(work: Path, log: Path) -> Runtime:
+    # The agent's loggers in this process: warnings and up, as the bench config asks of trackd.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     work.mkdir(parents=True, exist_ok=True)
     cfg = file_sink_config(work, log, NGINX_FORMAT, start_at="beginning")
     rt = Runtime(load_config(str(cfg)))
