@@ -239,7 +239,9 @@ class _Emitter:
                 top = _UNBOUNDED if hi == _c.MAXREPEAT else hi
                 self.emit(OP_REP, self.set_id(chars), lo, top, int(greedy))
                 return
-        if _nullable(body):
+        if _nullable(body) and hi != 1:
+            # `re` stops a loop whose body matched nothing; the VM has no such check, so only
+            # an optional (at most once: no loop) of a nullable body is taken.
             raise Unsupported("a repeat of something that can match nothing")
         if lo > _MAX_UNROLL or (hi != _c.MAXREPEAT and hi - lo > _MAX_UNROLL):
             raise Unsupported("a repeat too long to unroll")

@@ -48,6 +48,9 @@ NGINX_FORMATS = [
     "$upstream_response_time $request_id",
     '$msec $remote_addr "$request" $status "$http_cookie" $http_host $http_user_agent',
     "$http_x_forwarded_for - $remote_addr [$time_iso8601] $request $status $http_user_agent",
+    # escape=json: every typed field may be empty, `(?:P)?` (nullable bodies in `$host`).
+    'log_format main escape=json \'$remote_addr - [$time_local] "$request" $status $host '
+    '$http_host "$http_cookie"\';',
 ]
 APACHE_FORMATS = ['%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i" "%{Cookie}i"']
 #: Patterns beyond the layouts: lazy and bounded repeats, alternation, optional groups, anchors.
@@ -87,6 +90,7 @@ def _sample_line(i: int) -> str:
         '"198.51.100.7, 10.0.0.2" shop.example "-" 0.010, 0.020 : 0.001 abc123',
         '1764324000.123 203.0.113.9 "GET /x HTTP/2.0" 200 "km_ai=v1" h.example Mozilla/5.0 (A B)',
         "198.51.100.7 - 10.0.0.1 [2026-11-28T10:00:00+00:00] GET /a HTTP/1.1 200 Agent (X; Y) 2",
+        '203.0.113.9 - [28/Nov/2026:10:00:00 +0000] "GET /p HTTP/1.1" 200  h.example "km_ai=x"',
         '203.0.113.9 - - [28/Nov/2026:10:00:00 +0000] "GET /p HTTP/1.1" 200 512 "-" '
         '"Mozilla \\"q\\"" "km_ai=abcdef"',
         'ab "12xyyx',
@@ -370,6 +374,10 @@ BLOCK_FORMATS = {
     "proxied": '$remote_addr - - [$time_local] "$request" $status $body_bytes_sent '
     '"$http_referer" "$http_user_agent" "$http_x_forwarded_for" $host "$http_cookie"',
 }
+#: The same layout written with escape=json (every typed field may be empty).
+BLOCK_FORMATS["proxied_json"] = (
+    "log_format main escape=json '" + BLOCK_FORMATS["proxied"].replace("'", "\\'") + "';"
+)
 
 
 @st.composite
@@ -386,6 +394,8 @@ def _access_line(draw: st.DrawFn, layout: str) -> bytes:
     referrer = draw(st.sampled_from(REFERRERS))
     agent = draw(st.sampled_from(AGENTS))
     cookie = draw(st.sampled_from(COOKIES))
+    if layout == "proxied_json":
+        layout = "proxied"
     if layout == "plain":
         text = f'{ip} - - [{ts}] "{request}" {status} 512 "{referrer}" "{agent}" "{cookie}" 0.004'
     elif layout == "clf":
@@ -455,6 +465,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
             }
         },
     ),
+    "escape-json": ("proxied_json", {"trusted_proxies": ["10.0.0.0/8"]}, {}),
     # The combined family's own parser: the address as logged ("-" stays), quoted fields dashed.
     "combined_cookie": ("clf", {"session_cookies": ["sid"]}, {"privacy": {"ip": "full"}}),
     "combined": ("clf", {}, {}),
