@@ -965,7 +965,7 @@ static int cookie_spec_set(KernelObject *self, PyObject *spec) {
         }
         for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(idx); j++) {
             long v = PyLong_AsLong(PyTuple_GET_ITEM(idx, j));
-            if (v < 0 || v >= n) {
+            if (v < 0 || v >= n || self->cookie_kind[v] != k) {
                 if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "trackd kernel: bad index");
                 return -1;
             }

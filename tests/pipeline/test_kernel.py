@@ -642,6 +642,22 @@ def test_the_native_cookie_intake_is_on_for_token_names(
     assert kinds == (3, 0, 1, 1, 2, 0)
     assert per_kind == ((1, 5), (2, 3), (4,))
     assert "banned" in junk and "undefined" in junk
+    assert native is not None
+    prog = _program(re.compile("(a)"))
+    with pytest.raises(ValueError, match="bad index"):  # a device index pointing at a named cookie
+        native.Kernel(
+            program=prog,
+            groups=(1, 0, 0, 0, 0, 0, 0, 0),
+            hosts=(),
+            optional_groups=False,
+            pageviews=True,
+            derived=False,
+            calls=(len,) * 8,
+            stamp_of=len,
+            derived_of=len,
+            record_type=None,
+            cookies=(names, kinds, ((2,), (1,), (4,)), junk),
+        )
     odd = config.model_copy(
         update={"identity": config.identity.model_copy(update={"named_cookies": ("a b",)})}
     )
