@@ -617,7 +617,7 @@ fail:
 }
 
 /* Program.match(line: bytes) -> tuple of (start, end) per group (-1, -1 when unset), None when
- * the line does not match, False when matching took too many steps. For tests and `explain`. */
+ * the line does not match, False when matching took too many steps. For tests. */
 static PyObject *Program_match(ProgramObject *self, PyObject *arg) {
     if (self->code == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "trackd kernel: Program used before __init__");
@@ -865,21 +865,8 @@ static PyObject *cached(KernelObject *self, int which, PyObject *key, PyObject *
     return rc < 0 ? NULL : value;
 }
 
-/* A group's span as a bytes object (b"" when unset and allowed). 0 ok, 1 defer, -1 error. */
-static int span_bytes(KernelObject *self, const char *s, int g, PyObject **out) {
-    if (g == 0) {
-        *out = PyBytes_FromStringAndSize("", 0);
-        return *out == NULL ? -1 : 0;
-    }
-    int a = self->slots[2 * (g - 1)], b = self->slots[2 * (g - 1) + 1];
-    if (a < 0 || b < 0) {
-        if (!self->optional_groups) return 1;
-        a = b = 0;
-    }
-    *out = PyBytes_FromStringAndSize(s + a, b - a);
-    return *out == NULL ? -1 : 0;
-}
-
+/* A group's span [a, b) in the line ((0, 0) for a group the layout lacks, or an unset one
+ * when allowed). 0 ok, 1 defer (an unset group the layout says cannot be). */
 static int group_span(KernelObject *self, int g, int *a, int *b) {
     if (g == 0) {
         *a = *b = 0;
@@ -892,6 +879,14 @@ static int group_span(KernelObject *self, int g, int *a, int *b) {
         *a = *b = 0;
     }
     return 0;
+}
+
+/* The span as a bytes object (a cache key). 0 ok, 1 defer, -1 error. */
+static int span_bytes(KernelObject *self, const char *s, int g, PyObject **out) {
+    int a, b;
+    if (group_span(self, g, &a, &b)) return 1;
+    *out = PyBytes_FromStringAndSize(s + a, b - a);
+    return *out == NULL ? -1 : 0;
 }
 
 static PyObject *concat(PyObject *a, PyObject *b) {

@@ -38,12 +38,14 @@ from agent.ops.logging import setup_logging
 EPILOG = """\
 exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 invalid config or startup failure.
 The config file is -c PATH, else $TRACKD_CONFIG, else /etc/trackd/trackd.yaml.
+TRACKD_KERNEL=0 reads every line the pure-Python way, without the native block kernel
+(trackd --version says whether it runs).
 Docs: README.md; the full contract: SPEC.md."""
 
 
 class _Version(argparse.Action):
-    """`trackd --version`: the version and the build (compiled or pure Python), looked up only
-    when asked."""
+    """`trackd --version`: the version, the build (compiled or pure Python) and whether the
+    native block kernel runs, looked up only when asked."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
         from agent import native
@@ -84,7 +86,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--version",
         action=_Version,
         nargs=0,
-        help="print the version and whether the hot modules run compiled, then exit",
+        help="print the version, whether the hot modules run compiled and whether the native "
+        "block kernel runs, then exit",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

@@ -61,9 +61,14 @@ def build() -> str:
     return f"compiled (mypyc, {len(done)} of {len(MODULES)} hot modules)"
 
 
+def kernel_switched_off() -> bool:
+    """`TRACKD_KERNEL=0`: every line the pure-Python way (agent/pipeline/kernel.py asks too)."""
+    return os.environ.get("TRACKD_KERNEL", "").strip() == "0"
+
+
 def kernel() -> str:
     """Whether the native block kernel (agent/_kernel.c, agent/pipeline/kernel.py) runs."""
-    if os.environ.get("TRACKD_KERNEL", "").strip() == "0":
+    if kernel_switched_off():
         return "native block kernel off (TRACKD_KERNEL=0)"
     if importlib.util.find_spec("agent._kernel") is None:
         return "no native block kernel"

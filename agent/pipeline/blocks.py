@@ -72,22 +72,14 @@ class BlockPreparer:
                 why=ctx.kernel_why or None,
             )
 
-    def lines(
-        self, where: FileRef, start: int, end: int, lines: list[bytes], too_long: int = 0
-    ) -> Iterator[Prepared]:
-        """The prepared records of consecutive complete lines (without their `\n`) that start
-        at byte `start`; `end` is the offset just past the last one. Lines that produce nothing
-        (static assets, opt-outs, unparsable lines) are counted, not yielded."""
-        if lines and self.sources[where.source].kernel is not None:
-            yield from self.block(where, start, end, b"\n".join(lines), too_long)
-            return
-        yield from self._pure(where, start, end, lines, too_long)
-
     def block(
         self, where: FileRef, start: int, end: int, block: bytes, too_long: int = 0
     ) -> Iterator[Prepared]:
-        """`lines` for at least one complete line, given joined by `\n` as read (without the
-        last one's): the native kernel's input, split only where the pure path does them."""
+        """The prepared records of consecutive complete lines, at least one, joined by `\\n` as
+        read (without the last one's); the first starts at byte `start`, `end` is the offset just
+        past the last. Lines that produce nothing (static assets, opt-outs, unparsable lines)
+        are counted, not yielded. The native kernel takes the block as it is; the pure path
+        splits it."""
         source = where.source
         ctx = self.sources[source]
         if ctx.kernel is None:
@@ -112,56 +104,41 @@ class BlockPreparer:
         if too_long:
             self._skip(source, "too_long", "", too_long)
         self.stats.lines[source] += len(lines) + too_long
-        parser = ctx.parser
-        is_app = ctx.is_app
-        max_line = self.max_line
-        stats = self.stats
-        prepare = self.preparer.prepare
+        one = self._line
         offset = start
         for line in lines:
             lo = offset
             offset = lo + len(line) + 1
             if offset > end:
                 offset = end
-            if len(line) > max_line:
-                self._skip(source, "too_long", "")
-                continue
-            body = line[:-1] if line[-1:] == b"\r" else line
-            if is_app:
-                # An app entry whose bytes are not UTF-8 has no trustworthy structure (SPEC §2).
-                try:
-                    text = body.decode("utf-8")
-                except UnicodeDecodeError:
-                    self._skip(source, "encoding", "")
-                    continue
-            else:
-                text = body.decode("utf-8", "replace")
-            rec = parser(text)
-            if rec is None:
-                self._skip(source, "parse_error", text, explain=parser)
-                continue
-            if isinstance(rec, Continuation):
-                stats.continuations[source] += 1
-                continue
-            prepared = prepare(where, lo, offset, line, rec)
+            prepared = one(ctx, where, lo, offset, line)
             if prepared is not None:
                 yield prepared
 
     def _line(
         self, ctx: SourceContext, where: FileRef, lo: int, offset: int, line: bytes
     ) -> Prepared | None:
-        """One access line the pure way (what the loop of `lines` does for each)."""
+        """One line the pure way: too long, undecodable (app), unparsable and continuation
+        lines are counted; the rest prepared."""
         source = ctx.name
         if len(line) > self.max_line:
             self._skip(source, "too_long", "")
             return None
         body = line[:-1] if line[-1:] == b"\r" else line
-        text = body.decode("utf-8", "replace")
+        if ctx.is_app:
+            # An app entry whose bytes are not UTF-8 has no trustworthy structure (SPEC §2).
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                self._skip(source, "encoding", "")
+                return None
+        else:
+            text = body.decode("utf-8", "replace")
         rec = ctx.parser(text)
         if rec is None:
             self._skip(source, "parse_error", text, explain=ctx.parser)
             return None
-        if isinstance(rec, Continuation):  # access parsers never say so; kept for symmetry
+        if isinstance(rec, Continuation):
             self.stats.continuations[source] += 1
             return None
         return self.preparer.prepare(where, lo, offset, line, rec)

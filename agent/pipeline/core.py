@@ -188,8 +188,7 @@ class Pipeline:
             preparer = Preparer(self.config, self.secret, stats.prepare)
             self._probe = BlockPreparer(self.config, preparer, stats)
         ref = FileRef(0, tf.row.source, "", "")
-        lines = data[:cut].split(b"\n")
-        for p in self._probe.lines(ref, tf.pos, tf.pos + cut + 1, lines):
+        for p in self._probe.block(ref, tf.pos, tf.pos + cut + 1, data[:cut]):
             return p.key
         return -math.inf
 

@@ -23,12 +23,12 @@ layouts and the `common`/`combined`/`combined_cookie` formats.
 from __future__ import annotations
 
 import importlib
-import os
 import re
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NamedTuple
 
+from agent import native
 from agent.events.messages import context_head
 from agent.events.msgid import NAMESPACE
 from agent.events.rules import Rule
@@ -58,24 +58,18 @@ _ALL = frozenset(range(256))
 
 
 class Unsupported(Exception):
-    """The kernel cannot run this source; the message says why (`trackd --version -v`)."""
+    """The kernel cannot run this source; the message says why (the debug log `native_kernel`)."""
 
 
 def load() -> tuple[ModuleType | None, str]:
     """The native module and "", or None and why not."""
-    if os.environ.get("TRACKD_KERNEL", "").strip() == "0":
+    if native.kernel_switched_off():
         return None, "TRACKD_KERNEL=0"
     try:
         module = importlib.import_module("agent._kernel")
     except ImportError:
         return None, "not built (no C compiler when trackd was installed, or TRACKD_PURE=1)"
     return module, ""
-
-
-def describe() -> str:
-    """`native kernel` or `no native kernel (why)`, for `trackd --version`."""
-    module, why = load()
-    return "native block kernel" if module is not None else f"no native block kernel ({why})"
 
 
 # -- the VM program ----------------------------------------------------------------------------
@@ -458,7 +452,7 @@ class SourceKernel:
         self._where: tuple[str, int, str, str, bytes] = ("", 0, "", "", b"")
 
     def run(self, where: FileRef, start: int, end: int, block: bytes) -> list[Any]:
-        """`Kernel.run` over a block of complete lines joined by `\n` (at least one line):
+        """`Kernel.run` over a block of complete lines joined by `\\n` (at least one line):
         records, and (line, start, end) of the lines left to the pure path."""
         if where is not self._where_of:
             self._where_of = where
@@ -552,4 +546,4 @@ def build(
         return None, str(exc)
 
 
-__all__ = ["SourceKernel", "Unsupported", "build", "compile_program", "describe"]
+__all__ = ["SourceKernel", "Unsupported", "build", "compile_program"]

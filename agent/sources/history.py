@@ -149,12 +149,10 @@ def rotation_number(path: str) -> int:
 
 def first_event_time(head: bytes, source: str, blocks: BlockPreparer) -> float:
     """The event time of the first record in a file's first bytes (inf when none parses)."""
-    lines = head.split(b"\n")[:-1] if b"\n" in head else [head]
-    if not lines:
-        return math.inf
+    cut = head.rfind(b"\n")
+    block = head[:cut] if cut >= 0 else head  # complete lines, else the head as one line
     ref = FileRef(0, source, "", "")
-    end = sum(len(line) + 1 for line in lines)
-    for p in blocks.lines(ref, 0, end, lines):
+    for p in blocks.block(ref, 0, len(block) + 1, block):
         return p.ts
     return math.inf
 

@@ -35,7 +35,7 @@ class Split:
 
     @classmethod
     def of_block(cls, start: int, block: bytes, end: int, too_long: int, before: bytes) -> Split:
-        """A split of at least one line: `block` is the lines joined by `\n` (without the
+        """A split of at least one line: `block` is the lines joined by `\\n` (without the
         last one's)."""
         split = cls(start, [], end, too_long, before)
         split._lines = None
@@ -44,7 +44,7 @@ class Split:
 
     @property
     def lines(self) -> list[bytes]:
-        """The complete lines, without their `\n`."""
+        """The complete lines, without their `\\n`."""
         if self._lines is None:
             assert self._block is not None
             self._lines = self._block.split(b"\n")
@@ -52,7 +52,7 @@ class Split:
 
     @property
     def block(self) -> bytes:
-        """The lines joined by `\n`, as read (no copy for a split made from a block)."""
+        """The lines joined by `\\n`, as read (no copy for a split made from a block)."""
         if self._block is None:
             self._block = b"\n".join(self.lines)
         return self._block

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent import native as agent_native
 from agent.config import Config
 from agent.config.load import load_config
 from agent.events.msgid import NAMESPACE, MessageIdPrefix, line_hash
@@ -510,7 +511,7 @@ def _blocks(config: Config, *, with_kernel: bool, monkeypatch: pytest.MonkeyPatc
 def _run(blocks: Any, lines: list[bytes]) -> tuple[list[Prepared], Any]:
     ref = FileRef(7, "web", "/var/log/nginx/access.log", "ab" * 32)
     end = sum(len(x) + 1 for x in lines)
-    out = list(blocks.lines(ref, 100, 100 + end, lines))
+    out = list(blocks.block(ref, 100, 100 + end, b"\n".join(lines)))
     stats = blocks.stats
     counters = (
         dict(stats.lines),
@@ -768,12 +769,12 @@ class TestWhichSources:
             assert blocks.sources["web"].kernel is not None, blocks.sources["web"].kernel_why
 
     def test_trackd_kernel_0_turns_it_off(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """`TRACKD_KERNEL=0` is the switch to the pure path, and `describe` says so."""
+        """`TRACKD_KERNEL=0` is the switch to the pure path, and `--version`'s text says so."""
         monkeypatch.setenv("TRACKD_KERNEL", "0")
         assert kernel.load() == (None, "TRACKD_KERNEL=0")
-        assert kernel.describe() == "no native block kernel (TRACKD_KERNEL=0)"
+        assert agent_native.kernel() == "native block kernel off (TRACKD_KERNEL=0)"
         monkeypatch.delenv("TRACKD_KERNEL")
-        assert kernel.describe() == "native block kernel"
+        assert agent_native.kernel() == "native block kernel"
 
 
 def test_a_reload_drops_the_kernels_encoded_pages(

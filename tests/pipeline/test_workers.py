@@ -32,7 +32,7 @@ def test_pool_results_equal_in_process_results(tmp_path: Path) -> None:
 
     local_stats = PipelineStats()
     local = BlockPreparer(config, Preparer(config, b"s3cret", local_stats.prepare), local_stats)
-    expected = list(local.lines(where, 0, end, block.split(b"\n")))
+    expected = list(local.block(where, 0, end, block))
 
     pool = PreparePool(config, b"s3cret", processes=1)
     try:
