@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -487,6 +488,29 @@ def test_install_builds_a_working_venv(installed: Installed) -> None:
     assert (installed.root / "opt/trackd/README.md").read_bytes() == (
         SRC / "README.md"
     ).read_bytes()
+
+
+@needs_root
+@pytest.mark.timeout(INSTALL_TIMEOUT)
+@pytest.mark.skipif(
+    shutil.which("gcc") is None or not Path(sysconfig.get_paths()["include"], "Python.h").exists(),
+    reason="no C compiler or Python headers here: the install goes on without the kernel",
+)
+def test_install_builds_the_native_kernel_where_it_can(installed: Installed) -> None:
+    """With gcc and the Python headers the installed trackd runs the native block kernel: the
+    build copy has setup.py, and no extension copied from the checkout stands in for it (the
+    build's own is the venv's)."""
+    proc = subprocess.run(
+        [str(installed.root / "opt/trackd/bin/trackd"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.stdout.strip().endswith(", native block kernel)"), proc.stdout + proc.stderr
+    site = installed.root / "opt/trackd/lib"
+    built = list(site.glob("python3*/site-packages/agent/_kernel.*.so"))
+    assert len(built) == 1, built
 
 
 @needs_root
