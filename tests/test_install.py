@@ -473,17 +473,22 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     yield Installed(root, proc, terminal)
 
 
-@needs_root
-@pytest.mark.timeout(INSTALL_TIMEOUT)
-def test_install_builds_a_working_venv(installed: Installed) -> None:
-    """/opt/trackd is a virtualenv whose trackd runs, with the README the unit's Documentation= names."""
-    proc = subprocess.run(
+def installed_version(installed: Installed) -> subprocess.CompletedProcess[str]:
+    """`trackd --version` of the installed venv."""
+    return subprocess.run(
         [str(installed.root / "opt/trackd/bin/trackd"), "--version"],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+@needs_root
+@pytest.mark.timeout(INSTALL_TIMEOUT)
+def test_install_builds_a_working_venv(installed: Installed) -> None:
+    """/opt/trackd is a virtualenv whose trackd runs, with the README the unit's Documentation= names."""
+    proc = installed_version(installed)
     assert proc.returncode == 0 and proc.stdout.startswith("trackd "), proc.stdout + proc.stderr
     assert (installed.root / "opt/trackd/README.md").read_bytes() == (
         SRC / "README.md"
@@ -500,13 +505,7 @@ def test_install_builds_the_native_kernel_where_it_can(installed: Installed) -> 
     """With gcc and the Python headers the installed trackd runs the native block kernel: the
     build copy has setup.py, and no extension copied from the checkout stands in for it (the
     build's own is the venv's)."""
-    proc = subprocess.run(
-        [str(installed.root / "opt/trackd/bin/trackd"), "--version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = installed_version(installed)
     assert proc.stdout.strip().endswith(", native block kernel)"), proc.stdout + proc.stderr
     site = installed.root / "opt/trackd/lib"
     built = list(site.glob("python3*/site-packages/agent/_kernel.*.so"))
